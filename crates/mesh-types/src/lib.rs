@@ -8,7 +8,7 @@
 mod error;
 mod identity;
 mod link;
-mod peer;
+pub mod peer;
 mod peer_id;
 mod sdp;
 pub mod signing;
