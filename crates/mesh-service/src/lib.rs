@@ -1,0 +1,21 @@
+//! Plumbing every meshrtc service shares, so that each service's `main` stays thin: config read
+//! once from the environment and validated, JSON logs Cloud Logging understands with optional
+//! OTLP traces, the tower-http layer stack, one JSON error shape, health and readiness routes,
+//! and graceful shutdown.
+//!
+//! Invariant: nothing here knows about WebRTC or gossip; services add their routes on top.
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod telemetry;
+
+pub use config::{ConfigError, HttpLimits, ServiceConfig, Source};
+pub use error::{ApiError, ApiJson};
+
+/// Installs the process-wide rustls crypto provider (aws-lc-rs), once. Every TLS client in the
+/// tree (reqwest, tonic for Firestore) then uses the same one; see docs/adr/0002-one-tls-stack.md.
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
