@@ -46,7 +46,11 @@ pub enum ConfigError {
     #[error("{key} is required: {expected}")]
     Missing { key: &'static str, expected: String },
     #[error("{key}={got:?} is invalid: expected {expected}")]
-    Invalid { key: &'static str, got: String, expected: String },
+    Invalid {
+        key: &'static str,
+        got: String,
+        expected: String,
+    },
 }
 
 /// Typed reads from a [`Source`]; empty values count as unset.
@@ -67,34 +71,63 @@ impl<'a> Env<'a> {
     }
 
     pub fn optional(&self, key: &str) -> Option<String> {
-        self.source.get(key).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+        self.source
+            .get(key)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
     }
 
     pub fn required(&self, key: &'static str, expected: &str) -> Result<String, ConfigError> {
-        self.optional(key).ok_or_else(|| ConfigError::Missing { key, expected: expected.into() })
+        self.optional(key).ok_or_else(|| ConfigError::Missing {
+            key,
+            expected: expected.into(),
+        })
     }
 
     /// Parses `key` as `T`, or `default` when unset.
-    pub fn parse_or<T: FromStr>(&self, key: &'static str, default: T, expected: &str) -> Result<T, ConfigError> {
+    pub fn parse_or<T: FromStr>(
+        &self,
+        key: &'static str,
+        default: T,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
         match self.optional(key) {
             None => Ok(default),
-            Some(v) => v.parse().map_err(|_| ConfigError::Invalid { key, got: v, expected: expected.into() }),
+            Some(v) => v.parse().map_err(|_| ConfigError::Invalid {
+                key,
+                got: v,
+                expected: expected.into(),
+            }),
         }
     }
 
     /// A whole number of seconds in `min..=max`.
-    pub fn secs_or(&self, key: &'static str, default: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+    pub fn secs_or(
+        &self,
+        key: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<Duration, ConfigError> {
         let expected = format!("whole seconds from {min} to {max}");
         let secs = self.parse_or(key, default, &expected)?;
         if !(min..=max).contains(&secs) {
-            return Err(ConfigError::Invalid { key, got: secs.to_string(), expected });
+            return Err(ConfigError::Invalid {
+                key,
+                got: secs.to_string(),
+                expected,
+            });
         }
         Ok(Duration::from_secs(secs))
     }
 
     /// Reports `e` as a problem with `key`'s value.
     pub fn invalid(&self, key: &'static str, expected: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid { key, got: self.optional(key).unwrap_or_default(), expected: expected.into() }
+        ConfigError::Invalid {
+            key,
+            got: self.optional(key).unwrap_or_default(),
+            expected: expected.into(),
+        }
     }
 }
 
@@ -109,7 +142,10 @@ pub struct HttpLimits {
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        HttpLimits { max_body_bytes: 64 * 1024, request_timeout: Duration::from_secs(30) }
+        HttpLimits {
+            max_body_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -155,11 +191,22 @@ impl ServiceConfig {
     pub fn from_source(service_name: &str, source: &dyn Source) -> Result<Self, ConfigError> {
         let env = Env::new(source);
         let port = env.parse_or(PORT, 8080u16, "a TCP port number from 0 to 65535")?;
-        let data_dir = PathBuf::from(env.optional(MESH_DATA_DIR).unwrap_or_else(|| ".meshrtc".into()));
+        let data_dir = PathBuf::from(
+            env.optional(MESH_DATA_DIR)
+                .unwrap_or_else(|| ".meshrtc".into()),
+        );
         let gcp_project = env.optional(GOOGLE_CLOUD_PROJECT);
-        let store = StoreConfig::parse(env.optional(MESH_STORE).as_deref(), data_dir.clone(), gcp_project.as_deref())
-            .map_err(|why| env.invalid(MESH_STORE, why))?;
-        let max_body_bytes = env.parse_or(MESH_MAX_BODY_BYTES, HttpLimits::default().max_body_bytes, "a size in bytes")?;
+        let store = StoreConfig::parse(
+            env.optional(MESH_STORE).as_deref(),
+            data_dir.clone(),
+            gcp_project.as_deref(),
+        )
+        .map_err(|why| env.invalid(MESH_STORE, why))?;
+        let max_body_bytes = env.parse_or(
+            MESH_MAX_BODY_BYTES,
+            HttpLimits::default().max_body_bytes,
+            "a size in bytes",
+        )?;
         if max_body_bytes == 0 {
             return Err(env.invalid(MESH_MAX_BODY_BYTES, "a size in bytes above 0"));
         }
@@ -171,16 +218,19 @@ impl ServiceConfig {
             Some(_) => return Err(env.invalid(MESH_LOG_FORMAT, "json or text")),
         };
         let otlp_endpoint = env.optional(OTEL_EXPORTER_OTLP_ENDPOINT);
-        if let Some(url) = &otlp_endpoint {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(env.invalid(OTEL_EXPORTER_OTLP_ENDPOINT, "an http:// or https:// URL"));
-            }
+        if let Some(url) = &otlp_endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(env.invalid(OTEL_EXPORTER_OTLP_ENDPOINT, "an http:// or https:// URL"));
         }
         Ok(ServiceConfig {
             port,
             data_dir,
             store,
-            http: HttpLimits { max_body_bytes, request_timeout },
+            http: HttpLimits {
+                max_body_bytes,
+                request_timeout,
+            },
             shutdown_grace,
             telemetry: TelemetryConfig {
                 service_name: service_name.to_string(),
@@ -206,7 +256,12 @@ mod tests {
     fn defaults_suit_cloud_run_and_local_use() {
         let c = config(&[]).unwrap();
         assert_eq!(c.port, 8080);
-        assert_eq!(c.store, StoreConfig::Embedded { dir: PathBuf::from(".meshrtc") });
+        assert_eq!(
+            c.store,
+            StoreConfig::Embedded {
+                dir: PathBuf::from(".meshrtc")
+            }
+        );
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
         assert_eq!(c.http, HttpLimits::default());
         assert_eq!(c.telemetry.log_format, LogFormat::Json);
@@ -227,9 +282,24 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.port, 9000);
-        assert_eq!(c.store, StoreConfig::Firestore { project_id: "proj".into(), database_id: None });
-        assert_eq!(c.http, HttpLimits { max_body_bytes: 1024, request_timeout: Duration::from_secs(5) });
-        assert_eq!(c.telemetry.otlp_endpoint.as_deref(), Some("http://collector:4318"));
+        assert_eq!(
+            c.store,
+            StoreConfig::Firestore {
+                project_id: "proj".into(),
+                database_id: None
+            }
+        );
+        assert_eq!(
+            c.http,
+            HttpLimits {
+                max_body_bytes: 1024,
+                request_timeout: Duration::from_secs(5)
+            }
+        );
+        assert_eq!(
+            c.telemetry.otlp_endpoint.as_deref(),
+            Some("http://collector:4318")
+        );
         assert_eq!(c.telemetry.log_format, LogFormat::Text);
     }
 
@@ -245,8 +315,14 @@ mod tests {
         check(&[(MESH_STORE, "firestore")], MESH_STORE);
         check(&[(MESH_STORE, "redis")], MESH_STORE);
         check(&[(MESH_MAX_BODY_BYTES, "0")], MESH_MAX_BODY_BYTES);
-        check(&[(MESH_REQUEST_TIMEOUT_SECS, "0")], MESH_REQUEST_TIMEOUT_SECS);
+        check(
+            &[(MESH_REQUEST_TIMEOUT_SECS, "0")],
+            MESH_REQUEST_TIMEOUT_SECS,
+        );
         check(&[(MESH_LOG_FORMAT, "xml")], MESH_LOG_FORMAT);
-        check(&[(OTEL_EXPORTER_OTLP_ENDPOINT, "collector:4318")], OTEL_EXPORTER_OTLP_ENDPOINT);
+        check(
+            &[(OTEL_EXPORTER_OTLP_ENDPOINT, "collector:4318")],
+            OTEL_EXPORTER_OTLP_ENDPOINT,
+        );
     }
 }

@@ -34,8 +34,16 @@ struct Inner<'a> {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        ApiError { status, code: code.into(), message: message.into() }
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError {
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -53,7 +61,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -64,7 +78,12 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(status = self.status.as_u16(), code = %self.code, "{}", self.message);
         }
-        let body = Body { error: Inner { code: &self.code, message: &self.message } };
+        let body = Body {
+            error: Inner {
+                code: &self.code,
+                message: &self.message,
+            },
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -121,9 +140,11 @@ where
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     let message = rejection.body_text();
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => {
-            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
-        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        ),
         JsonRejection::BytesRejection(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
         }
@@ -172,7 +193,9 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
     let (parts, body) = response.into_parts();
     // Bodies of these responses are short texts; anything past 1 KiB is not worth keeping.
     let text = match http_body_util::Limited::new(body, 1024).collect().await {
-        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).trim().to_string(),
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes())
+            .trim()
+            .to_string(),
         Err(_) => String::new(),
     };
     let message = if text.is_empty() {
@@ -187,9 +210,10 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
             rewritten.headers_mut().insert(name.clone(), value.clone());
         }
     }
-    rewritten
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    rewritten.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     rewritten
 }
 
@@ -205,17 +229,47 @@ mod tests {
         };
         check(VerifyError::BadSignature, 401, "bad_signature");
         check(VerifyError::MissingSignature, 401, "missing_signature");
-        check(VerifyError::WrongSigner { claimed: "a".into(), kid: "k".into() }, 401, "wrong_signer");
-        check(VerifyError::Stale { ts: 0, age_ms: 1, window_ms: 1 }, 401, "stale_timestamp");
-        check(VerifyError::FromFuture { ts: 0, ahead_ms: 1, window_ms: 1 }, 401, "future_timestamp");
+        check(
+            VerifyError::WrongSigner {
+                claimed: "a".into(),
+                kid: "k".into(),
+            },
+            401,
+            "wrong_signer",
+        );
+        check(
+            VerifyError::Stale {
+                ts: 0,
+                age_ms: 1,
+                window_ms: 1,
+            },
+            401,
+            "stale_timestamp",
+        );
+        check(
+            VerifyError::FromFuture {
+                ts: 0,
+                ahead_ms: 1,
+                window_ms: 1,
+            },
+            401,
+            "future_timestamp",
+        );
         check(VerifyError::Replayed, 409, "replayed");
         check(VerifyError::ReplayCacheFull(1), 503, "replay_cache_full");
     }
 
     #[test]
     fn store_errors_map_by_kind() {
-        let check = |e: StoreError, status: u16| assert_eq!(ApiError::from(e).status.as_u16(), status);
-        check(StoreError::NotFound { what: "peer", id: "x".into() }, 404);
+        let check =
+            |e: StoreError, status: u16| assert_eq!(ApiError::from(e).status.as_u16(), status);
+        check(
+            StoreError::NotFound {
+                what: "peer",
+                id: "x".into(),
+            },
+            404,
+        );
         check(StoreError::Conflict("x".into()), 409);
         check(StoreError::InvalidInput("x".into()), 400);
         check(StoreError::Unavailable("x".into()), 503);

@@ -33,7 +33,10 @@ pub fn with_layers(router: Router, limits: &HttpLimits) -> Router {
     router
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
-        .layer(middleware::from_fn_with_state(limits.request_timeout, request_timeout))
+        .layer(middleware::from_fn_with_state(
+            limits.request_timeout,
+            request_timeout,
+        ))
         .layer(middleware::from_fn(json_errors))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
@@ -41,7 +44,11 @@ pub fn with_layers(router: Router, limits: &HttpLimits) -> Router {
 }
 
 /// Cuts off a request that runs past `limit` with 503 `timeout`, so no client waits forever.
-async fn request_timeout(State(limit): State<Duration>, req: axum::extract::Request, next: middleware::Next) -> Response {
+async fn request_timeout(
+    State(limit): State<Duration>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => ApiError::new(
@@ -65,7 +72,9 @@ fn request_span<B>(req: &Request<B>) -> Span {
         path = %req.uri().path(),
         request_id = %request_id,
     );
-    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&HeaderExtractor(req.headers()))
+    });
     // Without a caller's trace there is nothing to continue; the span starts a new trace.
     let _ = span.set_parent(parent);
     span
@@ -75,7 +84,9 @@ fn request_span<B>(req: &Request<B>) -> Span {
 /// the next service's spans join the same trace.
 pub fn inject_trace_context(headers: &mut HeaderMap) {
     let cx = Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut HeaderInjector(headers))
+    });
 }
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
@@ -110,7 +121,12 @@ pub fn health_routes(store: SharedStore) -> Router {
 async fn readyz(State(store): State<SharedStore>) -> Response {
     match store.ping().await {
         Ok(()) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
-        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("store: {e}")).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("store: {e}"),
+        )
+        .into_response(),
     }
 }
 
@@ -123,11 +139,14 @@ pub async fn serve(
     grace: Duration,
 ) -> std::io::Result<()> {
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stopping_tx.send(());
-        });
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    });
     let deadline = async move {
         if stopping_rx.await.is_ok() {
             tokio::time::sleep(grace).await;

@@ -10,9 +10,9 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
-use tracing::field::{Field, Visit};
 use std::io::Write as _;
 use std::sync::OnceLock;
+use tracing::field::{Field, Visit};
 
 use tracing::dispatcher::WeakDispatch;
 use tracing::{Dispatch, Event, Level, Subscriber};
@@ -43,10 +43,10 @@ pub struct TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            if let Err(e) = provider.shutdown() {
-                tracing::warn!("trace export did not shut down cleanly: {e}");
-            }
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!("trace export did not shut down cleanly: {e}");
         }
     }
 }
@@ -77,7 +77,9 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
 
 /// The OTLP/HTTP trace pipeline, if an endpoint is configured. Also installs the W3C trace
 /// context propagator, which the HTTP layers use to continue and pass on traces.
-pub fn tracer_provider(config: &TelemetryConfig) -> Result<Option<SdkTracerProvider>, TelemetryError> {
+pub fn tracer_provider(
+    config: &TelemetryConfig,
+) -> Result<Option<SdkTracerProvider>, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let Some(base) = &config.otlp_endpoint else {
         return Ok(None);
@@ -93,9 +95,17 @@ pub fn tracer_provider(config: &TelemetryConfig) -> Result<Option<SdkTracerProvi
         .with_http()
         .with_endpoint(endpoint.clone())
         .build()
-        .map_err(|e| TelemetryError::Exporter { endpoint, reason: e.to_string() })?;
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).build();
-    let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
+        .map_err(|e| TelemetryError::Exporter {
+            endpoint,
+            reason: e.to_string(),
+        })?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(config.service_name.clone())
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
     Ok(Some(provider))
 }
@@ -105,7 +115,11 @@ pub fn cloud_logging_layer<W>(gcp_project: Option<String>, writer: W) -> CloudLo
 where
     W: for<'w> MakeWriter<'w> + 'static,
 {
-    CloudLogging { gcp_project, writer, dispatch: OnceLock::new() }
+    CloudLogging {
+        gcp_project,
+        writer,
+        dispatch: OnceLock::new(),
+    }
 }
 
 /// Formats events as Cloud Logging structured log lines. A layer of its own (not a fmt
@@ -119,7 +133,9 @@ pub struct CloudLogging<W> {
 
 impl<W> fmt::Debug for CloudLogging<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CloudLogging").field("gcp_project", &self.gcp_project).finish_non_exhaustive()
+        f.debug_struct("CloudLogging")
+            .field("gcp_project", &self.gcp_project)
+            .finish_non_exhaustive()
     }
 }
 
@@ -147,20 +163,34 @@ where
         let mut line = Map::new();
         let meta = event.metadata();
         line.insert("severity".into(), severity(meta.level()).into());
-        line.insert("message".into(), fields.0.remove("message").unwrap_or(Value::String(String::new())));
+        line.insert(
+            "message".into(),
+            fields
+                .0
+                .remove("message")
+                .unwrap_or(Value::String(String::new())),
+        );
         // Cloud Logging reads these two fields as the entry's timestamp. Logging is a driver
         // concern, so it may read the clock.
         #[allow(clippy::disallowed_methods)]
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         line.insert("timestampSeconds".into(), now.as_secs().into());
         line.insert("timestampNanos".into(), now.subsec_nanos().into());
         line.insert("target".into(), meta.target().into());
         if let Some(scope) = ctx.event_scope(event) {
-            let spans: Vec<Value> = scope.from_root().map(|s| Value::String(s.name().into())).collect();
+            let spans: Vec<Value> = scope
+                .from_root()
+                .map(|s| Value::String(s.name().into()))
+                .collect();
             line.insert("spans".into(), spans.into());
         }
-        let otel = ctx.event_span(event).zip(self.dispatch.get().and_then(WeakDispatch::upgrade));
-        if let Some(cx) = otel.and_then(|(span, dispatch)| get_otel_context(&span.id(), &dispatch)) {
+        let otel = ctx
+            .event_span(event)
+            .zip(self.dispatch.get().and_then(WeakDispatch::upgrade));
+        if let Some(cx) = otel.and_then(|(span, dispatch)| get_otel_context(&span.id(), &dispatch))
+        {
             let span_cx = cx.span().span_context().clone();
             if span_cx.is_valid() {
                 let trace = match &self.gcp_project {
@@ -168,8 +198,14 @@ where
                     None => span_cx.trace_id().to_string(),
                 };
                 line.insert("logging.googleapis.com/trace".into(), trace.into());
-                line.insert("logging.googleapis.com/spanId".into(), span_cx.span_id().to_string().into());
-                line.insert("logging.googleapis.com/trace_sampled".into(), span_cx.is_sampled().into());
+                line.insert(
+                    "logging.googleapis.com/spanId".into(),
+                    span_cx.span_id().to_string().into(),
+                );
+                line.insert(
+                    "logging.googleapis.com/trace_sampled".into(),
+                    span_cx.is_sampled().into(),
+                );
             }
         }
         if !fields.0.is_empty() {
@@ -199,7 +235,9 @@ impl Visit for JsonFields {
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
         // serde_json would write NaN as null; keep it as text instead.
-        let v = serde_json::Number::from_f64(value).map(Value::Number).unwrap_or_else(|| value.to_string().into());
+        let v = serde_json::Number::from_f64(value)
+            .map(Value::Number)
+            .unwrap_or_else(|| value.to_string().into());
         self.0.insert(field.name().into(), v);
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -209,6 +247,7 @@ impl Visit for JsonFields {
         self.0.insert(field.name().into(), value.to_string().into());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.insert(field.name().into(), format!("{value:?}").into());
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
     }
 }

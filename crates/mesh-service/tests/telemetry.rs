@@ -1,5 +1,6 @@
 //! Telemetry as operators rely on it: Cloud Logging JSON lines that carry the trace id, trace
 //! context carried across services in `traceparent`, and a real OTLP/HTTP export.
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,7 +52,9 @@ fn config(endpoint: Option<String>) -> TelemetryConfig {
 /// A subscriber with OpenTelemetry (no exporter) and Cloud Logging JSON into `buf`.
 fn subscriber(buf: Buffer) -> impl tracing::Subscriber + Send + Sync {
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
     tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
         .with(cloud_logging_layer(Some("proj".into()), buf))
@@ -67,7 +70,10 @@ fn log_lines_are_cloud_logging_json_with_the_trace() {
         tracing::error!("outside");
     });
     let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2, "{text}");
     let first = &lines[0];
     assert_eq!(first["severity"], "WARNING");
@@ -76,7 +82,11 @@ fn log_lines_are_cloud_logging_json_with_the_trace() {
     assert_eq!(first["fields"]["rtt_ms"], 1.5);
     assert_eq!(first["spans"], serde_json::json!(["work"]));
     let trace = first["logging.googleapis.com/trace"].as_str().unwrap();
-    assert!(trace.starts_with("projects/proj/traces/") && trace.len() == "projects/proj/traces/".len() + 32, "{trace}");
+    assert!(
+        trace.starts_with("projects/proj/traces/")
+            && trace.len() == "projects/proj/traces/".len() + 32,
+        "{trace}"
+    );
     assert_eq!(lines[1]["severity"], "ERROR");
     assert!(first["timestampSeconds"].as_u64().unwrap() > 1_700_000_000);
 }
@@ -104,7 +114,10 @@ async fn a_request_continues_the_callers_trace_and_passes_it_on() {
     let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
     let outgoing = String::from_utf8(body.to_vec()).unwrap();
     // Same trace, new span id: the next service joins the caller's trace.
-    assert!(outgoing.starts_with(&format!("00-{trace_id}-")), "{outgoing}");
+    assert!(
+        outgoing.starts_with(&format!("00-{trace_id}-")),
+        "{outgoing}"
+    );
     assert!(!outgoing.contains("00f067aa0ba902b7"), "{outgoing}");
 }
 
@@ -119,8 +132,13 @@ async fn spans_are_exported_over_otlp_http() {
         post(move |headers: HeaderMap, body: Bytes| {
             let (sink, tx) = (sink.clone(), tx.clone());
             async move {
-                let ct = headers.get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-                sink.lock().unwrap().push(("/v1/traces".into(), ct, body.len()));
+                let ct = headers
+                    .get("content-type")
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default();
+                sink.lock()
+                    .unwrap()
+                    .push(("/v1/traces".into(), ct, body.len()));
                 let _ = tx.send(());
                 ""
             }
@@ -130,7 +148,9 @@ async fn spans_are_exported_over_otlp_http() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
 
-    let provider = tracer_provider(&config(Some(base))).unwrap().expect("an endpoint was configured");
+    let provider = tracer_provider(&config(Some(base)))
+        .unwrap()
+        .expect("an endpoint was configured");
     let tracer = provider.tracer("test");
     let trace_id = {
         use opentelemetry::trace::Tracer as _;
@@ -142,11 +162,20 @@ async fn spans_are_exported_over_otlp_http() {
     };
     assert_ne!(trace_id, opentelemetry::trace::TraceId::INVALID);
     let flusher = provider.clone();
-    tokio::task::spawn_blocking(move || flusher.force_flush()).await.unwrap().unwrap();
-    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("no export arrived").unwrap();
+    tokio::task::spawn_blocking(move || flusher.force_flush())
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no export arrived")
+        .unwrap();
     let got = received.lock().unwrap().clone();
     assert_eq!(got[0].1, "application/x-protobuf");
     assert!(got[0].2 > 0);
-    tokio::task::spawn_blocking(move || provider.shutdown()).await.unwrap().unwrap();
+    tokio::task::spawn_blocking(move || provider.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
     let _ = tracing::Span::current().context();
 }

@@ -11,8 +11,13 @@ use crate::{SharedStore, StoreError};
 /// Which store to open; parsed once at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
-    Embedded { dir: PathBuf },
-    Firestore { project_id: String, database_id: Option<String> },
+    Embedded {
+        dir: PathBuf,
+    },
+    Firestore {
+        project_id: String,
+        database_id: Option<String>,
+    },
 }
 
 impl StoreConfig {
@@ -23,13 +28,18 @@ impl StoreConfig {
         data_dir: PathBuf,
         default_project: Option<&str>,
     ) -> Result<Self, String> {
-        let value = value.map(str::trim).filter(|v| !v.is_empty()).unwrap_or("embedded");
+        let value = value
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .unwrap_or("embedded");
         let (kind, arg) = match value.split_once(':') {
             Some((k, a)) => (k, Some(a.trim()).filter(|a| !a.is_empty())),
             None => (value, None),
         };
         match kind {
-            "embedded" => Ok(StoreConfig::Embedded { dir: arg.map(PathBuf::from).unwrap_or(data_dir) }),
+            "embedded" => Ok(StoreConfig::Embedded {
+                dir: arg.map(PathBuf::from).unwrap_or(data_dir),
+            }),
             "firestore" => {
                 let spec = arg.or(default_project).ok_or(
                     "firestore needs a project: MESH_STORE=firestore:<project> or GOOGLE_CLOUD_PROJECT",
@@ -41,7 +51,10 @@ impl StoreConfig {
                 if project.is_empty() {
                     return Err("firestore project id is empty".into());
                 }
-                Ok(StoreConfig::Firestore { project_id: project.to_string(), database_id: database })
+                Ok(StoreConfig::Firestore {
+                    project_id: project.to_string(),
+                    database_id: database,
+                })
             }
             other => Err(format!(
                 "unknown store {other:?}: expected embedded, embedded:<dir>, firestore or firestore:<project>[/<database>]"
@@ -55,7 +68,10 @@ pub async fn open(config: &StoreConfig) -> Result<SharedStore, StoreError> {
     match config {
         StoreConfig::Embedded { dir } => Ok(Arc::new(EmbeddedStore::open(dir).await?)),
         #[cfg(feature = "firestore")]
-        StoreConfig::Firestore { project_id, database_id } => Ok(Arc::new(
+        StoreConfig::Firestore {
+            project_id,
+            database_id,
+        } => Ok(Arc::new(
             crate::firestore::FirestoreStore::connect(project_id, database_id.as_deref()).await?,
         )),
         #[cfg(not(feature = "firestore"))]
@@ -76,9 +92,16 @@ mod tests {
 
     #[test]
     fn parses_every_form() {
-        let emb = |d: &str| Ok(StoreConfig::Embedded { dir: PathBuf::from(d) });
+        let emb = |d: &str| {
+            Ok(StoreConfig::Embedded {
+                dir: PathBuf::from(d),
+            })
+        };
         let fs = |p: &str, d: Option<&str>| {
-            Ok(StoreConfig::Firestore { project_id: p.into(), database_id: d.map(Into::into) })
+            Ok(StoreConfig::Firestore {
+                project_id: p.into(),
+                database_id: d.map(Into::into),
+            })
         };
         check(None, None, emb("/data"));
         check(Some(""), None, emb("/data"));

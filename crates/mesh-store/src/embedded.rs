@@ -16,7 +16,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{AUDIT, LINKS, LinkQuery, LinkWrite, PEERS, PeerUpsert, Result, Store, StoreError, rules};
+use crate::{
+    AUDIT, LINKS, LinkQuery, LinkWrite, PEERS, PeerUpsert, Result, Store, StoreError, rules,
+};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "meshrtc.sqlite3";
@@ -45,19 +47,26 @@ impl EmbeddedStore {
 
     fn open_blocking(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Unavailable(format!("cannot create data directory {}: {e}", dir.display()))
+            StoreError::Unavailable(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
         })?;
         let path = dir.join(DB_FILE);
-        let conn = Connection::open(&path).map_err(|e| {
-            StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
-        })?;
+        let conn = Connection::open(&path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
         // WAL lets readers in other processes proceed while one writes; NORMAL sync in WAL mode
         // survives any process crash (a power cut may lose the last commits, never corrupt).
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql)?;
         migrate(&conn)?;
-        Ok(EmbeddedStore { path, conn: Arc::new(Mutex::new(conn)) })
+        Ok(EmbeddedStore {
+            path,
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -83,7 +92,9 @@ impl EmbeddedStore {
 }
 
 fn migrate(conn: &Connection) -> Result<()> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sql)?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::Corrupt(format!(
             "database schema {version} is newer than this build understands ({SCHEMA_VERSION})"
@@ -130,7 +141,11 @@ fn from_doc<T: DeserializeOwned>(doc: &str) -> Result<T> {
 
 fn get_peer_tx(tx: &Connection, id: &PeerId) -> Result<Option<Peer>> {
     let doc: Option<String> = tx
-        .query_row(&format!("SELECT doc FROM {PEERS} WHERE id = ?1"), [id.as_str()], |r| r.get(0))
+        .query_row(
+            &format!("SELECT doc FROM {PEERS} WHERE id = ?1"),
+            [id.as_str()],
+            |r| r.get(0),
+        )
         .optional()
         .map_err(sql)?;
     doc.as_deref().map(from_doc).transpose()
@@ -146,7 +161,10 @@ fn put_peer_tx(tx: &Connection, peer: &Peer) -> Result<()> {
 }
 
 fn not_found(what: &'static str, id: impl ToString) -> StoreError {
-    StoreError::NotFound { what, id: id.to_string() }
+    StoreError::NotFound {
+        what,
+        id: id.to_string(),
+    }
 }
 
 #[async_trait]
@@ -154,7 +172,9 @@ impl Store for EmbeddedStore {
     async fn upsert_peer(&self, peer: &PeerUpsert) -> Result<Peer> {
         let upsert = peer.clone();
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
             let merged = rules::merge_peer(get_peer_tx(&tx, &upsert.id)?, &upsert)?;
             put_peer_tx(&tx, &merged)?;
             tx.commit().map_err(sql)?;
@@ -166,7 +186,9 @@ impl Store for EmbeddedStore {
     async fn replace_peer_key(&self, id: &PeerId, key: &PublicKey) -> Result<Peer> {
         let (id, key) = (id.clone(), *key);
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
             let existing = get_peer_tx(&tx, &id)?.ok_or_else(|| not_found("peer", &id))?;
             let replaced = rules::replace_key(existing, &key);
             put_peer_tx(&tx, &replaced)?;
@@ -178,12 +200,15 @@ impl Store for EmbeddedStore {
 
     async fn get_peer(&self, id: &PeerId) -> Result<Peer> {
         let id = id.clone();
-        self.with(move |conn| get_peer_tx(conn, &id)?.ok_or_else(|| not_found("peer", &id))).await
+        self.with(move |conn| get_peer_tx(conn, &id)?.ok_or_else(|| not_found("peer", &id)))
+            .await
     }
 
     async fn list_peers(&self) -> Result<Vec<Peer>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(&format!("SELECT doc FROM {PEERS} ORDER BY id")).map_err(sql)?;
+            let mut stmt = conn
+                .prepare(&format!("SELECT doc FROM {PEERS} ORDER BY id"))
+                .map_err(sql)?;
             let docs = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(sql)?;
             docs.map(|d| from_doc(&d.map_err(sql)?)).collect()
         })
@@ -194,10 +219,18 @@ impl Store for EmbeddedStore {
         rules::validate_scores(scores)?;
         let scores = scores.to_vec();
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
             for (id, trust) in &scores {
                 let peer = get_peer_tx(&tx, id)?.ok_or_else(|| not_found("peer", id))?;
-                put_peer_tx(&tx, &Peer { trust: *trust, ..peer })?;
+                put_peer_tx(
+                    &tx,
+                    &Peer {
+                        trust: *trust,
+                        ..peer
+                    },
+                )?;
             }
             tx.commit().map_err(sql)
         })
@@ -247,7 +280,11 @@ impl Store for EmbeddedStore {
         let id = id.clone();
         self.with(move |conn| {
             let doc: Option<String> = conn
-                .query_row(&format!("SELECT doc FROM {LINKS} WHERE id = ?1"), [id.as_str()], |r| r.get(0))
+                .query_row(
+                    &format!("SELECT doc FROM {LINKS} WHERE id = ?1"),
+                    [id.as_str()],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(sql)?;
             from_doc(&doc.ok_or_else(|| not_found("link", &id))?)
@@ -302,15 +339,20 @@ impl Store for EmbeddedStore {
         let limit = rules::limit(limit)?;
         self.with(move |conn| {
             let mut stmt = conn
-                .prepare(&format!("SELECT doc FROM {AUDIT} ORDER BY ts DESC, id DESC LIMIT ?1"))
+                .prepare(&format!(
+                    "SELECT doc FROM {AUDIT} ORDER BY ts DESC, id DESC LIMIT ?1"
+                ))
                 .map_err(sql)?;
-            let docs = stmt.query_map([limit as i64], |r| r.get::<_, String>(0)).map_err(sql)?;
+            let docs = stmt
+                .query_map([limit as i64], |r| r.get::<_, String>(0))
+                .map_err(sql)?;
             docs.map(|d| from_doc(&d.map_err(sql)?)).collect()
         })
         .await
     }
 
     async fn ping(&self) -> Result<()> {
-        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(sql)).await
+        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(sql))
+            .await
     }
 }

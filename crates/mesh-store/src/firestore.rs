@@ -10,11 +10,15 @@ use std::pin::Pin;
 
 use async_trait::async_trait;
 use firestore::errors::{BackoffError, FirestoreError};
-use firestore::{FirestoreDb, FirestoreDbOptions, FirestoreTransaction, FirestoreWritePrecondition};
+use firestore::{
+    FirestoreDb, FirestoreDbOptions, FirestoreTransaction, FirestoreWritePrecondition,
+};
 use mesh_types::{AuditRecord, Link, LinkId, Peer, PeerId, PublicKey};
 use serde::{Deserialize, Serialize};
 
-use crate::{AUDIT, LINKS, LinkQuery, LinkWrite, PEERS, PeerUpsert, Result, Store, StoreError, rules};
+use crate::{
+    AUDIT, LINKS, LinkQuery, LinkWrite, PEERS, PeerUpsert, Result, Store, StoreError, rules,
+};
 
 /// Firestore commits at most this many writes at once.
 const MAX_WRITES_PER_COMMIT: usize = 500;
@@ -45,7 +49,10 @@ impl FirestoreStore {
 /// The error kinds callers branch on, from the client's.
 fn map_err(e: FirestoreError) -> StoreError {
     match e {
-        FirestoreError::DataNotFoundError(e) => StoreError::NotFound { what: "document", id: e.to_string() },
+        FirestoreError::DataNotFoundError(e) => StoreError::NotFound {
+            what: "document",
+            id: e.to_string(),
+        },
         FirestoreError::DataConflictError(e) => StoreError::Conflict(e.to_string()),
         FirestoreError::InvalidParametersError(e) => StoreError::InvalidInput(e.to_string()),
         FirestoreError::SerializeError(e) => StoreError::InvalidInput(e.to_string()),
@@ -55,16 +62,22 @@ fn map_err(e: FirestoreError) -> StoreError {
             Err(other) => StoreError::Unavailable(other.to_string()),
         },
         FirestoreError::DatabaseError(ref db) => match db.public.code.as_str() {
-            "NotFound" => StoreError::NotFound { what: "document", id: db.details.clone() },
+            "NotFound" => StoreError::NotFound {
+                what: "document",
+                id: db.details.clone(),
+            },
             "AlreadyExists" | "Aborted" => StoreError::Conflict(e.to_string()),
-            "InvalidArgument" | "FailedPrecondition" | "OutOfRange" => StoreError::InvalidInput(e.to_string()),
+            "InvalidArgument" | "FailedPrecondition" | "OutOfRange" => {
+                StoreError::InvalidInput(e.to_string())
+            }
             _ => StoreError::Unavailable(e.to_string()),
         },
         other => StoreError::Unavailable(other.to_string()),
     }
 }
 
-type TxFuture<'b, T> = Pin<Box<dyn Future<Output = std::result::Result<T, BackoffError<StoreError>>> + Send + 'b>>;
+type TxFuture<'b, T> =
+    Pin<Box<dyn Future<Output = std::result::Result<T, BackoffError<StoreError>>> + Send + 'b>>;
 
 /// Our own errors inside a transaction are final; the client retries its contention errors.
 fn permanent(e: StoreError) -> BackoffError<StoreError> {
@@ -75,10 +88,22 @@ async fn read<T>(db: &FirestoreDb, collection: &str, id: &str) -> Result<Option<
 where
     T: for<'de> serde::Deserialize<'de> + Send,
 {
-    db.fluent().select().by_id_in(collection).obj::<T>().one(id).await.map_err(map_err)
+    db.fluent()
+        .select()
+        .by_id_in(collection)
+        .obj::<T>()
+        .one(id)
+        .await
+        .map_err(map_err)
 }
 
-fn write<T: Serialize + for<'de> Deserialize<'de> + Sync + Send>(tx: &mut FirestoreTransaction<'_>, db: &FirestoreDb, collection: &str, id: &str, doc: &T) -> Result<()> {
+fn write<T: Serialize + for<'de> Deserialize<'de> + Sync + Send>(
+    tx: &mut FirestoreTransaction<'_>,
+    db: &FirestoreDb,
+    collection: &str,
+    id: &str,
+    doc: &T,
+) -> Result<()> {
     db.fluent()
         .update()
         .in_col(collection)
@@ -101,7 +126,9 @@ impl Store for FirestoreStore {
             .run_transaction(|db, tx| -> TxFuture<'_, Peer> {
                 let upsert = peer.clone();
                 Box::pin(async move {
-                    let existing = read::<Peer>(&db, PEERS, upsert.id.as_str()).await.map_err(permanent)?;
+                    let existing = read::<Peer>(&db, PEERS, upsert.id.as_str())
+                        .await
+                        .map_err(permanent)?;
                     let merged = rules::merge_peer(existing, &upsert).map_err(permanent)?;
                     write(tx, &db, PEERS, merged.id.as_str(), &merged).map_err(permanent)?;
                     Ok(merged)
@@ -119,7 +146,12 @@ impl Store for FirestoreStore {
                     let existing = read::<Peer>(&db, PEERS, id.as_str())
                         .await
                         .map_err(permanent)?
-                        .ok_or_else(|| permanent(StoreError::NotFound { what: "peer", id: id.to_string() }))?;
+                        .ok_or_else(|| {
+                            permanent(StoreError::NotFound {
+                                what: "peer",
+                                id: id.to_string(),
+                            })
+                        })?;
                     let replaced = rules::replace_key(existing, &key);
                     write(tx, &db, PEERS, id.as_str(), &replaced).map_err(permanent)?;
                     Ok(replaced)
@@ -132,7 +164,10 @@ impl Store for FirestoreStore {
     async fn get_peer(&self, id: &PeerId) -> Result<Peer> {
         read(&self.db, PEERS, id.as_str())
             .await?
-            .ok_or_else(|| StoreError::NotFound { what: "peer", id: id.to_string() })
+            .ok_or_else(|| StoreError::NotFound {
+                what: "peer",
+                id: id.to_string(),
+            })
     }
 
     async fn list_peers(&self) -> Result<Vec<Peer>> {
@@ -167,7 +202,12 @@ impl Store for FirestoreStore {
             tx.commit().await.map_err(|e| match map_err(e) {
                 StoreError::NotFound { .. } => StoreError::NotFound {
                     what: "peer",
-                    id: chunk.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", ") + " (one of)",
+                    id: chunk
+                        .iter()
+                        .map(|(id, _)| id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                        + " (one of)",
                 },
                 other => other,
             })?;
@@ -181,7 +221,9 @@ impl Store for FirestoreStore {
             .run_transaction(|db, tx| -> TxFuture<'_, LinkWrite> {
                 let link = link.clone();
                 Box::pin(async move {
-                    let existing = read::<Link>(&db, LINKS, link.id.as_str()).await.map_err(permanent)?;
+                    let existing = read::<Link>(&db, LINKS, link.id.as_str())
+                        .await
+                        .map_err(permanent)?;
                     let outcome = rules::link_write(existing.as_ref(), &link);
                     if outcome == LinkWrite::Applied {
                         write(tx, &db, LINKS, link.id.as_str(), &link).map_err(permanent)?;
@@ -196,7 +238,10 @@ impl Store for FirestoreStore {
     async fn get_link(&self, id: &LinkId) -> Result<Link> {
         read(&self.db, LINKS, id.as_str())
             .await?
-            .ok_or_else(|| StoreError::NotFound { what: "link", id: id.to_string() })
+            .ok_or_else(|| StoreError::NotFound {
+                what: "link",
+                id: id.to_string(),
+            })
     }
 
     async fn list_links(&self, query: &LinkQuery) -> Result<Vec<Link>> {
@@ -209,7 +254,9 @@ impl Store for FirestoreStore {
             .from(LINKS)
             .filter(|q| {
                 q.for_all([
-                    peer.as_ref().and_then(|p| q.for_any([q.field("a").eq(p.as_str()), q.field("b").eq(p.as_str())])),
+                    peer.as_ref().and_then(|p| {
+                        q.for_any([q.field("a").eq(p.as_str()), q.field("b").eq(p.as_str())])
+                    }),
                     health.and_then(|h| q.field("health").eq(h)),
                 ])
             })
@@ -233,9 +280,10 @@ impl Store for FirestoreStore {
             .execute()
             .await
             .map_err(|e| match map_err(e) {
-                StoreError::Conflict(_) => {
-                    StoreError::Conflict(format!("audit record {} exists; audit is append-only", record.id))
-                }
+                StoreError::Conflict(_) => StoreError::Conflict(format!(
+                    "audit record {} exists; audit is append-only",
+                    record.id
+                )),
                 other => other,
             })?;
         Ok(())
@@ -261,4 +309,3 @@ impl Store for FirestoreStore {
         Ok(())
     }
 }
-

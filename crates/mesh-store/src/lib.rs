@@ -17,7 +17,9 @@ pub mod rules;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mesh_types::{AuditRecord, Endpoints, Health, Link, LinkId, Peer, PeerId, PublicKey, UnixMillis};
+use mesh_types::{
+    AuditRecord, Endpoints, Health, Link, LinkId, Peer, PeerId, PublicKey, UnixMillis,
+};
 
 pub use config::{StoreConfig, open};
 pub use error::{ErrorKind, StoreError};
@@ -62,7 +64,11 @@ pub struct LinkQuery {
 
 impl Default for LinkQuery {
     fn default() -> Self {
-        LinkQuery { peer: None, health: None, limit: 100 }
+        LinkQuery {
+            peer: None,
+            health: None,
+            limit: 100,
+        }
     }
 }
 

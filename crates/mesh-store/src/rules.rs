@@ -35,7 +35,10 @@ pub fn merge_peer(existing: Option<Peer>, upsert: &PeerUpsert) -> Result<Peer, S
 
 /// The peer with its key replaced by an operator.
 pub fn replace_key(existing: Peer, key: &PublicKey) -> Peer {
-    Peer { pub_key: *key, ..existing }
+    Peer {
+        pub_key: *key,
+        ..existing
+    }
 }
 
 /// Whether `incoming` may replace `existing`: only an observation at least as new.
@@ -49,7 +52,8 @@ pub fn link_write(existing: Option<&Link>, incoming: &Link) -> LinkWrite {
 /// Checks every score before any is written, so `set_trust` is all or nothing.
 pub fn validate_scores(scores: &[(mesh_types::PeerId, f64)]) -> Result<(), StoreError> {
     for (id, trust) in scores {
-        validate_trust(*trust).map_err(|e| StoreError::InvalidInput(format!("trust of {id}: {e}")))?;
+        validate_trust(*trust)
+            .map_err(|e| StoreError::InvalidInput(format!("trust of {id}: {e}")))?;
     }
     Ok(())
 }
@@ -78,7 +82,10 @@ mod tests {
             id: PeerId::new("p").unwrap(),
             pub_key: key,
             region: None,
-            endpoints: Endpoints { webrtc: None, https: Some(format!("https://p/{seen_at}")) },
+            endpoints: Endpoints {
+                webrtc: None,
+                https: Some(format!("https://p/{seen_at}")),
+            },
             seen_at,
             initial_trust: 0.1,
         }
@@ -89,20 +96,39 @@ mod tests {
         let k = key(1);
         let first = merge_peer(None, &upsert(10, k)).unwrap();
         assert_eq!(first.trust, 0.1);
-        let trusted = Peer { trust: 0.9, region: Some("eu".into()), ..first };
+        let trusted = Peer {
+            trust: 0.9,
+            region: Some("eu".into()),
+            ..first
+        };
         let again = merge_peer(Some(trusted.clone()), &upsert(20, k)).unwrap();
         assert_eq!((again.trust, again.last_seen_at), (0.9, 20));
         assert_eq!(again.region.as_deref(), Some("eu"));
         assert_eq!(again.endpoints.https.as_deref(), Some("https://p/20"));
         let late = merge_peer(Some(again), &upsert(15, k)).unwrap();
         assert_eq!(late.last_seen_at, 20);
-        assert!(matches!(merge_peer(Some(trusted), &upsert(30, key(2))), Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            merge_peer(Some(trusted), &upsert(30, key(2))),
+            Err(StoreError::Conflict(_))
+        ));
     }
 
     #[test]
     fn older_link_samples_lose() {
         let (a, b) = (PeerId::new("a").unwrap(), PeerId::new("b").unwrap());
-        let at = |ts| Link::new(&a, &b, Health::Up, LinkQos { last_ts: ts, ..Default::default() }, 1).unwrap();
+        let at = |ts| {
+            Link::new(
+                &a,
+                &b,
+                Health::Up,
+                LinkQos {
+                    last_ts: ts,
+                    ..Default::default()
+                },
+                1,
+            )
+            .unwrap()
+        };
         assert_eq!(link_write(None, &at(5)), LinkWrite::Applied);
         assert_eq!(link_write(Some(&at(5)), &at(5)), LinkWrite::Applied);
         assert_eq!(link_write(Some(&at(5)), &at(6)), LinkWrite::Applied);

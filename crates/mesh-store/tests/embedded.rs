@@ -1,4 +1,5 @@
 //! The conformance suite against the embedded (SQLite) store.
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
 mod conformance;
 

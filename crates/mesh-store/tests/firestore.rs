@@ -1,5 +1,6 @@
 //! The conformance suite against the real Firestore emulator (started by scripts/test.sh). Each
 //! test uses its own project id, so tests sharing the emulator never see each other's data.
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
 mod conformance;
 

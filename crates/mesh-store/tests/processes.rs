@@ -4,6 +4,7 @@
 //!
 //! The test re-runs its own binary as the writer processes (selected by `CHILD_DIR`), so the
 //! writers are real, separate processes with their own SQLite connections.
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
 use std::process::Command;
 
@@ -32,7 +33,11 @@ async fn write_as(store: &EmbeddedStore, name: &str) {
         .unwrap();
     for i in 0..LINKS_PER_WRITER {
         let other = peer_id(&format!("far-{i}"));
-        let qos = LinkQos { rtt_ms: Some(i as f64), last_ts: 100 + i, ..Default::default() };
+        let qos = LinkQos {
+            rtt_ms: Some(i as f64),
+            last_ts: 100 + i,
+            ..Default::default()
+        };
         let link = Link::new(me.id(), &other, Health::Up, qos, 1).unwrap();
         assert_eq!(store.upsert_link(&link).await.unwrap(), LinkWrite::Applied);
     }
@@ -53,7 +58,11 @@ async fn writers_in_three_processes_share_one_store() {
         .iter()
         .map(|name| {
             Command::new(&exe)
-                .args(["--exact", "writers_in_three_processes_share_one_store", "--nocapture"])
+                .args([
+                    "--exact",
+                    "writers_in_three_processes_share_one_store",
+                    "--nocapture",
+                ])
                 .env(CHILD_DIR, dir.path())
                 .env(CHILD_NAME, name)
                 .spawn()
@@ -73,10 +82,24 @@ async fn writers_in_three_processes_share_one_store() {
     let peers = store.list_peers().await.unwrap();
     let ids: Vec<&str> = peers.iter().map(|p| p.id.as_str()).collect();
     assert_eq!(ids, ["parent", "writer-one", "writer-two"]);
-    let links = store.list_links(&LinkQuery { limit: 1000, ..Default::default() }).await.unwrap();
+    let links = store
+        .list_links(&LinkQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(links.len() as u64, 3 * LINKS_PER_WRITER);
     for name in ids {
-        let q = LinkQuery { peer: Some(peer_id(name)), limit: 1000, ..Default::default() };
-        assert_eq!(store.list_links(&q).await.unwrap().len() as u64, LINKS_PER_WRITER, "{name}");
+        let q = LinkQuery {
+            peer: Some(peer_id(name)),
+            limit: 1000,
+            ..Default::default()
+        };
+        assert_eq!(
+            store.list_links(&q).await.unwrap().len() as u64,
+            LINKS_PER_WRITER,
+            "{name}"
+        );
     }
 }

@@ -24,7 +24,10 @@ pub fn peer_id(id: &str) -> PeerId {
 
 /// A fresh data directory, removed when dropped.
 pub fn data_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("meshrtc-test-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("meshrtc-test-")
+        .tempdir()
+        .unwrap()
 }
 
 /// The address of the running Firestore emulator. Fails (never skips) when there is none: the

@@ -36,9 +36,17 @@ pub enum VerifyError {
     #[error("message names {claimed} but was signed by key {kid}, not {claimed}'s key")]
     WrongSigner { claimed: String, kid: String },
     #[error("timestamp {ts} is {age_ms} ms old, older than the {window_ms} ms window")]
-    Stale { ts: u64, age_ms: u64, window_ms: u64 },
+    Stale {
+        ts: u64,
+        age_ms: u64,
+        window_ms: u64,
+    },
     #[error("timestamp {ts} is {ahead_ms} ms in the future, beyond the {window_ms} ms window")]
-    FromFuture { ts: u64, ahead_ms: u64, window_ms: u64 },
+    FromFuture {
+        ts: u64,
+        ahead_ms: u64,
+        window_ms: u64,
+    },
     #[error("message was already accepted once")]
     Replayed,
     #[error("replay cache is full ({0} messages in the window); try again shortly")]

@@ -8,7 +8,9 @@ use crate::signing::{CanonicalWriter, Signed};
 use crate::{Error, KeyId, PeerId, Signature, UnixMillis};
 
 /// A hybrid logical clock stamp: wall time in ms and a counter that orders events within a ms.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Hlc {
     pub wall_ms: UnixMillis,
@@ -43,7 +45,10 @@ impl Envelope {
     pub fn validate(&self) -> Result<(), Error> {
         let id_ok = !self.id.is_empty()
             && self.id.len() <= 64
-            && self.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !id_ok {
             return Err(Error::InvalidField {
                 field: "id",
@@ -72,8 +77,8 @@ impl Signed for Envelope {
     fn signing_bytes(&self) -> Result<Vec<u8>, Error> {
         // RFC 8785 (JCS) makes the payload's bytes independent of key order and number spelling,
         // so a client in any language can reproduce them.
-        let payload = serde_jcs::to_vec(&self.payload)
-            .map_err(|e| Error::Canonicalisation(e.to_string()))?;
+        let payload =
+            serde_jcs::to_vec(&self.payload).map_err(|e| Error::Canonicalisation(e.to_string()))?;
         Ok(CanonicalWriter::new(Self::DOMAIN)
             .str(&self.id)
             .str(self.from.as_str())
@@ -153,7 +158,10 @@ mod tests {
             kind: "telemetry".into(),
             payload,
             from: from.id().clone(),
-            hlc: Hlc { wall_ms: 10, counter: 0 },
+            hlc: Hlc {
+                wall_ms: 10,
+                counter: 0,
+            },
             ttl: 3,
             hops: 0,
             sig: String::new(),
@@ -168,15 +176,22 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);
         let a = Identity::generate(PeerId::new("a").unwrap(), &mut rng);
         let e = envelope(&a, serde_json::json!({"x": 1, "y": [1.0, "s"]}));
-        let mut reordered: Envelope =
-            serde_json::from_str(&serde_json::to_string(&e).unwrap().replace(r#""x":1,"y":[1.0,"s"]"#, r#""y":[1,"s"],"x":1"#)).unwrap();
+        let mut reordered: Envelope = serde_json::from_str(
+            &serde_json::to_string(&e)
+                .unwrap()
+                .replace(r#""x":1,"y":[1.0,"s"]"#, r#""y":[1,"s"],"x":1"#),
+        )
+        .unwrap();
         reordered.hops = 2;
         let mut v = Verifier::new(VerifierConfig::default());
         assert_eq!(v.verify(&reordered, &a.public_key(), 10), Ok(()));
 
         let mut tampered = e.clone();
         tampered.ttl = 9;
-        assert_eq!(v.verify(&tampered, &a.public_key(), 10), Err(VerifyError::BadSignature));
+        assert_eq!(
+            v.verify(&tampered, &a.public_key(), 10),
+            Err(VerifyError::BadSignature)
+        );
     }
 
     #[test]

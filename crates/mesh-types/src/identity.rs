@@ -21,9 +21,9 @@ impl PublicKey {
         let bytes = B64
             .decode(s.trim())
             .map_err(|e| Error::InvalidPublicKey(format!("not base64: {e}")))?;
-        let bytes: [u8; 32] = bytes
-            .try_into()
-            .map_err(|b: Vec<u8>| Error::InvalidPublicKey(format!("{} bytes, expected 32", b.len())))?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            Error::InvalidPublicKey(format!("{} bytes, expected 32", b.len()))
+        })?;
         VerifyingKey::from_bytes(&bytes)
             .map(PublicKey)
             .map_err(|_| Error::InvalidPublicKey("not a point on the curve".into()))
@@ -96,9 +96,9 @@ impl Signature {
         let bytes = B64
             .decode(s.trim())
             .map_err(|e| Error::InvalidSignature(format!("not base64: {e}")))?;
-        let bytes: [u8; 64] = bytes
-            .try_into()
-            .map_err(|b: Vec<u8>| Error::InvalidSignature(format!("{} bytes, expected 64", b.len())))?;
+        let bytes: [u8; 64] = bytes.try_into().map_err(|b: Vec<u8>| {
+            Error::InvalidSignature(format!("{} bytes, expected 64", b.len()))
+        })?;
         Ok(Signature(bytes))
     }
 
@@ -124,7 +124,10 @@ impl Identity {
     pub fn generate(id: PeerId, rng: &mut (impl rand::CryptoRng + ?Sized)) -> Self {
         let mut seed = [0u8; 32];
         rng.fill_bytes(&mut seed);
-        Identity { id, key: SigningKey::from_bytes(&seed) }
+        Identity {
+            id,
+            key: SigningKey::from_bytes(&seed),
+        }
     }
 
     /// From the base64 32-byte seed operators keep in `MESH_SIGNING_KEY` or a secret file.
@@ -132,10 +135,13 @@ impl Identity {
         let bytes = B64
             .decode(seed.trim())
             .map_err(|e| Error::InvalidSigningKey(format!("not base64: {e}")))?;
-        let seed: [u8; 32] = bytes
-            .try_into()
-            .map_err(|b: Vec<u8>| Error::InvalidSigningKey(format!("{} bytes, expected a 32-byte seed", b.len())))?;
-        Ok(Identity { id, key: SigningKey::from_bytes(&seed) })
+        let seed: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            Error::InvalidSigningKey(format!("{} bytes, expected a 32-byte seed", b.len()))
+        })?;
+        Ok(Identity {
+            id,
+            key: SigningKey::from_bytes(&seed),
+        })
     }
 
     pub fn seed_base64(&self) -> String {
@@ -181,10 +187,22 @@ mod tests {
 
     #[test]
     fn rejects_malformed_keys_and_signatures() {
-        assert!(matches!(PublicKey::from_base64("!!"), Err(Error::InvalidPublicKey(_))));
-        assert!(matches!(PublicKey::from_base64("AAAA"), Err(Error::InvalidPublicKey(_))));
-        assert!(matches!(Signature::from_base64("AAAA"), Err(Error::InvalidSignature(_))));
+        assert!(matches!(
+            PublicKey::from_base64("!!"),
+            Err(Error::InvalidPublicKey(_))
+        ));
+        assert!(matches!(
+            PublicKey::from_base64("AAAA"),
+            Err(Error::InvalidPublicKey(_))
+        ));
+        assert!(matches!(
+            Signature::from_base64("AAAA"),
+            Err(Error::InvalidSignature(_))
+        ));
         let a = PeerId::new("a").unwrap();
-        assert!(matches!(Identity::from_seed_base64(a, "AAAA"), Err(Error::InvalidSigningKey(_))));
+        assert!(matches!(
+            Identity::from_seed_base64(a, "AAAA"),
+            Err(Error::InvalidSigningKey(_))
+        ));
     }
 }

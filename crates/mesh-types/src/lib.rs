@@ -6,13 +6,13 @@
 //! deterministically and can be reused by any driver.
 
 mod error;
+mod gossip;
 mod identity;
 mod link;
 pub mod peer;
 mod peer_id;
 mod sdp;
 pub mod signing;
-mod gossip;
 
 pub use error::{Error, VerifyError};
 pub use gossip::{AuditRecord, AuditTarget, Envelope, Hlc, Transport};

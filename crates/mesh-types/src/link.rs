@@ -32,7 +32,10 @@ impl LinkId {
     pub fn peers(&self) -> (PeerId, PeerId) {
         let (a, b) = self.0.split_once(SEPARATOR).unwrap_or_default();
         // Constructed only from validated ids, so both halves are valid.
-        (PeerId::new(a).expect("validated link id"), PeerId::new(b).expect("validated link id"))
+        (
+            PeerId::new(a).expect("validated link id"),
+            PeerId::new(b).expect("validated link id"),
+        )
     }
 }
 
@@ -50,7 +53,10 @@ impl FromStr for LinkId {
     fn from_str(s: &str) -> Result<Self, Error> {
         let bad = || Error::InvalidLinkId(s.to_string());
         let (a, b) = s.split_once(SEPARATOR).ok_or_else(bad)?;
-        let (a, b) = (PeerId::new(a).map_err(|_| bad())?, PeerId::new(b).map_err(|_| bad())?);
+        let (a, b) = (
+            PeerId::new(a).map_err(|_| bad())?,
+            PeerId::new(b).map_err(|_| bad())?,
+        );
         if a >= b {
             return Err(bad());
         }
@@ -156,7 +162,14 @@ impl Link {
         ts: UnixMillis,
     ) -> Result<Self, Error> {
         let (a, b) = ordered(x, y)?;
-        Ok(Link { id: LinkId::between(a, b)?, a: a.clone(), b: b.clone(), health, qos, ts })
+        Ok(Link {
+            id: LinkId::between(a, b)?,
+            a: a.clone(),
+            b: b.clone(),
+            health,
+            qos,
+            ts,
+        })
     }
 
     /// Checks what serde cannot: the id names exactly `a` and `b`, and the figures are sane.
@@ -171,14 +184,21 @@ impl Link {
             ("lossPct", q.loss_pct),
             ("bitrateKbps", q.bitrate_kbps),
         ] {
-            if let Some(v) = v {
-                if v.is_finite() && v < 0.0 {
-                    return Err(Error::InvalidField { field, reason: format!("{v} is negative") });
-                }
+            if let Some(v) = v
+                && v.is_finite()
+                && v < 0.0
+            {
+                return Err(Error::InvalidField {
+                    field,
+                    reason: format!("{v} is negative"),
+                });
             }
         }
         if let Some(loss) = q.loss_pct.filter(|l| l.is_finite() && *l > 100.0) {
-            return Err(Error::InvalidField { field: "lossPct", reason: format!("{loss} > 100") });
+            return Err(Error::InvalidField {
+                field: "lossPct",
+                reason: format!("{loss} > 100"),
+            });
         }
         Ok(())
     }
@@ -201,7 +221,10 @@ mod tests {
     fn ids_are_canonical_whichever_side_dials() {
         assert_eq!(LinkId::between(&p("b"), &p("a")).unwrap().as_str(), "a<->b");
         assert_eq!(LinkId::between(&p("a"), &p("b")).unwrap().as_str(), "a<->b");
-        assert!(matches!(LinkId::between(&p("a"), &p("a")), Err(Error::SelfLink(_))));
+        assert!(matches!(
+            LinkId::between(&p("a"), &p("a")),
+            Err(Error::SelfLink(_))
+        ));
         let l = Link::new(&p("z"), &p("m"), Health::Up, LinkQos::default(), 1).unwrap();
         assert_eq!((l.a.as_str(), l.b.as_str()), ("m", "z"));
         assert_eq!(l.id.peers(), (p("m"), p("z")));
@@ -217,7 +240,12 @@ mod tests {
 
     #[test]
     fn unknown_and_non_finite_figures_are_omitted() {
-        let qos = LinkQos { rtt_ms: Some(1.5), jitter_ms: Some(f64::NAN), last_ts: 9, ..Default::default() };
+        let qos = LinkQos {
+            rtt_ms: Some(1.5),
+            jitter_ms: Some(f64::NAN),
+            last_ts: 9,
+            ..Default::default()
+        };
         let l = Link::new(&p("a"), &p("b"), Health::Degraded, qos, 3).unwrap();
         assert_eq!(
             serde_json::to_value(&l).unwrap(),

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::signing::{CanonicalWriter, Signed};
 use crate::{Error, KeyId, PeerId, PublicKey, Signature, UnixMillis};
 
+/// Trust a newly registered peer starts with, until the trust model (docs/TRUST.md) recomputes
+/// it from the link graph. Above zero so a new peer can be chosen at all.
+pub const INITIAL_TRUST: f64 = 0.1;
+
 /// Where a peer can be reached. Unknown endpoints are omitted, never null.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -46,7 +50,10 @@ pub fn validate_trust(trust: f64) -> Result<(), Error> {
     if (0.0..=1.0).contains(&trust) {
         Ok(())
     } else {
-        Err(Error::InvalidField { field: "trust", reason: format!("{trust} is not in [0, 1]") })
+        Err(Error::InvalidField {
+            field: "trust",
+            reason: format!("{trust} is not in [0, 1]"),
+        })
     }
 }
 
@@ -75,7 +82,15 @@ impl PeerRegistration {
         endpoints: Endpoints,
         ts: UnixMillis,
     ) -> Self {
-        PeerRegistration { id, pub_key, region, endpoints, ts, sig: String::new(), kid: None }
+        PeerRegistration {
+            id,
+            pub_key,
+            region,
+            endpoints,
+            ts,
+            sig: String::new(),
+            kid: None,
+        }
     }
 }
 
@@ -126,7 +141,13 @@ mod tests {
 
     #[test]
     fn unknown_endpoints_are_omitted() {
-        let e = Endpoints { webrtc: None, https: Some("https://w".into()) };
-        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"https":"https://w"}"#);
+        let e = Endpoints {
+            webrtc: None,
+            https: Some("https://w".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"https":"https://w"}"#
+        );
     }
 }

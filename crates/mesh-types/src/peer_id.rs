@@ -22,7 +22,12 @@ pub struct PeerId(String);
 impl PeerId {
     pub fn new(id: impl Into<String>) -> Result<Self, Error> {
         let id = id.into();
-        let invalid = |reason| Err(Error::InvalidPeerId { id: id.clone(), reason });
+        let invalid = |reason| {
+            Err(Error::InvalidPeerId {
+                id: id.clone(),
+                reason,
+            })
+        };
         let Some(first) = id.chars().next() else {
             return invalid("must not be empty");
         };
@@ -32,7 +37,10 @@ impl PeerId {
         if !first.is_ascii_alphanumeric() {
             return invalid("must start with a letter or digit");
         }
-        if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        if !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
             return invalid("only letters, digits, '-', '_' and '.' are allowed");
         }
         Ok(PeerId(id))

@@ -52,7 +52,15 @@ pub type Answer = SdpMessage<AnswerKind>;
 impl<K> SdpMessage<K> {
     /// An unsigned message; call [`Signed::sign`] before sending it.
     pub fn new(peer_from: PeerId, peer_to: PeerId, sdp: String, ts: UnixMillis) -> Self {
-        SdpMessage { peer_from, peer_to, sdp, ts, sig: String::new(), kid: None, kind: PhantomData }
+        SdpMessage {
+            peer_from,
+            peer_to,
+            sdp,
+            ts,
+            sig: String::new(),
+            kid: None,
+            kind: PhantomData,
+        }
     }
 }
 
@@ -100,7 +108,10 @@ mod tests {
         let json = serde_json::to_string(&offer).unwrap();
         let as_answer: Answer = serde_json::from_str(&json).unwrap();
         let mut v = Verifier::new(VerifierConfig::default());
-        assert_eq!(v.verify(&as_answer, &a.public_key(), 5), Err(VerifyError::BadSignature));
+        assert_eq!(
+            v.verify(&as_answer, &a.public_key(), 5),
+            Err(VerifyError::BadSignature)
+        );
         assert_eq!(v.verify(&offer, &a.public_key(), 5), Ok(()));
     }
 
@@ -110,6 +121,9 @@ mod tests {
             serde_json::from_str(r#"{"peerFrom":"a","peerTo":"b","sdp":"v=0","ts":1}"#).unwrap();
         assert_eq!(o.sig, "");
         let v = serde_json::to_value(&o).unwrap();
-        assert_eq!(v, serde_json::json!({"peerFrom":"a","peerTo":"b","sdp":"v=0","ts":1,"sig":""}));
+        assert_eq!(
+            v,
+            serde_json::json!({"peerFrom":"a","peerTo":"b","sdp":"v=0","ts":1,"sig":""})
+        );
     }
 }

@@ -103,17 +103,24 @@ pub fn verify_signature<T: Signed>(msg: &T, key: &PublicKey) -> Result<(), Verif
     if msg.sig().is_empty() {
         return Err(VerifyError::MissingSignature);
     }
-    let sig = Signature::from_base64(msg.sig()).map_err(|e| VerifyError::Malformed(e.to_string()))?;
-    if let Some(kid) = msg.kid() {
-        if *kid != key.key_id() {
-            return Err(VerifyError::WrongSigner {
-                claimed: msg.signer().to_string(),
-                kid: kid.to_string(),
-            });
-        }
+    let sig =
+        Signature::from_base64(msg.sig()).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+    if let Some(kid) = msg.kid()
+        && *kid != key.key_id()
+    {
+        return Err(VerifyError::WrongSigner {
+            claimed: msg.signer().to_string(),
+            kid: kid.to_string(),
+        });
     }
-    let bytes = msg.signing_bytes().map_err(|e| VerifyError::Malformed(e.to_string()))?;
-    if key.verify(&bytes, &sig) { Ok(()) } else { Err(VerifyError::BadSignature) }
+    let bytes = msg
+        .signing_bytes()
+        .map_err(|e| VerifyError::Malformed(e.to_string()))?;
+    if key.verify(&bytes, &sig) {
+        Ok(())
+    } else {
+        Err(VerifyError::BadSignature)
+    }
 }
 
 /// Freshness and replay settings.
@@ -128,7 +135,10 @@ pub struct VerifierConfig {
 
 impl Default for VerifierConfig {
     fn default() -> Self {
-        VerifierConfig { window_ms: 60_000, replay_capacity: 100_000 }
+        VerifierConfig {
+            window_ms: 60_000,
+            replay_capacity: 100_000,
+        }
     }
 }
 
@@ -142,7 +152,10 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(config: VerifierConfig) -> Self {
-        Verifier { config, replay: ReplayCache::new(config.replay_capacity) }
+        Verifier {
+            config,
+            replay: ReplayCache::new(config.replay_capacity),
+        }
     }
 
     pub fn config(&self) -> VerifierConfig {
@@ -159,17 +172,31 @@ impl Verifier {
     ) -> Result<(), VerifyError> {
         verify_signature(msg, key)?;
         self.check_fresh(msg.ts(), now_ms)?;
-        let sig = Signature::from_base64(msg.sig()).map_err(|e| VerifyError::Malformed(e.to_string()))?;
-        self.replay.insert(T::DOMAIN, &sig, msg.ts().saturating_add(self.config.window_ms), now_ms)
+        let sig =
+            Signature::from_base64(msg.sig()).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        self.replay.insert(
+            T::DOMAIN,
+            &sig,
+            msg.ts().saturating_add(self.config.window_ms),
+            now_ms,
+        )
     }
 
     fn check_fresh(&self, ts: UnixMillis, now_ms: UnixMillis) -> Result<(), VerifyError> {
         let window_ms = self.config.window_ms;
         if ts + window_ms < now_ms {
-            return Err(VerifyError::Stale { ts, age_ms: now_ms - ts, window_ms });
+            return Err(VerifyError::Stale {
+                ts,
+                age_ms: now_ms - ts,
+                window_ms,
+            });
         }
         if ts > now_ms + window_ms {
-            return Err(VerifyError::FromFuture { ts, ahead_ms: ts - now_ms, window_ms });
+            return Err(VerifyError::FromFuture {
+                ts,
+                ahead_ms: ts - now_ms,
+                window_ms,
+            });
         }
         Ok(())
     }
@@ -186,7 +213,11 @@ pub struct ReplayCache {
 
 impl ReplayCache {
     pub fn new(capacity: usize) -> Self {
-        ReplayCache { capacity, seen: HashSet::new(), by_expiry: BinaryHeap::new() }
+        ReplayCache {
+            capacity,
+            seen: HashSet::new(),
+            by_expiry: BinaryHeap::new(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -244,7 +275,12 @@ mod tests {
     }
 
     fn offer(from: &Identity, ts: u64) -> Offer {
-        let mut o = Offer::new(from.id().clone(), PeerId::new("b").unwrap(), "v=0\r\n".into(), ts);
+        let mut o = Offer::new(
+            from.id().clone(),
+            PeerId::new("b").unwrap(),
+            "v=0\r\n".into(),
+            ts,
+        );
         o.sign(from).unwrap();
         o
     }
@@ -255,7 +291,10 @@ mod tests {
         let mut v = Verifier::new(VerifierConfig::default());
         let o = offer(&a, NOW);
         assert_eq!(v.verify(&o, &a.public_key(), NOW + 10), Ok(()));
-        assert_eq!(v.verify(&o, &a.public_key(), NOW + 20), Err(VerifyError::Replayed));
+        assert_eq!(
+            v.verify(&o, &a.public_key(), NOW + 20),
+            Err(VerifyError::Replayed)
+        );
     }
 
     #[test]
@@ -266,7 +305,10 @@ mod tests {
 
         let mut tampered = offer(&a, NOW);
         tampered.sdp.push_str("a=evil\r\n");
-        assert_eq!(v.verify(&tampered, &a.public_key(), NOW), Err(VerifyError::BadSignature));
+        assert_eq!(
+            v.verify(&tampered, &a.public_key(), NOW),
+            Err(VerifyError::BadSignature)
+        );
 
         let forged = offer(&mallory, NOW);
         assert!(matches!(
@@ -275,7 +317,10 @@ mod tests {
         ));
 
         let stale = offer(&a, NOW - 60_001);
-        assert!(matches!(v.verify(&stale, &a.public_key(), NOW), Err(VerifyError::Stale { .. })));
+        assert!(matches!(
+            v.verify(&stale, &a.public_key(), NOW),
+            Err(VerifyError::Stale { .. })
+        ));
         let future = offer(&a, NOW + 60_001);
         assert!(matches!(
             v.verify(&future, &a.public_key(), NOW),
@@ -284,9 +329,15 @@ mod tests {
 
         let mut unsigned = offer(&a, NOW);
         unsigned.sig.clear();
-        assert_eq!(v.verify(&unsigned, &a.public_key(), NOW), Err(VerifyError::MissingSignature));
+        assert_eq!(
+            v.verify(&unsigned, &a.public_key(), NOW),
+            Err(VerifyError::MissingSignature)
+        );
         unsigned.sig = "***".into();
-        assert!(matches!(v.verify(&unsigned, &a.public_key(), NOW), Err(VerifyError::Malformed(_))));
+        assert!(matches!(
+            v.verify(&unsigned, &a.public_key(), NOW),
+            Err(VerifyError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -295,21 +346,33 @@ mod tests {
         let mut forged = offer(&identity("a", 2), NOW);
         forged.kid = None;
         let mut v = Verifier::new(VerifierConfig::default());
-        assert_eq!(v.verify(&forged, &a.public_key(), NOW), Err(VerifyError::BadSignature));
+        assert_eq!(
+            v.verify(&forged, &a.public_key(), NOW),
+            Err(VerifyError::BadSignature)
+        );
     }
 
     #[test]
     fn window_edges_are_inclusive() {
         let a = identity("a", 1);
         let mut v = Verifier::new(VerifierConfig::default());
-        assert_eq!(v.verify(&offer(&a, NOW - 60_000), &a.public_key(), NOW), Ok(()));
-        assert_eq!(v.verify(&offer(&a, NOW + 60_000), &a.public_key(), NOW), Ok(()));
+        assert_eq!(
+            v.verify(&offer(&a, NOW - 60_000), &a.public_key(), NOW),
+            Ok(())
+        );
+        assert_eq!(
+            v.verify(&offer(&a, NOW + 60_000), &a.public_key(), NOW),
+            Ok(())
+        );
     }
 
     #[test]
     fn replay_cache_forgets_only_what_the_window_refuses() {
         let a = identity("a", 1);
-        let mut v = Verifier::new(VerifierConfig { window_ms: 1_000, replay_capacity: 2 });
+        let mut v = Verifier::new(VerifierConfig {
+            window_ms: 1_000,
+            replay_capacity: 2,
+        });
         let first = offer(&a, NOW);
         v.verify(&first, &a.public_key(), NOW).unwrap();
         v.verify(&offer(&a, NOW + 1), &a.public_key(), NOW).unwrap();
@@ -321,21 +384,36 @@ mod tests {
         // Once `first` has left the window it is purged, and the window refuses its replay.
         let later = NOW + 1_001;
         v.verify(&offer(&a, later), &a.public_key(), later).unwrap();
-        assert!(matches!(v.verify(&first, &a.public_key(), later), Err(VerifyError::Stale { .. })));
+        assert!(matches!(
+            v.verify(&first, &a.public_key(), later),
+            Err(VerifyError::Stale { .. })
+        ));
     }
 
     #[test]
     fn signing_as_someone_else_is_refused() {
         let a = identity("a", 1);
-        let mut o = Offer::new(PeerId::new("z").unwrap(), PeerId::new("b").unwrap(), "v=0".into(), NOW);
+        let mut o = Offer::new(
+            PeerId::new("z").unwrap(),
+            PeerId::new("b").unwrap(),
+            "v=0".into(),
+            NOW,
+        );
         assert!(matches!(o.sign(&a), Err(Error::NotSigner { .. })));
     }
 
     #[test]
     fn layout_is_length_prefixed() {
-        let bytes = CanonicalWriter::new("t").str("ab").u64(1).opt_str(None).opt_str(Some("")).finish();
+        let bytes = CanonicalWriter::new("t")
+            .str("ab")
+            .u64(1)
+            .opt_str(None)
+            .opt_str(Some(""))
+            .finish();
         let mut want = b"meshrtc/v1/t\0".to_vec();
-        want.extend_from_slice(&[0, 0, 0, 2, b'a', b'b', 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0]);
+        want.extend_from_slice(&[
+            0, 0, 0, 2, b'a', b'b', 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0,
+        ]);
         assert_eq!(bytes, want);
     }
 }

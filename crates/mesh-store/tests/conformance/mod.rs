@@ -42,14 +42,22 @@ fn upsert(name: &str, seed: u64, seen_at: u64) -> PeerUpsert {
         id: peer_id(name),
         pub_key: identity(name, seed).public_key(),
         region: Some("europe-west1".into()),
-        endpoints: Endpoints { webrtc: None, https: Some(format!("https://{name}.test")) },
+        endpoints: Endpoints {
+            webrtc: None,
+            https: Some(format!("https://{name}.test")),
+        },
         seen_at,
         initial_trust: 0.1,
     }
 }
 
 fn link(x: &str, y: &str, health: Health, last_ts: u64) -> Link {
-    let qos = LinkQos { rtt_ms: Some(1.5), loss_pct: Some(0.0), last_ts, ..Default::default() };
+    let qos = LinkQos {
+        rtt_ms: Some(1.5),
+        loss_pct: Some(0.0),
+        last_ts,
+        ..Default::default()
+    };
     Link::new(&peer_id(x), &peer_id(y), health, qos, 1_000).unwrap()
 }
 
@@ -64,8 +72,18 @@ fn audit(id: &str, ts: u64) -> AuditRecord {
         failed: 1,
         envelope_id: Some(format!("env-{id}")),
         targets: vec![
-            AuditTarget { peer: peer_id("b"), transport: Transport::Datachannel, ok: true, error: None },
-            AuditTarget { peer: peer_id("c"), transport: Transport::Https, ok: false, error: Some("timeout".into()) },
+            AuditTarget {
+                peer: peer_id("b"),
+                transport: Transport::Datachannel,
+                ok: true,
+                error: None,
+            },
+            AuditTarget {
+                peer: peer_id("c"),
+                transport: Transport::Https,
+                ok: false,
+                error: Some("timeout".into()),
+            },
         ],
         reason: None,
     }
@@ -87,54 +105,116 @@ pub async fn registration_keeps_trust_and_binds_the_key(store: SharedStore) {
     let refreshed = store.upsert_peer(&again).await.unwrap();
     assert_eq!(refreshed.trust, 0.8, "re-registration must not reset trust");
     assert_eq!(refreshed.last_seen_at, 200);
-    assert_eq!(refreshed.endpoints.https.as_deref(), Some("https://a.moved"));
+    assert_eq!(
+        refreshed.endpoints.https.as_deref(),
+        Some("https://a.moved")
+    );
 
     let other_key = store.upsert_peer(&upsert("a", 2, 300)).await.unwrap_err();
     assert_eq!(other_key.kind(), ErrorKind::Conflict);
-    assert_eq!(store.get_peer(&peer_id("a")).await.unwrap().pub_key, identity("a", 1).public_key());
+    assert_eq!(
+        store.get_peer(&peer_id("a")).await.unwrap().pub_key,
+        identity("a", 1).public_key()
+    );
 
     let new_key = identity("a", 2).public_key();
-    let replaced = store.replace_peer_key(&peer_id("a"), &new_key).await.unwrap();
+    let replaced = store
+        .replace_peer_key(&peer_id("a"), &new_key)
+        .await
+        .unwrap();
     assert_eq!((replaced.pub_key, replaced.trust), (new_key, 0.8));
     store.upsert_peer(&upsert("a", 2, 400)).await.unwrap();
-    let unknown = store.replace_peer_key(&peer_id("zed"), &new_key).await.unwrap_err();
+    let unknown = store
+        .replace_peer_key(&peer_id("zed"), &new_key)
+        .await
+        .unwrap_err();
     assert_eq!(unknown.kind(), ErrorKind::NotFound);
 }
 
 pub async fn peers_list_in_id_order(store: SharedStore) {
     for (i, name) in ["c", "a", "b"].iter().enumerate() {
-        store.upsert_peer(&upsert(name, i as u64, 10)).await.unwrap();
+        store
+            .upsert_peer(&upsert(name, i as u64, 10))
+            .await
+            .unwrap();
     }
-    let ids: Vec<String> = store.list_peers().await.unwrap().iter().map(|p| p.id.to_string()).collect();
+    let ids: Vec<String> = store
+        .list_peers()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id.to_string())
+        .collect();
     assert_eq!(ids, ["a", "b", "c"]);
 }
 
 pub async fn set_trust_is_all_or_nothing(store: SharedStore) {
     store.upsert_peer(&upsert("a", 1, 10)).await.unwrap();
     store.upsert_peer(&upsert("b", 2, 10)).await.unwrap();
-    let err = store.set_trust(&[(peer_id("a"), 0.5), (peer_id("ghost"), 0.5)]).await.unwrap_err();
+    let err = store
+        .set_trust(&[(peer_id("a"), 0.5), (peer_id("ghost"), 0.5)])
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
-    assert_eq!(store.get_peer(&peer_id("a")).await.unwrap().trust, 0.1, "partial write");
-    let err = store.set_trust(&[(peer_id("a"), 0.5), (peer_id("b"), 1.5)]).await.unwrap_err();
+    assert_eq!(
+        store.get_peer(&peer_id("a")).await.unwrap().trust,
+        0.1,
+        "partial write"
+    );
+    let err = store
+        .set_trust(&[(peer_id("a"), 0.5), (peer_id("b"), 1.5)])
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    assert_eq!(store.get_peer(&peer_id("a")).await.unwrap().trust, 0.1, "partial write");
-    store.set_trust(&[(peer_id("a"), 0.5), (peer_id("b"), 1.0)]).await.unwrap();
+    assert_eq!(
+        store.get_peer(&peer_id("a")).await.unwrap().trust,
+        0.1,
+        "partial write"
+    );
+    store
+        .set_trust(&[(peer_id("a"), 0.5), (peer_id("b"), 1.0)])
+        .await
+        .unwrap();
     assert_eq!(store.get_peer(&peer_id("b")).await.unwrap().trust, 1.0);
 }
 
 pub async fn links_are_one_per_pair_and_older_samples_lose(store: SharedStore) {
-    assert_eq!(store.upsert_link(&link("b", "a", Health::Up, 10)).await.unwrap(), LinkWrite::Applied);
-    assert_eq!(store.upsert_link(&link("a", "b", Health::Degraded, 20)).await.unwrap(), LinkWrite::Applied);
-    assert_eq!(store.upsert_link(&link("a", "b", Health::Down, 15)).await.unwrap(), LinkWrite::Stale);
+    assert_eq!(
+        store
+            .upsert_link(&link("b", "a", Health::Up, 10))
+            .await
+            .unwrap(),
+        LinkWrite::Applied
+    );
+    assert_eq!(
+        store
+            .upsert_link(&link("a", "b", Health::Degraded, 20))
+            .await
+            .unwrap(),
+        LinkWrite::Applied
+    );
+    assert_eq!(
+        store
+            .upsert_link(&link("a", "b", Health::Down, 15))
+            .await
+            .unwrap(),
+        LinkWrite::Stale
+    );
     let links = store.list_links(&LinkQuery::default()).await.unwrap();
     assert_eq!(links.len(), 1);
-    assert_eq!((links[0].id.as_str(), links[0].health, links[0].qos.last_ts), ("a<->b", Health::Degraded, 20));
+    assert_eq!(
+        (links[0].id.as_str(), links[0].health, links[0].qos.last_ts),
+        ("a<->b", Health::Degraded, 20)
+    );
     assert_eq!(store.get_link(&links[0].id).await.unwrap(), links[0]);
     let missing = store.get_link(&"a<->z".parse().unwrap()).await.unwrap_err();
     assert_eq!(missing.kind(), ErrorKind::NotFound);
     let mut bad = link("a", "b", Health::Up, 30);
     bad.qos.loss_pct = Some(250.0);
-    assert_eq!(store.upsert_link(&bad).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    assert_eq!(
+        store.upsert_link(&bad).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
 }
 
 pub async fn links_list_newest_first_with_filters_and_limit(store: SharedStore) {
@@ -147,17 +227,56 @@ pub async fn links_list_newest_first_with_filters_and_limit(store: SharedStore) 
     ] {
         store.upsert_link(&l).await.unwrap();
     }
-    let ids = |links: Vec<Link>| links.into_iter().map(|l| l.id.to_string()).collect::<Vec<_>>();
+    let ids = |links: Vec<Link>| {
+        links
+            .into_iter()
+            .map(|l| l.id.to_string())
+            .collect::<Vec<_>>()
+    };
     let all = store.list_links(&LinkQuery::default()).await.unwrap();
     // Ties on lastTs break by id, descending.
     assert_eq!(ids(all), ["c<->d", "a<->c", "b<->d", "b<->c", "a<->b"]);
-    let q = |peer: Option<&str>, health, limit| LinkQuery { peer: peer.map(peer_id), health, limit };
-    assert_eq!(ids(store.list_links(&q(Some("c"), None, 100)).await.unwrap()), ["c<->d", "a<->c", "b<->c"]);
-    assert_eq!(ids(store.list_links(&q(None, Some(Health::Up), 100)).await.unwrap()), ["b<->d", "b<->c", "a<->b"]);
-    assert_eq!(ids(store.list_links(&q(Some("b"), Some(Health::Up), 100)).await.unwrap()), ["b<->d", "b<->c", "a<->b"]);
-    assert_eq!(ids(store.list_links(&q(Some("a"), Some(Health::Up), 100)).await.unwrap()), ["a<->b"]);
-    assert_eq!(ids(store.list_links(&q(None, None, 2)).await.unwrap()), ["c<->d", "a<->c"]);
-    assert!(store.list_links(&q(Some("nobody"), None, 100)).await.unwrap().is_empty());
+    let q = |peer: Option<&str>, health, limit| LinkQuery {
+        peer: peer.map(peer_id),
+        health,
+        limit,
+    };
+    assert_eq!(
+        ids(store.list_links(&q(Some("c"), None, 100)).await.unwrap()),
+        ["c<->d", "a<->c", "b<->c"]
+    );
+    assert_eq!(
+        ids(store
+            .list_links(&q(None, Some(Health::Up), 100))
+            .await
+            .unwrap()),
+        ["b<->d", "b<->c", "a<->b"]
+    );
+    assert_eq!(
+        ids(store
+            .list_links(&q(Some("b"), Some(Health::Up), 100))
+            .await
+            .unwrap()),
+        ["b<->d", "b<->c", "a<->b"]
+    );
+    assert_eq!(
+        ids(store
+            .list_links(&q(Some("a"), Some(Health::Up), 100))
+            .await
+            .unwrap()),
+        ["a<->b"]
+    );
+    assert_eq!(
+        ids(store.list_links(&q(None, None, 2)).await.unwrap()),
+        ["c<->d", "a<->c"]
+    );
+    assert!(
+        store
+            .list_links(&q(Some("nobody"), None, 100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn audit_is_append_only_and_newest_first(store: SharedStore) {
@@ -176,12 +295,18 @@ pub async fn audit_is_append_only_and_newest_first(store: SharedStore) {
 pub async fn documents_keep_their_shape(store: SharedStore) {
     // Unknown figures stay absent (not zero, not null) through a round trip.
     let mut sparse = link("a", "b", Health::Up, 10);
-    sparse.qos = LinkQos { last_ts: 10, ..Default::default() };
+    sparse.qos = LinkQos {
+        last_ts: 10,
+        ..Default::default()
+    };
     store.upsert_link(&sparse).await.unwrap();
     let back = store.get_link(&sparse.id).await.unwrap();
     assert_eq!(back, sparse);
     let json = serde_json::to_value(&back).unwrap();
-    assert!(json.get("rttMs").is_none() && json.get("lossPct").is_none(), "{json}");
+    assert!(
+        json.get("rttMs").is_none() && json.get("lossPct").is_none(),
+        "{json}"
+    );
 
     let mut p = upsert("a", 1, 10);
     p.region = None;
@@ -200,13 +325,30 @@ pub async fn concurrent_link_writes_keep_the_newest(store: SharedStore) {
     for w in writes.collect::<Vec<_>>() {
         w.await.unwrap().unwrap();
     }
-    assert_eq!(store.get_link(&"a<->b".parse().unwrap()).await.unwrap().qos.last_ts, 16);
+    assert_eq!(
+        store
+            .get_link(&"a<->b".parse().unwrap())
+            .await
+            .unwrap()
+            .qos
+            .last_ts,
+        16
+    );
 }
 
 pub async fn zero_limits_are_refused(store: SharedStore) {
-    let q = LinkQuery { limit: 0, ..Default::default() };
-    assert_eq!(store.list_links(&q).await.unwrap_err().kind(), ErrorKind::InvalidInput);
-    assert_eq!(store.list_audit(0).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    let q = LinkQuery {
+        limit: 0,
+        ..Default::default()
+    };
+    assert_eq!(
+        store.list_links(&q).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        store.list_audit(0).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
 }
 
 pub async fn ping_answers(store: SharedStore) {
