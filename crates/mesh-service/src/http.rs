@@ -130,6 +130,11 @@ async fn readyz(State(store): State<SharedStore>) -> Response {
     }
 }
 
+/// Binds `0.0.0.0:port`, every interface, as Cloud Run and containers expect.
+pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
+    TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).await
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests finish
 /// for at most `grace` before returning anyway.
 pub async fn serve(

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
-use mesh_service::http::{health_routes, serve, with_layers};
+use mesh_service::http::{bind, health_routes, serve, with_layers};
 use mesh_service::{ApiJson, HttpLimits};
 use mesh_store::embedded::EmbeddedStore;
 use serde_json::Value;
@@ -282,4 +282,12 @@ async fn shutdown_gives_up_on_stuck_requests_after_the_grace_period() {
         .expect("serve returned after the grace period")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn bind_listens_on_every_interface() {
+    let listener = bind(0).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    assert!(addr.ip().is_unspecified(), "{addr}");
+    assert_ne!(addr.port(), 0);
 }
