@@ -1,8 +1,11 @@
-//! Fixtures shared by meshrtc's tests: deterministic identities, throw-away data directories and
-//! the Firestore emulator that the test script (scripts/test.sh) starts once per run.
+//! Fixtures shared by meshrtc's tests: deterministic identities, throw-away data directories,
+//! the Firestore emulator that the test script (scripts/test.sh) starts once per run, and service
+//! binaries run as real processes.
 //!
 //! Fixtures panic with a message that says what to do: they run only inside tests.
 #![allow(clippy::unwrap_used)]
+
+pub mod process;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

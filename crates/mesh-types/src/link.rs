@@ -122,8 +122,12 @@ impl FromStr for Health {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LinkQos {
+    /// The selected ICE candidate pair's current RTT (STUN checks), else the probe RTT.
     #[serde(default, skip_serializing_if = "unknown")]
     pub rtt_ms: Option<f64>,
+    /// Mean RTT of the probe channel's ping/pong over the window: what a DataChannel message sees.
+    #[serde(default, skip_serializing_if = "unknown")]
+    pub probe_rtt_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "unknown")]
     pub jitter_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "unknown")]
@@ -180,6 +184,7 @@ impl Link {
         let q = &self.qos;
         for (field, v) in [
             ("rttMs", q.rtt_ms),
+            ("probeRttMs", q.probe_rtt_ms),
             ("jitterMs", q.jitter_ms),
             ("lossPct", q.loss_pct),
             ("bitrateKbps", q.bitrate_kbps),

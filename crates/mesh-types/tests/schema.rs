@@ -110,6 +110,7 @@ fn schemas_match_the_types() {
 
     let qos = LinkQos {
         rtt_ms: Some(1.0),
+        probe_rtt_ms: Some(1.2),
         jitter_ms: Some(0.1),
         loss_pct: Some(0.0),
         bitrate_kbps: Some(8.0),

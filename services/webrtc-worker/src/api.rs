@@ -1,0 +1,179 @@
+//! The worker's HTTP API (documented in docs/ARCHITECTURE.md): signaling (`/dial`, `/offer`,
+//! `/answer`), links, and mesh-channel messages. Handlers are thin: they parse, call the
+//! [`Worker`], and map its errors to the JSON error shape.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{delete, get, post};
+use base64::Engine as _;
+use mesh_service::{ApiError, ApiJson};
+use mesh_types::{Answer, Offer, PeerId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::transport::TransportError;
+use crate::worker::{Worker, WorkerError};
+
+impl From<WorkerError> for ApiError {
+    fn from(e: WorkerError) -> Self {
+        let message = e.to_string();
+        let (status, code) = match e {
+            WorkerError::Verify(v) => return v.into(),
+            WorkerError::Store(s) => return s.into(),
+            WorkerError::UnknownPeer(_) => (StatusCode::FORBIDDEN, "unknown_peer"),
+            WorkerError::WrongAddressee { .. } => (StatusCode::FORBIDDEN, "wrong_addressee"),
+            WorkerError::SelfDial => (StatusCode::BAD_REQUEST, "invalid_input"),
+            WorkerError::Sdp(_) => (StatusCode::BAD_REQUEST, "bad_sdp"),
+            WorkerError::NothingPending(_) => (StatusCode::NOT_FOUND, "nothing_pending"),
+            WorkerError::WrongState { .. } => (StatusCode::CONFLICT, "wrong_state"),
+            WorkerError::Glare { .. } => (StatusCode::CONFLICT, "glare"),
+            WorkerError::LinkExists(_) => (StatusCode::CONFLICT, "link_exists"),
+            WorkerError::NoLink(_) => (StatusCode::NOT_FOUND, "no_link"),
+            WorkerError::NotConnected(_) => (StatusCode::CONFLICT, "not_connected"),
+            WorkerError::MessageTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "message_too_large"),
+            WorkerError::Transport(TransportError::BadSdp(_)) => {
+                (StatusCode::BAD_REQUEST, "bad_sdp")
+            }
+            WorkerError::Transport(_) => (StatusCode::INTERNAL_SERVER_ERROR, "webrtc_error"),
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The worker's routes (without the shared layers; `lib::app` adds them).
+pub fn routes(worker: Arc<Worker>) -> Router {
+    Router::new()
+        .route("/dial", post(dial))
+        .route("/offer", post(offer))
+        .route("/answer", post(answer))
+        .route("/links", get(links))
+        .route("/links/{peer}", delete(hang_up))
+        .route("/links/{peer}/messages", post(send))
+        .route("/messages", get(messages))
+        .with_state(worker)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DialRequest {
+    peer_to: PeerId,
+}
+
+async fn dial(
+    State(w): State<Arc<Worker>>,
+    ApiJson(req): ApiJson<DialRequest>,
+) -> ApiResult<ApiJson<Offer>> {
+    Ok(ApiJson(w.dial(req.peer_to).await?))
+}
+
+async fn offer(
+    State(w): State<Arc<Worker>>,
+    ApiJson(offer): ApiJson<Offer>,
+) -> ApiResult<ApiJson<Answer>> {
+    Ok(ApiJson(w.accept_offer(offer).await?))
+}
+
+async fn answer(
+    State(w): State<Arc<Worker>>,
+    ApiJson(answer): ApiJson<Answer>,
+) -> ApiResult<ApiJson<Value>> {
+    w.accept_answer(answer).await?;
+    Ok(ApiJson(json!({"ok": true})))
+}
+
+async fn links(State(w): State<Arc<Worker>>) -> ApiJson<Value> {
+    let links = w.links();
+    ApiJson(json!({"peer": w.id(), "count": links.len(), "links": links}))
+}
+
+fn peer_param(peer: &str) -> ApiResult<PeerId> {
+    PeerId::new(peer).map_err(|e| ApiError::bad_request("invalid_input", e.to_string()))
+}
+
+async fn hang_up(
+    State(w): State<Arc<Worker>>,
+    Path(peer): Path<String>,
+) -> ApiResult<ApiJson<Value>> {
+    w.hang_up(&peer_param(&peer)?)?;
+    Ok(ApiJson(json!({"ok": true})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageBody {
+    text: Option<String>,
+    base64: Option<String>,
+}
+
+/// A message body: JSON `{"text": ...}` or `{"base64": ...}`, raw `text/plain`, or raw
+/// `application/octet-stream` (what `curl --data-binary @file` sends with that header).
+async fn send(
+    State(w): State<Arc<Worker>>,
+    Path(peer): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<ApiJson<Value>> {
+    let peer = peer_param(&peer)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let (data, text) = if content_type.starts_with("application/json") {
+        let m: MessageBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("bad_json", e.to_string()))?;
+        match (m.text, m.base64) {
+            (Some(t), None) => (t.into_bytes(), true),
+            (None, Some(b)) => {
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .map_err(|e| ApiError::bad_request("invalid_input", format!("base64: {e}")))?;
+                (data, false)
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_input",
+                    "give exactly one of text and base64",
+                ));
+            }
+        }
+    } else if content_type.starts_with("text/plain") {
+        let s = String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::bad_request("invalid_input", "text/plain body is not UTF-8"))?;
+        (s.into_bytes(), true)
+    } else if content_type.starts_with("application/octet-stream") {
+        (body.to_vec(), false)
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send application/json ({\"text\"} or {\"base64\"}), text/plain or application/octet-stream",
+        ));
+    };
+    w.send(&peer, &data, text).await?;
+    Ok(ApiJson(json!({"ok": true, "bytes": data.len()})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessagesQuery {
+    limit: Option<usize>,
+    from: Option<String>,
+}
+
+async fn messages(
+    State(w): State<Arc<Worker>>,
+    Query(q): Query<MessagesQuery>,
+) -> ApiResult<ApiJson<Value>> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let from = q.from.as_deref().map(peer_param).transpose()?;
+    let (messages, dropped) = w.messages(limit, from.as_ref());
+    Ok(ApiJson(
+        json!({"count": messages.len(), "dropped": dropped, "messages": messages}),
+    ))
+}

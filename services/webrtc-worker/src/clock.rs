@@ -1,0 +1,45 @@
+//! The worker's clock: the one place it reads wall and monotonic time (a driver may), handed to
+//! the sans-IO parts as plain numbers.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use mesh_types::UnixMillis;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    #[allow(clippy::disallowed_methods)]
+    pub fn new() -> Self {
+        Clock {
+            start: Instant::now(),
+        }
+    }
+
+    /// Wall time, for timestamps others read.
+    #[allow(clippy::disallowed_methods)]
+    pub fn now_ms(&self) -> UnixMillis {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Monotonic microseconds since the worker started, for intervals (RTT, jitter, bitrate).
+    pub fn now_us(&self) -> u64 {
+        u64::try_from(self.instant().duration_since(self.start).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    pub fn instant(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,236 @@
+//! The worker's configuration, read once from the environment and validated; an error names the
+//! variable and what was expected.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mesh_service::config::{Env, ProcessEnv, Source};
+use mesh_service::{ConfigError, ServiceConfig};
+use mesh_types::{Identity, PeerId};
+
+use crate::transport::IceServer;
+
+pub const PEER_ID: &str = "PEER_ID";
+pub const MESH_SIGNING_KEY: &str = "MESH_SIGNING_KEY";
+pub const MESH_SIGNING_KEY_FILE: &str = "MESH_SIGNING_KEY_FILE";
+pub const ICE_SERVERS: &str = "ICE_SERVERS";
+pub const MESH_ICE_POLICY: &str = "MESH_ICE_POLICY";
+pub const QOS_INTERVAL_SECS: &str = "QOS_INTERVAL_SECS";
+pub const MESH_PROBE_INTERVAL_MS: &str = "MESH_PROBE_INTERVAL_MS";
+pub const MESH_UDP_ADDRS: &str = "MESH_UDP_ADDRS";
+pub const MESH_DIAL_TIMEOUT_SECS: &str = "MESH_DIAL_TIMEOUT_SECS";
+pub const MESH_GATHER_TIMEOUT_MS: &str = "MESH_GATHER_TIMEOUT_MS";
+pub const MESH_PUBLIC_URL: &str = "MESH_PUBLIC_URL";
+pub const MESH_REGION: &str = "MESH_REGION";
+
+#[derive(Debug)]
+pub struct WorkerConfig {
+    pub service: ServiceConfig,
+    pub identity: Identity,
+    pub ice_servers: Vec<IceServer>,
+    pub relay_only: bool,
+    /// How often a link's QoS is sampled and written to the store.
+    pub qos_interval: Duration,
+    /// How often a probe ping is sent on each link.
+    pub probe_interval: Duration,
+    pub udp_addrs: Vec<SocketAddr>,
+    /// A dialled connection with no answer by then is closed and dropped.
+    pub dial_timeout: Duration,
+    pub gather_timeout: Duration,
+    /// The worker's base URL as other peers reach it; defaults to `http://127.0.0.1:<port>`.
+    pub public_url: Option<String>,
+    pub region: Option<String>,
+}
+
+impl WorkerConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&ProcessEnv)
+    }
+
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let service = ServiceConfig::from_source("webrtc-worker", source)?;
+        let env = Env::new(source);
+        let id = env.required(PEER_ID, "this peer's id (letters, digits, '-', '_', '.')")?;
+        let id = PeerId::new(id).map_err(|e| env.invalid(PEER_ID, e.to_string()))?;
+        let seed = match (
+            env.optional(MESH_SIGNING_KEY),
+            env.optional(MESH_SIGNING_KEY_FILE),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(env.invalid(
+                    MESH_SIGNING_KEY_FILE,
+                    "only one of MESH_SIGNING_KEY and MESH_SIGNING_KEY_FILE",
+                ));
+            }
+            (Some(seed), None) => seed,
+            (None, Some(path)) => std::fs::read_to_string(&path).map_err(|e| {
+                env.invalid(MESH_SIGNING_KEY_FILE, format!("a readable key file ({e})"))
+            })?,
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    key: MESH_SIGNING_KEY,
+                    expected:
+                        "a base64 Ed25519 seed (or MESH_SIGNING_KEY_FILE naming a file holding one)"
+                            .into(),
+                });
+            }
+        };
+        let key_var = if env.optional(MESH_SIGNING_KEY).is_some() {
+            MESH_SIGNING_KEY
+        } else {
+            MESH_SIGNING_KEY_FILE
+        };
+        let identity = Identity::from_seed_base64(id, &seed).map_err(|e| ConfigError::Invalid {
+            key: key_var,
+            got: "(secret)".into(),
+            expected: format!("a base64 32-byte Ed25519 seed: {e}"),
+        })?;
+        let ice_servers: Vec<IceServer> = match env.optional(ICE_SERVERS) {
+            None => Vec::new(),
+            Some(json) => serde_json::from_str(&json).map_err(|e| {
+                env.invalid(ICE_SERVERS, format!(r#"a JSON list like [{{"urls": ["turn:host:3478"], "username": "u", "credential": "p"}}] ({e})"#))
+            })?,
+        };
+        let relay_only = match env.optional(MESH_ICE_POLICY).as_deref() {
+            None | Some("all") => false,
+            Some("relay") => true,
+            Some(_) => return Err(env.invalid(MESH_ICE_POLICY, "all or relay")),
+        };
+        if relay_only
+            && ice_servers
+                .iter()
+                .all(|s| s.urls.iter().all(|u| !u.starts_with("turn")))
+        {
+            return Err(env.invalid(
+                MESH_ICE_POLICY,
+                "relay only with a TURN server in ICE_SERVERS",
+            ));
+        }
+        let udp_addrs = match env.optional(MESH_UDP_ADDRS) {
+            None => vec![SocketAddr::from(([0, 0, 0, 0], 0))],
+            Some(list) => list
+                .split(',')
+                .map(|a| a.trim().parse::<SocketAddr>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    env.invalid(
+                        MESH_UDP_ADDRS,
+                        "comma-separated ip:port addresses, e.g. 0.0.0.0:0",
+                    )
+                })?,
+        };
+        let probe_ms = env.parse_or(
+            MESH_PROBE_INTERVAL_MS,
+            500u64,
+            "milliseconds from 10 to 60000",
+        )?;
+        if !(10..=60_000).contains(&probe_ms) {
+            return Err(env.invalid(MESH_PROBE_INTERVAL_MS, "milliseconds from 10 to 60000"));
+        }
+        let gather_ms = env.parse_or(
+            MESH_GATHER_TIMEOUT_MS,
+            5_000u64,
+            "milliseconds from 1 to 60000",
+        )?;
+        if !(1..=60_000).contains(&gather_ms) {
+            return Err(env.invalid(MESH_GATHER_TIMEOUT_MS, "milliseconds from 1 to 60000"));
+        }
+        let public_url = env.optional(MESH_PUBLIC_URL);
+        if let Some(url) = &public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(env.invalid(MESH_PUBLIC_URL, "an http:// or https:// URL"));
+        }
+        Ok(WorkerConfig {
+            identity,
+            ice_servers,
+            relay_only,
+            qos_interval: env.secs_or(QOS_INTERVAL_SECS, 15, 1, 3600)?,
+            probe_interval: Duration::from_millis(probe_ms),
+            udp_addrs,
+            dial_timeout: env.secs_or(MESH_DIAL_TIMEOUT_SECS, 30, 1, 600)?,
+            gather_timeout: Duration::from_millis(gather_ms),
+            public_url,
+            region: env.optional(MESH_REGION),
+            service,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const SEED: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+
+    fn config(pairs: &[(&'static str, &'static str)]) -> Result<WorkerConfig, ConfigError> {
+        let mut map: HashMap<&str, &str> =
+            HashMap::from([(PEER_ID, "w1"), (MESH_SIGNING_KEY, SEED)]);
+        for (k, v) in pairs {
+            if v.is_empty() {
+                map.remove(k);
+            } else {
+                map.insert(k, v);
+            }
+        }
+        WorkerConfig::from_source(&map)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.identity.id().as_str(), "w1");
+        assert_eq!(c.qos_interval, Duration::from_secs(15));
+        assert_eq!(c.dial_timeout, Duration::from_secs(30));
+        assert_eq!(c.udp_addrs, vec![SocketAddr::from(([0, 0, 0, 0], 0))]);
+        assert!(!c.relay_only && c.ice_servers.is_empty());
+    }
+
+    #[test]
+    fn reads_ice_servers_and_relay_policy() {
+        let c = config(&[
+            (
+                ICE_SERVERS,
+                r#"[{"urls":["turn:127.0.0.1:3478"],"username":"u","credential":"p"}]"#,
+            ),
+            (MESH_ICE_POLICY, "relay"),
+            (MESH_UDP_ADDRS, "127.0.0.1:0, 127.0.0.1:0"),
+        ])
+        .unwrap();
+        assert!(c.relay_only);
+        assert_eq!(c.ice_servers[0].username.as_deref(), Some("u"));
+        assert_eq!(c.udp_addrs.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let check = |pairs: &[(&'static str, &'static str)], key: &str| {
+            let err = config(pairs).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{err}");
+        };
+        check(&[(PEER_ID, "")], PEER_ID);
+        check(&[(PEER_ID, "a/b")], PEER_ID);
+        check(&[(MESH_SIGNING_KEY, "")], MESH_SIGNING_KEY);
+        check(&[(MESH_SIGNING_KEY, "short")], MESH_SIGNING_KEY);
+        check(
+            &[(MESH_SIGNING_KEY_FILE, "/nonexistent")],
+            MESH_SIGNING_KEY_FILE,
+        );
+        check(&[(ICE_SERVERS, "{")], ICE_SERVERS);
+        check(&[(MESH_ICE_POLICY, "relay")], MESH_ICE_POLICY);
+        check(&[(MESH_UDP_ADDRS, "localhost")], MESH_UDP_ADDRS);
+        check(&[(QOS_INTERVAL_SECS, "0")], QOS_INTERVAL_SECS);
+        check(&[(MESH_PROBE_INTERVAL_MS, "5")], MESH_PROBE_INTERVAL_MS);
+        check(&[(MESH_PUBLIC_URL, "ftp://x")], MESH_PUBLIC_URL);
+    }
+
+    #[test]
+    fn the_secret_never_appears_in_errors() {
+        let err = config(&[(MESH_SIGNING_KEY, "c2VjcmV0")])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("c2VjcmV0"), "{err}");
+    }
+}

@@ -1,0 +1,77 @@
+//! webrtc-worker: one per peer. It opens real RTCPeerConnections (DTLS/SCTP DataChannels through
+//! the `webrtc` crate) to other peers on signed offers and answers, keeps a registry of live
+//! connections, measures each link's QoS and writes link documents to the store.
+//!
+//! `app` builds the router (tests call it without a socket); `run` is what `main` calls.
+
+pub mod api;
+mod clock;
+pub mod config;
+pub mod inbox;
+pub mod qos;
+pub mod transport;
+pub mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use mesh_service::HttpLimits;
+use mesh_service::http::{health_routes, serve, with_layers};
+use tokio::net::TcpListener;
+
+pub use config::WorkerConfig;
+pub use worker::Worker;
+
+use crate::transport::{Transport, TransportConfig};
+use crate::worker::Timings;
+
+/// The worker's whole HTTP surface with the shared layers.
+pub fn app(worker: Arc<Worker>, limits: &HttpLimits) -> Router {
+    let store = worker.store().clone();
+    with_layers(api::routes(worker).merge(health_routes(store)), limits)
+}
+
+/// Opens the store, registers this peer, serves on `listener` until `shutdown`, then hangs up
+/// every link (writing them `down`) before returning.
+pub async fn run(
+    config: WorkerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = mesh_store::open(&config.service.store).await?;
+    let transport = Transport::new(TransportConfig {
+        ice_servers: config.ice_servers.clone(),
+        relay_only: config.relay_only,
+        udp_addrs: config.udp_addrs.clone(),
+        gather_timeout: config.gather_timeout,
+    });
+    let timings = Timings {
+        qos_interval: config.qos_interval,
+        probe_interval: config.probe_interval,
+        dial_timeout: config.dial_timeout,
+    };
+    let local = listener.local_addr()?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://127.0.0.1:{}", local.port()));
+    let worker = Worker::new(config.identity, store, transport, timings);
+    worker
+        .register_self(config.region.clone(), public_url.clone())
+        .await?;
+    tracing::info!(peer = %worker.id(), %local, %public_url, "webrtc-worker serving");
+    let router = app(worker.clone(), &config.service.http);
+    serve(listener, router, shutdown, config.service.shutdown_grace).await?;
+    worker.hang_up_all();
+    // Give the link drivers a moment to write their links `down`; bounded so shutdown is too.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !worker.links().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Re-exported for `main`.
+pub use mesh_service::http::{bind, shutdown_signal};
+pub use mesh_service::telemetry;

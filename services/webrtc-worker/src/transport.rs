@@ -1,0 +1,358 @@
+//! The seam over the `webrtc` crate: the only module that names its types. It builds peer
+//! connections with meshrtc's settings, opens the two negotiated DataChannels every link has, and
+//! turns the library's callbacks into one stream of [`ConnEvent`]s per connection, so that a
+//! version change of the library stays in this file.
+//!
+//! Every link has a `mesh` channel (reliable, ordered; id 0) for gossip and application messages
+//! and a `probe` channel (unordered, no retransmits; id 1) for QoS probes. Both are negotiated
+//! out of band (both sides create them with the same ids), which skips the in-band DCEP round
+//! trip at setup.
+//!
+//! Upstream issue 906: a handle to the connection or a channel kept inside the connection's own
+//! event handler forms a reference cycle that leaks the connection. The handler here holds only
+//! channel senders; connections live in the worker's registry.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rtc::ice::mdns::MulticastDnsMode;
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionState,
+    RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector, crypto,
+};
+
+/// An ICE server as operators configure it in `ICE_SERVERS` (the W3C `RTCIceServer` shape).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub credential: Option<String>,
+}
+
+/// How connections are built.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    pub ice_servers: Vec<IceServer>,
+    /// Relay-only ICE policy: every path goes through TURN (what Cloud Run, with no inbound UDP,
+    /// needs).
+    pub relay_only: bool,
+    /// Local UDP addresses each connection binds (port 0: any free port).
+    pub udp_addrs: Vec<SocketAddr>,
+    /// Gathering stops waiting after this; the description carries what was found by then.
+    pub gather_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The remote description was refused: malformed SDP or one we cannot answer.
+    #[error("invalid session description: {0}")]
+    BadSdp(String),
+    #[error("webrtc: {0}")]
+    Library(String),
+    #[error("the connection is closed")]
+    Closed,
+}
+
+fn lib(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Library(e.to_string())
+}
+
+/// Which of a link's two channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Mesh,
+    Probe,
+}
+
+/// The connection's state, as the worker cares about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    Connecting,
+    Connected,
+    Disconnected,
+    Failed,
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnEvent {
+    State(ConnState),
+    Open(Channel),
+    Message {
+        channel: Channel,
+        data: Bytes,
+        text: bool,
+    },
+    Closed(Channel),
+}
+
+/// What the connection's statistics say about its path.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PathStats {
+    /// The selected candidate pair's current RTT (ms), once STUN checks have measured it.
+    pub ice_rtt_ms: Option<f64>,
+    /// Bytes sent plus received on the transport.
+    pub bytes: Option<u64>,
+    /// The local candidate type of the selected pair: `host`, `srflx`, `prflx` or `relay`.
+    pub local_candidate: Option<String>,
+}
+
+/// Forwards the library's callbacks; holds no handle to the connection (upstream issue 906).
+struct Events {
+    tx: mpsc::Sender<ConnEvent>,
+    gathered: watch::Sender<bool>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Events {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.send(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let state = match state {
+            RTCPeerConnectionState::Connected => ConnState::Connected,
+            RTCPeerConnectionState::Disconnected => ConnState::Disconnected,
+            RTCPeerConnectionState::Failed => ConnState::Failed,
+            RTCPeerConnectionState::Closed => ConnState::Closed,
+            _ => ConnState::Connecting,
+        };
+        // Awaiting here is back-pressure, not loss: the receiver is the link's driver.
+        let _ = self.tx.send(ConnEvent::State(state)).await;
+    }
+}
+
+/// One peer connection with its two channels.
+pub struct Connection {
+    pc: Arc<dyn PeerConnection>,
+    mesh: Arc<dyn DataChannel>,
+    probe: Arc<dyn DataChannel>,
+    gathered: watch::Receiver<bool>,
+    gather_timeout: Duration,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").finish_non_exhaustive()
+    }
+}
+
+/// Builds connections.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    config: TransportConfig,
+}
+
+/// Capacity of a connection's event queue; a full queue slows the library down, it never drops.
+const EVENT_QUEUE: usize = 1024;
+
+impl Transport {
+    pub fn new(config: TransportConfig) -> Self {
+        Transport { config }
+    }
+
+    /// A new connection with its channels, and the stream of its events.
+    pub async fn connect(&self) -> Result<(Connection, mpsc::Receiver<ConnEvent>), TransportError> {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let (gathered_tx, gathered) = watch::channel(false);
+        let ice_servers = self
+            .config
+            .ice_servers
+            .iter()
+            .map(|s| RTCIceServer {
+                urls: s.urls.clone(),
+                username: s.username.clone().unwrap_or_default(),
+                credential: s.credential.clone().unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect();
+        let policy = if self.config.relay_only {
+            RTCIceTransportPolicy::Relay
+        } else {
+            RTCIceTransportPolicy::All
+        };
+        let configuration = RTCConfigurationBuilder::new()
+            .with_ice_servers(ice_servers)
+            .with_ice_transport_policy(policy)
+            .build();
+        let loopback = self.config.udp_addrs.iter().any(|a| a.ip().is_loopback());
+        let settings = SettingEngineBuilder::new()
+            .with_crypto_provider(Arc::new(crypto::providers::AwsLcRsProvider::new()))
+            // mDNS would open a multicast socket per connection and hide our addresses behind
+            // names no peer of ours resolves; candidates come from configured addresses only.
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            // A worker bound to loopback (tests, one-machine meshes) must offer loopback candidates.
+            .with_include_loopback_candidate(loopback)
+            .build();
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(configuration)
+            .with_setting_engine(settings)
+            .with_handler(Arc::new(Events {
+                tx: tx.clone(),
+                gathered: gathered_tx,
+            }))
+            .with_udp_addrs(self.config.udp_addrs.clone())
+            .build()
+            .await
+            .map_err(lib)?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let mesh = pc
+            .create_data_channel(
+                "mesh",
+                Some(RTCDataChannelInit {
+                    ordered: true,
+                    negotiated: Some(0),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(lib)?;
+        let probe = pc
+            .create_data_channel(
+                "probe",
+                Some(RTCDataChannelInit {
+                    ordered: false,
+                    max_retransmits: Some(0),
+                    negotiated: Some(1),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(lib)?;
+        spawn_channel_pump(Channel::Mesh, mesh.clone(), tx.clone());
+        spawn_channel_pump(Channel::Probe, probe.clone(), tx);
+        let conn = Connection {
+            pc,
+            mesh,
+            probe,
+            gathered,
+            gather_timeout: self.config.gather_timeout,
+        };
+        Ok((conn, rx))
+    }
+}
+
+/// Moves one channel's events into the connection's queue until the channel closes.
+fn spawn_channel_pump(channel: Channel, dc: Arc<dyn DataChannel>, tx: mpsc::Sender<ConnEvent>) {
+    tokio::spawn(async move {
+        while let Some(event) = dc.poll().await {
+            let event = match event {
+                DataChannelEvent::OnOpen => ConnEvent::Open(channel),
+                DataChannelEvent::OnMessage(msg) => ConnEvent::Message {
+                    channel,
+                    data: msg.data.freeze(),
+                    text: msg.is_string,
+                },
+                DataChannelEvent::OnClose => {
+                    let _ = tx.send(ConnEvent::Closed(channel)).await;
+                    break;
+                }
+                _ => continue,
+            };
+            if tx.send(event).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+impl Connection {
+    /// Creates an offer and returns its SDP once candidates are gathered (or the gather time-out
+    /// passes): the whole offer travels in one signed HTTP message.
+    pub async fn offer(&self) -> Result<String, TransportError> {
+        let offer = self.pc.create_offer(None).await.map_err(lib)?;
+        self.pc.set_local_description(offer).await.map_err(lib)?;
+        self.local_sdp().await
+    }
+
+    /// Applies a remote offer and returns the answer's SDP.
+    pub async fn answer(&self, offer_sdp: &str) -> Result<String, TransportError> {
+        let offer = RTCSessionDescription::offer(offer_sdp.to_string())
+            .map_err(|e| TransportError::BadSdp(e.to_string()))?;
+        self.pc
+            .set_remote_description(offer)
+            .await
+            .map_err(|e| TransportError::BadSdp(e.to_string()))?;
+        let answer = self.pc.create_answer(None).await.map_err(lib)?;
+        self.pc.set_local_description(answer).await.map_err(lib)?;
+        self.local_sdp().await
+    }
+
+    /// Applies the remote answer to our offer.
+    pub async fn accept_answer(&self, answer_sdp: &str) -> Result<(), TransportError> {
+        let answer = RTCSessionDescription::answer(answer_sdp.to_string())
+            .map_err(|e| TransportError::BadSdp(e.to_string()))?;
+        self.pc
+            .set_remote_description(answer)
+            .await
+            .map_err(|e| TransportError::BadSdp(e.to_string()))
+    }
+
+    async fn local_sdp(&self) -> Result<String, TransportError> {
+        let mut gathered = self.gathered.clone();
+        // Not gathered in time: send what we have; more candidates would not reach the peer anyway.
+        let _ = tokio::time::timeout(self.gather_timeout, gathered.wait_for(|done| *done)).await;
+        self.pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .ok_or(TransportError::Closed)
+    }
+
+    pub async fn send(
+        &self,
+        channel: Channel,
+        data: &[u8],
+        text: bool,
+    ) -> Result<(), TransportError> {
+        let dc = match channel {
+            Channel::Mesh => &self.mesh,
+            Channel::Probe => &self.probe,
+        };
+        let result = if text {
+            dc.send_text(std::str::from_utf8(data).map_err(lib)?).await
+        } else {
+            dc.send(BytesMut::from(data)).await
+        };
+        result.map_err(lib)
+    }
+
+    /// The selected path's RTT, byte counters and candidate type.
+    pub async fn stats(&self, now: Instant) -> PathStats {
+        let report = self.pc.get_stats(now, StatsSelector::None).await;
+        let Some(transport) = report.transport() else {
+            return PathStats::default();
+        };
+        let mut stats = PathStats {
+            bytes: Some(transport.bytes_sent + transport.bytes_received),
+            ..Default::default()
+        };
+        if let Some(RTCStatsReportEntry::IceCandidatePair(pair)) =
+            report.get(&transport.selected_candidate_pair_id)
+        {
+            stats.ice_rtt_ms = Some(pair.current_round_trip_time * 1000.0).filter(|r| *r > 0.0);
+            if let Some(RTCStatsReportEntry::LocalCandidate(local)) =
+                report.get(&pair.local_candidate_id)
+            {
+                stats.local_candidate = Some(local.candidate_type.to_string());
+            }
+        }
+        stats
+    }
+
+    pub async fn close(&self) {
+        if let Err(e) = self.pc.close().await {
+            tracing::debug!("closing a peer connection: {e}");
+        }
+    }
+}

@@ -1,0 +1,652 @@
+//! The worker's state and its one driver per link. The registry maps each remote peer to at most
+//! one connection; a dialled connection waits in it for its answer until the dial time-out. Each
+//! connection's driver task owns its QoS meter, sends probes, samples QoS every interval, writes
+//! the link document (at once on a state change) and removes the connection when it ends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use mesh_store::{LinkQuery, PeerUpsert, SharedStore, StoreError};
+use mesh_types::signing::Signed;
+use mesh_types::{
+    Answer, Endpoints, Health, Identity, Link, LinkQos, Offer, PeerId, Verifier, VerifierConfig,
+    VerifyError,
+};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::clock::Clock;
+use crate::inbox::{Inbox, Received};
+use crate::qos::{Probe, QosMeter};
+use crate::transport::{Channel, ConnEvent, ConnState, Connection, Transport, TransportError};
+
+/// Largest message the mesh channel carries: the SCTP max-message-size we advertise.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("peer {0} is not registered")]
+    UnknownPeer(PeerId),
+    #[error("this message is addressed to {to}, not to this worker ({me})")]
+    WrongAddressee { to: PeerId, me: PeerId },
+    #[error("a peer cannot dial itself")]
+    SelfDial,
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sdp(TransportError),
+    #[error("nothing is pending for {0}: no dial is waiting for its answer")]
+    NothingPending(PeerId),
+    #[error("the link with {peer} is {state}, not waiting for an answer")]
+    WrongState { peer: PeerId, state: &'static str },
+    #[error("both sides dialled; {winner} offers, so accept its offer instead")]
+    Glare { winner: PeerId },
+    #[error("a link with {0} exists; hang up first (DELETE /links/{0})")]
+    LinkExists(PeerId),
+    #[error("no link with {0}")]
+    NoLink(PeerId),
+    #[error("the link with {0} is not connected yet")]
+    NotConnected(PeerId),
+    #[error("message of {0} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")]
+    MessageTooLarge(usize),
+    #[error(transparent)]
+    Transport(TransportError),
+}
+
+/// Which side of the handshake this worker took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Dialer,
+    Answerer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitingAnswer,
+    Connecting,
+    Connected,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::AwaitingAnswer => "awaiting-answer",
+            Phase::Connecting => "connecting",
+            Phase::Connected => "connected",
+        }
+    }
+}
+
+/// What `GET /links` shows of one connection.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkView {
+    pub peer: PeerId,
+    pub role: Role,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<LinkQos>,
+    /// When the connection came up, ms since the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub established_at: Option<u64>,
+    /// The selected path's local candidate type (`host`, `srflx`, `prflx`, `relay`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
+}
+
+struct Entry {
+    generation: u64,
+    conn: Arc<Connection>,
+    role: Role,
+    phase: Phase,
+    view: watch::Receiver<LinkView>,
+    stop: Arc<Notify>,
+}
+
+/// Timings of the links' drivers.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    pub qos_interval: Duration,
+    pub probe_interval: Duration,
+    pub dial_timeout: Duration,
+}
+
+pub struct Worker {
+    identity: Identity,
+    store: SharedStore,
+    transport: Transport,
+    timings: Timings,
+    verifier: Mutex<Verifier>,
+    links: Mutex<HashMap<PeerId, Entry>>,
+    inbox: Mutex<Inbox>,
+    next_generation: AtomicU64,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", self.identity.id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Locks a mutex; a panic elsewhere while holding it leaves data that is still consistent
+/// (every critical section here is a few map operations), so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Worker {
+    pub fn new(
+        identity: Identity,
+        store: SharedStore,
+        transport: Transport,
+        timings: Timings,
+    ) -> Arc<Self> {
+        Arc::new(Worker {
+            identity,
+            store,
+            transport,
+            timings,
+            verifier: Mutex::new(Verifier::new(VerifierConfig::default())),
+            links: Mutex::new(HashMap::new()),
+            inbox: Mutex::new(Inbox::new(1024, 8 * 1024 * 1024)),
+            next_generation: AtomicU64::new(1),
+            clock: Clock::new(),
+        })
+    }
+
+    pub fn id(&self) -> &PeerId {
+        self.identity.id()
+    }
+
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    /// Registers (or refreshes) this worker's peer record, keeping its trust, so peers sharing
+    /// the store can verify what it signs.
+    pub async fn register_self(
+        &self,
+        region: Option<String>,
+        https: String,
+    ) -> Result<(), StoreError> {
+        self.store
+            .upsert_peer(&PeerUpsert {
+                id: self.id().clone(),
+                pub_key: self.identity.public_key(),
+                region,
+                endpoints: Endpoints {
+                    webrtc: None,
+                    https: Some(https),
+                },
+                seen_at: self.clock.now_ms(),
+                initial_trust: mesh_types::peer::INITIAL_TRUST,
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn registered_key(&self, peer: &PeerId) -> Result<mesh_types::PublicKey, WorkerError> {
+        match self.store.get_peer(peer).await {
+            Ok(p) => Ok(p.pub_key),
+            Err(e) if e.kind() == mesh_store::ErrorKind::NotFound => {
+                Err(WorkerError::UnknownPeer(peer.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `POST /dial`: a new connection to `peer_to`, waiting for its answer; returns the signed offer.
+    pub async fn dial(self: &Arc<Self>, peer_to: PeerId) -> Result<Offer, WorkerError> {
+        if &peer_to == self.id() {
+            return Err(WorkerError::SelfDial);
+        }
+        self.registered_key(&peer_to).await?;
+        if lock(&self.links).contains_key(&peer_to) {
+            return Err(WorkerError::LinkExists(peer_to));
+        }
+        let (conn, events) = self
+            .transport
+            .connect()
+            .await
+            .map_err(WorkerError::Transport)?;
+        let sdp = match conn.offer().await {
+            Ok(sdp) => sdp,
+            Err(e) => {
+                conn.close().await;
+                return Err(WorkerError::Transport(e));
+            }
+        };
+        let mut offer = Offer::new(self.id().clone(), peer_to.clone(), sdp, self.clock.now_ms());
+        offer
+            .sign(&self.identity)
+            .map_err(|e| WorkerError::Transport(TransportError::Library(e.to_string())))?;
+        let deadline = tokio::time::Instant::now() + self.timings.dial_timeout;
+        self.register(
+            peer_to,
+            conn,
+            events,
+            Role::Dialer,
+            Phase::AwaitingAnswer,
+            Some(deadline),
+        )
+        .await?;
+        Ok(offer)
+    }
+
+    /// `POST /offer`: verifies a peer's offer and answers it with a new connection.
+    pub async fn accept_offer(self: &Arc<Self>, offer: Offer) -> Result<Answer, WorkerError> {
+        if &offer.peer_to != self.id() {
+            return Err(WorkerError::WrongAddressee {
+                to: offer.peer_to,
+                me: self.id().clone(),
+            });
+        }
+        let key = self.registered_key(&offer.peer_from).await?;
+        lock(&self.verifier).verify(&offer, &key, self.clock.now_ms())?;
+        let from = offer.peer_from.clone();
+        // Glare: when both sides dialled, the lower id's offer wins.
+        let replaced = {
+            let mut links = lock(&self.links);
+            match links.get(&from) {
+                Some(e)
+                    if e.role == Role::Dialer
+                        && e.phase == Phase::AwaitingAnswer
+                        && self.id() < &from =>
+                {
+                    return Err(WorkerError::Glare {
+                        winner: self.id().clone(),
+                    });
+                }
+                // A verified, fresh offer from a peer we think we are linked with means it lost
+                // the old connection (it restarted): the new one replaces it.
+                Some(_) => links.remove(&from),
+                None => None,
+            }
+        };
+        if let Some(old) = replaced {
+            old.stop.notify_one();
+        }
+        let (conn, events) = self
+            .transport
+            .connect()
+            .await
+            .map_err(WorkerError::Transport)?;
+        let sdp = match conn.answer(&offer.sdp).await {
+            Ok(sdp) => sdp,
+            Err(e) => {
+                conn.close().await;
+                return Err(match e {
+                    TransportError::BadSdp(_) => WorkerError::Sdp(e),
+                    other => WorkerError::Transport(other),
+                });
+            }
+        };
+        let mut answer = Answer::new(self.id().clone(), from.clone(), sdp, self.clock.now_ms());
+        answer
+            .sign(&self.identity)
+            .map_err(|e| WorkerError::Transport(TransportError::Library(e.to_string())))?;
+        self.register(from, conn, events, Role::Answerer, Phase::Connecting, None)
+            .await?;
+        Ok(answer)
+    }
+
+    /// `POST /answer`: completes a pending dial.
+    pub async fn accept_answer(self: &Arc<Self>, answer: Answer) -> Result<(), WorkerError> {
+        if &answer.peer_to != self.id() {
+            return Err(WorkerError::WrongAddressee {
+                to: answer.peer_to,
+                me: self.id().clone(),
+            });
+        }
+        let key = self.registered_key(&answer.peer_from).await?;
+        lock(&self.verifier).verify(&answer, &key, self.clock.now_ms())?;
+        let from = answer.peer_from.clone();
+        let (conn, generation) = {
+            let mut links = lock(&self.links);
+            let entry = links
+                .get_mut(&from)
+                .ok_or_else(|| WorkerError::NothingPending(from.clone()))?;
+            if entry.role != Role::Dialer || entry.phase != Phase::AwaitingAnswer {
+                return Err(WorkerError::WrongState {
+                    peer: from.clone(),
+                    state: entry.phase.as_str(),
+                });
+            }
+            entry.phase = Phase::Connecting;
+            (entry.conn.clone(), entry.generation)
+        };
+        if let Err(e) = conn.accept_answer(&answer.sdp).await {
+            // A broken answer leaves nothing behind: the dial is over.
+            self.stop_generation(&from, generation);
+            return Err(match e {
+                TransportError::BadSdp(_) => WorkerError::Sdp(e),
+                other => WorkerError::Transport(other),
+            });
+        }
+        Ok(())
+    }
+
+    /// `DELETE /links/{peer}`: hangs up.
+    pub fn hang_up(&self, peer: &PeerId) -> Result<(), WorkerError> {
+        let entry = lock(&self.links)
+            .remove(peer)
+            .ok_or_else(|| WorkerError::NoLink(peer.clone()))?;
+        entry.stop.notify_one();
+        Ok(())
+    }
+
+    /// Stops every link (on shutdown).
+    pub fn hang_up_all(&self) {
+        for (_, entry) in lock(&self.links).drain() {
+            entry.stop.notify_one();
+        }
+    }
+
+    /// Sends an application message on the mesh channel of the link with `peer`.
+    pub async fn send(&self, peer: &PeerId, data: &[u8], text: bool) -> Result<(), WorkerError> {
+        if data.len() > MAX_MESSAGE_BYTES {
+            return Err(WorkerError::MessageTooLarge(data.len()));
+        }
+        let conn = {
+            let links = lock(&self.links);
+            let entry = links
+                .get(peer)
+                .ok_or_else(|| WorkerError::NoLink(peer.clone()))?;
+            if entry.phase != Phase::Connected {
+                return Err(WorkerError::NotConnected(peer.clone()));
+            }
+            entry.conn.clone()
+        };
+        conn.send(Channel::Mesh, data, text).await.map_err(|e| {
+            tracing::warn!(%peer, "mesh send failed: {e}");
+            WorkerError::NotConnected(peer.clone())
+        })
+    }
+
+    pub fn links(&self) -> Vec<LinkView> {
+        let mut views: Vec<LinkView> = lock(&self.links)
+            .values()
+            .map(|e| e.view.borrow().clone())
+            .collect();
+        views.sort_by(|a, b| a.peer.cmp(&b.peer));
+        views
+    }
+
+    pub fn messages(&self, limit: usize, from: Option<&PeerId>) -> (Vec<Received>, u64) {
+        let inbox = lock(&self.inbox);
+        (inbox.recent(limit, from), inbox.dropped())
+    }
+
+    /// This worker's links as the store holds them (for operators comparing the two views).
+    pub async fn stored_links(&self) -> Result<Vec<Link>, StoreError> {
+        self.store
+            .list_links(&LinkQuery {
+                peer: Some(self.id().clone()),
+                health: None,
+                limit: 100,
+            })
+            .await
+    }
+
+    async fn register(
+        self: &Arc<Self>,
+        peer: PeerId,
+        conn: Connection,
+        events: mpsc::Receiver<ConnEvent>,
+        role: Role,
+        phase: Phase,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(), WorkerError> {
+        let conn = Arc::new(conn);
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let initial = LinkView {
+            peer: peer.clone(),
+            role,
+            state: phase.as_str(),
+            health: None,
+            qos: None,
+            established_at: None,
+            candidate: None,
+        };
+        let (view_tx, view_rx) = watch::channel(initial);
+        let stop = Arc::new(Notify::new());
+        let inserted = {
+            let mut links = lock(&self.links);
+            let free = !links.contains_key(&peer);
+            if free {
+                let entry = Entry {
+                    generation,
+                    conn: conn.clone(),
+                    role,
+                    phase,
+                    view: view_rx,
+                    stop: stop.clone(),
+                };
+                links.insert(peer.clone(), entry);
+            }
+            free
+        };
+        if !inserted {
+            // Another dial or offer for this peer won the race while we built the connection.
+            conn.close().await;
+            return Err(WorkerError::LinkExists(peer));
+        }
+        let driver = LinkDriver {
+            worker: self.clone(),
+            peer,
+            generation,
+            conn,
+            view: view_tx,
+            stop,
+            deadline,
+        };
+        tokio::spawn(driver.run(events));
+        Ok(())
+    }
+
+    fn stop_generation(&self, peer: &PeerId, generation: u64) {
+        let mut links = lock(&self.links);
+        if links.get(peer).is_some_and(|e| e.generation == generation)
+            && let Some(e) = links.remove(peer)
+        {
+            e.stop.notify_one();
+        }
+    }
+
+    fn phase(&self, peer: &PeerId, generation: u64) -> Option<Phase> {
+        lock(&self.links)
+            .get(peer)
+            .filter(|e| e.generation == generation)
+            .map(|e| e.phase)
+    }
+
+    fn set_phase(&self, peer: &PeerId, generation: u64, phase: Phase) {
+        if let Some(e) = lock(&self.links)
+            .get_mut(peer)
+            .filter(|e| e.generation == generation)
+        {
+            e.phase = phase;
+        }
+    }
+
+    fn forget(&self, peer: &PeerId, generation: u64) {
+        let mut links = lock(&self.links);
+        if links.get(peer).is_some_and(|e| e.generation == generation) {
+            links.remove(peer);
+        }
+    }
+}
+
+/// Drives one connection from creation to removal.
+struct LinkDriver {
+    worker: Arc<Worker>,
+    peer: PeerId,
+    generation: u64,
+    conn: Arc<Connection>,
+    view: watch::Sender<LinkView>,
+    stop: Arc<Notify>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// Why a driver ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    HungUp,
+    NoAnswer,
+    Failed,
+    PeerClosed,
+}
+
+impl LinkDriver {
+    async fn run(mut self, mut events: mpsc::Receiver<ConnEvent>) {
+        let clock = self.worker.clock;
+        let timings = self.worker.timings;
+        let mut meter = QosMeter::new();
+        let mut probe_open = false;
+        let mut mesh_open = false;
+        let mut connected = false;
+        let mut established: Option<u64> = None;
+        let mut probe_tick = tokio::time::interval(timings.probe_interval);
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sample_tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + timings.qos_interval,
+            timings.qos_interval,
+        );
+        sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        let no_answer = tokio::time::sleep_until(self.deadline.unwrap_or(far));
+        tokio::pin!(no_answer);
+
+        let end = loop {
+            tokio::select! {
+                () = self.stop.notified() => break End::HungUp,
+                () = &mut no_answer, if self.deadline.is_some() => {
+                    if self.worker.phase(&self.peer, self.generation) == Some(Phase::AwaitingAnswer) {
+                        break End::NoAnswer;
+                    }
+                    self.deadline = None;
+                }
+                event = events.recv() => match event {
+                    None => break End::Failed,
+                    Some(ConnEvent::State(ConnState::Connected)) => {
+                        connected = true;
+                        if mesh_open {
+                            self.up(&mut established).await;
+                        }
+                    }
+                    Some(ConnEvent::State(ConnState::Disconnected)) => {
+                        connected = false;
+                        if let Some(at) = established {
+                            self.write(Health::Down, LinkQos { last_ts: clock.now_ms(), ..Default::default() }, at).await;
+                        }
+                    }
+                    Some(ConnEvent::State(ConnState::Failed | ConnState::Closed)) => break End::Failed,
+                    Some(ConnEvent::State(ConnState::Connecting)) => {}
+                    Some(ConnEvent::Open(Channel::Probe)) => probe_open = true,
+                    Some(ConnEvent::Open(Channel::Mesh)) => {
+                        mesh_open = true;
+                        if connected {
+                            self.up(&mut established).await;
+                        }
+                    }
+                    Some(ConnEvent::Message { channel: Channel::Probe, data, .. }) => {
+                        if let Some(probe) = Probe::decode(&data)
+                            && let Some(pong) = meter.on_probe(probe, clock.now_us())
+                        {
+                            // A lost pong is what the probe channel measures; no retry.
+                            let _ = self.conn.send(Channel::Probe, &pong.encode(), false).await;
+                        }
+                    }
+                    Some(ConnEvent::Message { channel: Channel::Mesh, data, text }) => {
+                        lock(&self.worker.inbox).push(self.peer.clone(), clock.now_ms(), &data, text);
+                    }
+                    Some(ConnEvent::Closed(Channel::Mesh)) => break End::PeerClosed,
+                    Some(ConnEvent::Closed(Channel::Probe)) => probe_open = false,
+                },
+                _ = probe_tick.tick(), if probe_open => {
+                    let ping = meter.ping(clock.now_us());
+                    let _ = self.conn.send(Channel::Probe, &ping.encode(), false).await;
+                }
+                _ = sample_tick.tick() => {
+                    let stats = self.conn.stats(clock.instant()).await;
+                    let sample = meter.sample(clock.now_us(), clock.now_ms(), stats.ice_rtt_ms, stats.bytes, connected);
+                    self.view.send_modify(|v| v.candidate = stats.local_candidate.clone());
+                    if let Some(at) = established {
+                        self.write(sample.health, sample.qos, at).await;
+                    }
+                }
+            }
+        };
+
+        tracing::info!(peer = %self.peer, reason = ?end, "link ended");
+        self.conn.close().await;
+        if let Some(at) = established {
+            self.write(
+                Health::Down,
+                LinkQos {
+                    last_ts: clock.now_ms(),
+                    ..Default::default()
+                },
+                at,
+            )
+            .await;
+        }
+        self.worker.forget(&self.peer, self.generation);
+    }
+
+    /// The link is usable (connected, mesh channel open): it counts as established from now.
+    async fn up(&self, established: &mut Option<u64>) {
+        let clock = self.worker.clock;
+        let at = *established.get_or_insert(clock.now_ms());
+        self.worker
+            .set_phase(&self.peer, self.generation, Phase::Connected);
+        self.write(
+            Health::Up,
+            LinkQos {
+                last_ts: clock.now_ms(),
+                ..Default::default()
+            },
+            at,
+        )
+        .await;
+    }
+
+    /// Writes the link document and updates the view. A store that cannot be written is logged:
+    /// the next sample writes again.
+    async fn write(&self, health: Health, qos: LinkQos, established: u64) {
+        let state = match (health, self.worker.phase(&self.peer, self.generation)) {
+            (_, Some(p)) => p.as_str(),
+            (_, None) => "closed",
+        };
+        self.view.send_modify(|v| {
+            v.state = if health == Health::Down && state == "connected" {
+                "disconnected"
+            } else {
+                state
+            };
+            v.health = Some(health);
+            v.qos = Some(qos.clone());
+            v.established_at = Some(established);
+        });
+        let link = match Link::new(self.worker.id(), &self.peer, health, qos, established) {
+            Ok(link) => link,
+            Err(e) => {
+                tracing::error!(peer = %self.peer, "cannot build the link document: {e}");
+                return;
+            }
+        };
+        if let Err(e) = self.worker.store.upsert_link(&link).await {
+            tracing::warn!(peer = %self.peer, link = %link.id, "link not written to the store: {e}");
+        }
+    }
+}
