@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod process;
+pub mod turn;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -22,6 +22,7 @@ pub const MESH_DIAL_TIMEOUT_SECS: &str = "MESH_DIAL_TIMEOUT_SECS";
 pub const MESH_GATHER_TIMEOUT_MS: &str = "MESH_GATHER_TIMEOUT_MS";
 pub const MESH_PUBLIC_URL: &str = "MESH_PUBLIC_URL";
 pub const MESH_REGION: &str = "MESH_REGION";
+pub const MESH_PROMPT_DRIVER: &str = "MESH_PROMPT_DRIVER";
 
 #[derive(Debug)]
 pub struct WorkerConfig {
@@ -40,6 +41,8 @@ pub struct WorkerConfig {
     /// The worker's base URL as other peers reach it; defaults to `http://127.0.0.1:<port>`.
     pub public_url: Option<String>,
     pub region: Option<String>,
+    /// Drive connections with the prompt runtime (default on; see `prompt_runtime`).
+    pub prompt_driver: bool,
 }
 
 impl WorkerConfig {
@@ -152,6 +155,7 @@ impl WorkerConfig {
             gather_timeout: Duration::from_millis(gather_ms),
             public_url,
             region: env.optional(MESH_REGION),
+            prompt_driver: env.parse_or(MESH_PROMPT_DRIVER, true, "true or false")?,
             service,
         })
     }

@@ -8,6 +8,7 @@ pub mod api;
 mod clock;
 pub mod config;
 pub mod inbox;
+pub mod prompt_runtime;
 pub mod qos;
 pub mod transport;
 pub mod worker;
@@ -45,6 +46,7 @@ pub async fn run(
         relay_only: config.relay_only,
         udp_addrs: config.udp_addrs.clone(),
         gather_timeout: config.gather_timeout,
+        prompt_driver: config.prompt_driver,
     });
     let timings = Timings {
         qos_interval: config.qos_interval,

@@ -1,4 +1,4 @@
-//! The seam over the `webrtc` crate: the only module that names its types. It builds peer
+//! The seam over the `webrtc` crate: with `prompt_runtime`, the only modules that name its types. It builds peer
 //! connections with meshrtc's settings, opens the two negotiated DataChannels every link has, and
 //! turns the library's callbacks into one stream of [`ConnEvent`]s per connection, so that a
 //! version change of the library stays in this file.
@@ -20,6 +20,8 @@ use bytes::{Bytes, BytesMut};
 use rtc::ice::mdns::MulticastDnsMode;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
+
+use crate::prompt_runtime::{Activity, PromptRuntime};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
@@ -48,6 +50,9 @@ pub struct TransportConfig {
     pub udp_addrs: Vec<SocketAddr>,
     /// Gathering stops waiting after this; the description carries what was found by then.
     pub gather_timeout: Duration,
+    /// Drive connections with [`PromptRuntime`] (the default); off, the library's own runtime
+    /// (for benchmarks that compare the two).
+    pub prompt_driver: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +140,7 @@ impl PeerConnectionEventHandler for Events {
 /// One peer connection with its two channels.
 pub struct Connection {
     pc: Arc<dyn PeerConnection>,
+    activity: Activity,
     mesh: Arc<dyn DataChannel>,
     probe: Arc<dyn DataChannel>,
     gathered: watch::Receiver<bool>,
@@ -186,25 +192,31 @@ impl Transport {
             .with_ice_transport_policy(policy)
             .build();
         let loopback = self.config.udp_addrs.iter().any(|a| a.ip().is_loopback());
-        let settings = SettingEngineBuilder::new()
+        let mut settings = SettingEngineBuilder::new()
             .with_crypto_provider(Arc::new(crypto::providers::AwsLcRsProvider::new()))
             // mDNS would open a multicast socket per connection and hide our addresses behind
             // names no peer of ours resolves; candidates come from configured addresses only.
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             // A worker bound to loopback (tests, one-machine meshes) must offer loopback candidates.
-            .with_include_loopback_candidate(loopback)
-            .build();
-        let pc = PeerConnectionBuilder::new()
+            .with_include_loopback_candidate(loopback);
+        if self.config.relay_only {
+            // The acceptance wait lets a better (host, srflx) pair win; relay-only has none.
+            settings = settings.with_relay_acceptance_min_wait(Some(Duration::ZERO));
+        }
+        let settings = settings.build();
+        let activity = Activity::default();
+        let mut builder = PeerConnectionBuilder::new()
             .with_configuration(configuration)
             .with_setting_engine(settings)
             .with_handler(Arc::new(Events {
                 tx: tx.clone(),
                 gathered: gathered_tx,
             }))
-            .with_udp_addrs(self.config.udp_addrs.clone())
-            .build()
-            .await
-            .map_err(lib)?;
+            .with_udp_addrs(self.config.udp_addrs.clone());
+        if self.config.prompt_driver {
+            builder = builder.with_runtime(Arc::new(PromptRuntime::new(activity.clone())));
+        }
+        let pc = builder.build().await.map_err(lib)?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
         let mesh = pc
             .create_data_channel(
@@ -233,6 +245,7 @@ impl Transport {
         spawn_channel_pump(Channel::Probe, probe.clone(), tx);
         let conn = Connection {
             pc,
+            activity,
             mesh,
             probe,
             gathered,
@@ -319,6 +332,8 @@ impl Connection {
             Channel::Mesh => &self.mesh,
             Channel::Probe => &self.probe,
         };
+        // Our write is queued in the core; make sure the driver sends it now (see prompt_runtime).
+        self.activity.mark();
         let result = if text {
             dc.send_text(std::str::from_utf8(data).map_err(lib)?).await
         } else {
@@ -341,9 +356,13 @@ impl Connection {
             report.get(&transport.selected_candidate_pair_id)
         {
             stats.ice_rtt_ms = Some(pair.current_round_trip_time * 1000.0).filter(|r| *r > 0.0);
-            if let Some(RTCStatsReportEntry::LocalCandidate(local)) =
-                report.get(&pair.local_candidate_id)
-            {
+            // webrtc 0.21.1 reports the pair's `local_candidate_id` as `candidate:X` but keys the
+            // candidate's own entry `RTCLocalIceCandidate_candidate:X`; accept either.
+            let prefixed = format!("RTCLocalIceCandidate_{}", pair.local_candidate_id);
+            let local = report
+                .get(&pair.local_candidate_id)
+                .or_else(|| report.get(&prefixed));
+            if let Some(RTCStatsReportEntry::LocalCandidate(local)) = local {
                 stats.local_candidate = Some(local.candidate_type.to_string());
             }
         }
