@@ -5,6 +5,7 @@
 //! Fixtures panic with a message that says what to do: they run only inside tests.
 #![allow(clippy::unwrap_used)]
 
+pub mod browser;
 pub mod process;
 pub mod turn;
 
