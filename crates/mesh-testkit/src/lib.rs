@@ -3,7 +3,9 @@
 //! binaries run as real processes.
 //!
 //! Fixtures panic with a message that says what to do: they run only inside tests.
-#![allow(clippy::unwrap_used)]
+// Fixtures drive real processes against wall-clock deadlines, and fail loudly: they are test
+// drivers, so the clock and unwrap are theirs to use.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 pub mod browser;
 pub mod process;

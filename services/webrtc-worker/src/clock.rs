@@ -36,6 +36,12 @@ impl Clock {
     pub fn instant(&self) -> Instant {
         Instant::now()
     }
+
+    /// The same monotonic clock, as tokio's timers take it.
+    #[allow(clippy::disallowed_methods)]
+    pub fn deadline_in(&self, after: std::time::Duration) -> tokio::time::Instant {
+        tokio::time::Instant::now() + after
+    }
 }
 
 impl Default for Clock {

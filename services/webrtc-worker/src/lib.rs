@@ -65,12 +65,8 @@ pub async fn run(
     tracing::info!(peer = %worker.id(), %local, %public_url, "webrtc-worker serving");
     let router = app(worker.clone(), &config.service.http);
     serve(listener, router, shutdown, config.service.shutdown_grace).await?;
-    worker.hang_up_all();
-    // Give the link drivers a moment to write their links `down`; bounded so shutdown is too.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-    while !worker.links().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    // Links are written `down` as their drivers finish; bounded so shutdown is too.
+    worker.hang_up_all(std::time::Duration::from_secs(2)).await;
     Ok(())
 }
 

@@ -1,19 +1,22 @@
 //! The seam over the `webrtc` crate: with `prompt_runtime`, the only modules that name its types. It builds peer
-//! connections with meshrtc's settings, opens the two negotiated DataChannels every link has, and
+//! connections with meshrtc's settings, opens the two DataChannels every link has, and
 //! turns the library's callbacks into one stream of [`ConnEvent`]s per connection, so that a
 //! version change of the library stays in this file.
 //!
-//! Every link has a `mesh` channel (reliable, ordered; id 0) for gossip and application messages
-//! and a `probe` channel (unordered, no retransmits; id 1) for QoS probes. Both are negotiated
-//! out of band (both sides create them with the same ids), which skips the in-band DCEP round
-//! trip at setup.
+//! Every link has a `mesh` channel (reliable, ordered) for gossip and application messages and a
+//! `probe` channel (unordered, no retransmits) for QoS probes. The offerer opens both in band
+//! (DCEP); the answerer accepts them by label. They are not negotiated out of band: webrtc 0.21.1
+//! drops a message that arrives on a negotiated stream before its own side has registered that
+//! stream ("data channel not existed"), which loses the first message a fast peer sends. In band,
+//! the OPEN precedes data on the same ordered stream, so the channel always exists first.
 //!
 //! Upstream issue 906: a handle to the connection or a channel kept inside the connection's own
-//! event handler forms a reference cycle that leaks the connection. The handler here holds only
-//! channel senders; connections live in the worker's registry.
+//! event handler forms a reference cycle that leaks the connection. The handler here shares only
+//! the [`Channels`] slots with the connection, and [`Connection::close`] (also run on drop) empties
+//! them, which breaks the cycle; connections live in the worker's registry.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -64,6 +67,8 @@ pub enum TransportError {
     Library(String),
     #[error("the connection is closed")]
     Closed,
+    #[error("the channel is not open yet")]
+    NotOpen,
 }
 
 fn lib(e: impl std::fmt::Display) -> TransportError {
@@ -110,10 +115,21 @@ pub struct PathStats {
     pub local_candidate: Option<String>,
 }
 
+/// The link's two channels, once open (offerer) or announced (answerer).
+#[derive(Default)]
+struct Channels {
+    mesh: Option<Arc<dyn DataChannel>>,
+    probe: Option<Arc<dyn DataChannel>>,
+}
+
+const MESH_LABEL: &str = "mesh";
+const PROBE_LABEL: &str = "probe";
+
 /// Forwards the library's callbacks; holds no handle to the connection (upstream issue 906).
 struct Events {
     tx: mpsc::Sender<ConnEvent>,
     gathered: watch::Sender<bool>,
+    channels: Arc<Mutex<Channels>>,
 }
 
 #[async_trait::async_trait]
@@ -135,14 +151,61 @@ impl PeerConnectionEventHandler for Events {
         // Awaiting here is back-pressure, not loss: the receiver is the link's driver.
         let _ = self.tx.send(ConnEvent::State(state)).await;
     }
+
+    async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
+        let label = dc.label().await.unwrap_or_default();
+        let channel = match label.as_str() {
+            MESH_LABEL => Channel::Mesh,
+            PROBE_LABEL => Channel::Probe,
+            other => {
+                tracing::warn!(
+                    label = other,
+                    "refusing a data channel meshrtc does not use"
+                );
+                let _ = dc.close().await;
+                return;
+            }
+        };
+        adopt(&self.channels, channel, dc, self.tx.clone());
+    }
+}
+
+/// Keeps `dc` as the link's `channel` and starts pumping its events.
+fn adopt(
+    channels: &Mutex<Channels>,
+    channel: Channel,
+    dc: Arc<dyn DataChannel>,
+    tx: mpsc::Sender<ConnEvent>,
+) {
+    {
+        let mut slots = lock(channels);
+        let slot = match channel {
+            Channel::Mesh => &mut slots.mesh,
+            Channel::Probe => &mut slots.probe,
+        };
+        if slot.is_some() {
+            tracing::warn!(
+                ?channel,
+                "a second channel with this label; keeping the first"
+            );
+            return;
+        }
+        *slot = Some(dc.clone());
+    }
+    spawn_channel_pump(channel, dc, tx);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One peer connection with its two channels.
 pub struct Connection {
     pc: Arc<dyn PeerConnection>,
     activity: Activity,
-    mesh: Arc<dyn DataChannel>,
-    probe: Arc<dyn DataChannel>,
+    channels: Arc<Mutex<Channels>>,
+    /// For the channels this side opens (as offerer).
+    tx: mpsc::Sender<ConnEvent>,
     gathered: watch::Receiver<bool>,
     gather_timeout: Duration,
 }
@@ -179,7 +242,6 @@ impl Transport {
                 urls: s.urls.clone(),
                 username: s.username.clone().unwrap_or_default(),
                 credential: s.credential.clone().unwrap_or_default(),
-                ..Default::default()
             })
             .collect();
         let policy = if self.config.relay_only {
@@ -205,12 +267,14 @@ impl Transport {
         }
         let settings = settings.build();
         let activity = Activity::default();
+        let channels = Arc::new(Mutex::new(Channels::default()));
         let mut builder = PeerConnectionBuilder::new()
             .with_configuration(configuration)
             .with_setting_engine(settings)
             .with_handler(Arc::new(Events {
                 tx: tx.clone(),
                 gathered: gathered_tx,
+                channels: channels.clone(),
             }))
             .with_udp_addrs(self.config.udp_addrs.clone());
         if self.config.prompt_driver {
@@ -218,36 +282,11 @@ impl Transport {
         }
         let pc = builder.build().await.map_err(lib)?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-        let mesh = pc
-            .create_data_channel(
-                "mesh",
-                Some(RTCDataChannelInit {
-                    ordered: true,
-                    negotiated: Some(0),
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(lib)?;
-        let probe = pc
-            .create_data_channel(
-                "probe",
-                Some(RTCDataChannelInit {
-                    ordered: false,
-                    max_retransmits: Some(0),
-                    negotiated: Some(1),
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(lib)?;
-        spawn_channel_pump(Channel::Mesh, mesh.clone(), tx.clone());
-        spawn_channel_pump(Channel::Probe, probe.clone(), tx);
         let conn = Connection {
             pc,
             activity,
-            mesh,
-            probe,
+            channels,
+            tx,
             gathered,
             gather_timeout: self.config.gather_timeout,
         };
@@ -283,6 +322,27 @@ impl Connection {
     /// Creates an offer and returns its SDP once candidates are gathered (or the gather time-out
     /// passes): the whole offer travels in one signed HTTP message.
     pub async fn offer(&self) -> Result<String, TransportError> {
+        let mesh = RTCDataChannelInit {
+            ordered: true,
+            ..Default::default()
+        };
+        let dc = self
+            .pc
+            .create_data_channel(MESH_LABEL, Some(mesh))
+            .await
+            .map_err(lib)?;
+        adopt(&self.channels, Channel::Mesh, dc, self.tx.clone());
+        let probe = RTCDataChannelInit {
+            ordered: false,
+            max_retransmits: Some(0),
+            ..Default::default()
+        };
+        let dc = self
+            .pc
+            .create_data_channel(PROBE_LABEL, Some(probe))
+            .await
+            .map_err(lib)?;
+        adopt(&self.channels, Channel::Probe, dc, self.tx.clone());
         let offer = self.pc.create_offer(None).await.map_err(lib)?;
         self.pc.set_local_description(offer).await.map_err(lib)?;
         self.local_sdp().await
@@ -328,10 +388,14 @@ impl Connection {
         data: &[u8],
         text: bool,
     ) -> Result<(), TransportError> {
-        let dc = match channel {
-            Channel::Mesh => &self.mesh,
-            Channel::Probe => &self.probe,
-        };
+        let dc = {
+            let slots = lock(&self.channels);
+            match channel {
+                Channel::Mesh => slots.mesh.clone(),
+                Channel::Probe => slots.probe.clone(),
+            }
+        }
+        .ok_or(TransportError::NotOpen)?;
         // Our write is queued in the core; make sure the driver sends it now (see prompt_runtime).
         self.activity.mark();
         let result = if text {
@@ -370,8 +434,21 @@ impl Connection {
     }
 
     pub async fn close(&self) {
+        self.release_channels();
         if let Err(e) = self.pc.close().await {
             tracing::debug!("closing a peer connection: {e}");
         }
+    }
+
+    /// Empties the channel slots the event handler shares, breaking the handler → channel →
+    /// connection cycle (upstream issue 906).
+    fn release_channels(&self) {
+        *lock(&self.channels) = Channels::default();
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.release_channels();
     }
 }

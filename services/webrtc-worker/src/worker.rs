@@ -128,6 +128,8 @@ pub struct Worker {
     inbox: Mutex<Inbox>,
     next_generation: AtomicU64,
     clock: Clock,
+    /// Woken whenever a link is removed, so shutdown can wait for the drivers to finish.
+    removed: Notify,
 }
 
 impl std::fmt::Debug for Worker {
@@ -161,6 +163,7 @@ impl Worker {
             inbox: Mutex::new(Inbox::new(1024, 8 * 1024 * 1024)),
             next_generation: AtomicU64::new(1),
             clock: Clock::new(),
+            removed: Notify::new(),
         })
     }
 
@@ -230,7 +233,7 @@ impl Worker {
         offer
             .sign(&self.identity)
             .map_err(|e| WorkerError::Transport(TransportError::Library(e.to_string())))?;
-        let deadline = tokio::time::Instant::now() + self.timings.dial_timeout;
+        let deadline = self.clock.deadline_in(self.timings.dial_timeout);
         self.register(
             peer_to,
             conn,
@@ -345,10 +348,27 @@ impl Worker {
         Ok(())
     }
 
-    /// Stops every link (on shutdown).
-    pub fn hang_up_all(&self) {
-        for (_, entry) in lock(&self.links).drain() {
-            entry.stop.notify_one();
+    /// Stops every link (on shutdown) and waits, at most `within`, for their drivers to write
+    /// them `down` and finish.
+    pub async fn hang_up_all(&self, within: Duration) {
+        let stops: Vec<Arc<Notify>> = lock(&self.links).values().map(|e| e.stop.clone()).collect();
+        for stop in stops {
+            stop.notify_one();
+        }
+        let drained = async {
+            loop {
+                let removed = self.removed.notified();
+                if lock(&self.links).is_empty() {
+                    return;
+                }
+                removed.await;
+            }
+        };
+        if tokio::time::timeout(within, drained).await.is_err() {
+            tracing::warn!(
+                left = lock(&self.links).len(),
+                "links still closing at shutdown"
+            );
         }
     }
 
@@ -484,6 +504,8 @@ impl Worker {
         if links.get(peer).is_some_and(|e| e.generation == generation) {
             links.remove(peer);
         }
+        drop(links);
+        self.removed.notify_waiters();
     }
 }
 
@@ -519,11 +541,11 @@ impl LinkDriver {
         let mut probe_tick = tokio::time::interval(timings.probe_interval);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sample_tick = tokio::time::interval_at(
-            tokio::time::Instant::now() + timings.qos_interval,
+            clock.deadline_in(timings.qos_interval),
             timings.qos_interval,
         );
         sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        let far = clock.deadline_in(Duration::from_secs(86_400 * 365));
         let no_answer = tokio::time::sleep_until(self.deadline.unwrap_or(far));
         tokio::pin!(no_answer);
 
@@ -536,7 +558,11 @@ impl LinkDriver {
                     }
                     self.deadline = None;
                 }
-                event = events.recv() => match event {
+                event = events.recv() => match event.inspect(|e| {
+                    if !matches!(e, ConnEvent::Message { .. }) {
+                        tracing::debug!(peer = %self.peer, event = ?e, "connection event");
+                    }
+                }) {
                     None => break End::Failed,
                     Some(ConnEvent::State(ConnState::Connected)) => {
                         connected = true;
@@ -568,6 +594,7 @@ impl LinkDriver {
                         }
                     }
                     Some(ConnEvent::Message { channel: Channel::Mesh, data, text }) => {
+                        tracing::debug!(peer = %self.peer, bytes = data.len(), text, "mesh message");
                         lock(&self.worker.inbox).push(self.peer.clone(), clock.now_ms(), &data, text);
                     }
                     Some(ConnEvent::Closed(Channel::Mesh)) => break End::PeerClosed,

@@ -107,6 +107,7 @@ async fn ready(State(r): S, Json(body): Json<Value>) -> Json<Value> {
         },
     )
     .await;
+    let _ = &got;
     let binary = base64::engine::general_purpose::STANDARD
         .decode(got[1]["base64"].as_str().unwrap())
         .unwrap();
@@ -143,7 +144,7 @@ async fn result(State(r): S, Json(body): Json<Value>) -> Json<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_and_a_worker_exchange_text_and_64k_binary_whichever_side_offers() {
     let mesh = Mesh::new();
-    let worker = mesh.worker("worker", 31, &[]);
+    let worker = mesh.worker("worker", 31, &[("RUST_LOG", "warn,webrtc_worker=debug")]);
     // The browser peer is registered with its key, as the proxy's registry would hold it.
     let browser = mesh_testkit::identity("browser", 32);
     let store = EmbeddedStore::open(mesh.store_dir()).await.unwrap();

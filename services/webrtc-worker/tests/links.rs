@@ -132,3 +132,26 @@ async fn three_workers_form_a_full_mesh() {
         assert_eq!(mesh.link_count(p).await, 2);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hangs_up_writes_the_link_down_and_exits_cleanly() {
+    let mesh = Mesh::new();
+    let a = mesh.worker("alpha", 1, &[]);
+    let mut b = mesh.worker("bravo", 2, &[]);
+    mesh.connect(&a, &b).await;
+    mesh.wait_up(&a, &b).await;
+    let store = EmbeddedStore::open(mesh.store_dir()).await.unwrap();
+    let id: LinkId = "alpha<->bravo".parse().unwrap();
+    eventually(Duration::from_secs(10), "the link up in the store", || async {
+        (store.get_link(&id).await.ok()?.health == Health::Up).then_some(())
+    })
+    .await;
+
+    let status = b.proc.terminate(Duration::from_secs(10)).expect("bravo exits within the grace period");
+    assert!(status.success(), "{status:?}\n{}", b.proc.log());
+    assert_eq!(store.get_link(&id).await.unwrap().health, Health::Down, "written down before exit");
+    eventually(Duration::from_secs(30), "alpha to notice the hang-up", || async {
+        (mesh.link_count(&a).await == 0).then_some(())
+    })
+    .await;
+}
