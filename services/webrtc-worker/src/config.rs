@@ -23,6 +23,7 @@ pub const MESH_GATHER_TIMEOUT_MS: &str = "MESH_GATHER_TIMEOUT_MS";
 pub const MESH_PUBLIC_URL: &str = "MESH_PUBLIC_URL";
 pub const MESH_REGION: &str = "MESH_REGION";
 pub const MESH_PROMPT_DRIVER: &str = "MESH_PROMPT_DRIVER";
+pub const MESH_SEND_BUFFER_BYTES: &str = "MESH_SEND_BUFFER_BYTES";
 
 #[derive(Debug)]
 pub struct WorkerConfig {
@@ -43,6 +44,8 @@ pub struct WorkerConfig {
     pub region: Option<String>,
     /// Drive connections with the prompt runtime (default on; see `prompt_runtime`).
     pub prompt_driver: bool,
+    /// Unsent bytes a channel may hold before senders wait (default 1 MiB).
+    pub send_buffer_limit: usize,
 }
 
 impl WorkerConfig {
@@ -156,6 +159,14 @@ impl WorkerConfig {
             public_url,
             region: env.optional(MESH_REGION),
             prompt_driver: env.parse_or(MESH_PROMPT_DRIVER, true, "true or false")?,
+            send_buffer_limit: match env.parse_or(
+                MESH_SEND_BUFFER_BYTES,
+                1usize << 20,
+                "bytes from 65536 up",
+            )? {
+                n if n >= 65_536 => n,
+                _ => return Err(env.invalid(MESH_SEND_BUFFER_BYTES, "bytes from 65536 up")),
+            },
             service,
         })
     }

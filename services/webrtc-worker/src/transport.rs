@@ -56,6 +56,11 @@ pub struct TransportConfig {
     /// Drive connections with [`PromptRuntime`] (the default); off, the library's own runtime
     /// (for benchmarks that compare the two).
     pub prompt_driver: bool,
+    /// Bytes a channel may hold unsent before `send` waits: bounds memory per link and carries
+    /// back-pressure to senders (the library's default is unbounded).
+    pub send_buffer_limit: usize,
+    /// The SCTP receive window each connection advertises; `None` keeps the library's 1 MiB.
+    pub sctp_receive_buffer: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +133,7 @@ const PROBE_LABEL: &str = "probe";
 /// Forwards the library's callbacks; holds no handle to the connection (upstream issue 906).
 struct Events {
     tx: mpsc::Sender<ConnEvent>,
+    activity: Activity,
     gathered: watch::Sender<bool>,
     channels: Arc<Mutex<Channels>>,
 }
@@ -148,6 +154,9 @@ impl PeerConnectionEventHandler for Events {
             RTCPeerConnectionState::Closed => ConnState::Closed,
             _ => ConnState::Connecting,
         };
+        if state != ConnState::Connected {
+            self.activity.set_established(false);
+        }
         // Awaiting here is back-pressure, not loss: the receiver is the link's driver.
         let _ = self.tx.send(ConnEvent::State(state)).await;
     }
@@ -166,7 +175,13 @@ impl PeerConnectionEventHandler for Events {
                 return;
             }
         };
-        adopt(&self.channels, channel, dc, self.tx.clone());
+        adopt(
+            &self.channels,
+            channel,
+            dc,
+            self.tx.clone(),
+            self.activity.clone(),
+        );
     }
 }
 
@@ -176,6 +191,7 @@ fn adopt(
     channel: Channel,
     dc: Arc<dyn DataChannel>,
     tx: mpsc::Sender<ConnEvent>,
+    activity: Activity,
 ) {
     {
         let mut slots = lock(channels);
@@ -192,7 +208,7 @@ fn adopt(
         }
         *slot = Some(dc.clone());
     }
-    spawn_channel_pump(channel, dc, tx);
+    spawn_channel_pump(channel, dc, tx, activity);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -261,6 +277,9 @@ impl Transport {
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             // A worker bound to loopback (tests, one-machine meshes) must offer loopback candidates.
             .with_include_loopback_candidate(loopback);
+        if let Some(window) = self.config.sctp_receive_buffer {
+            settings = settings.with_sctp_max_receive_buffer_size(window);
+        }
         if self.config.relay_only {
             // The acceptance wait lets a better (host, srflx) pair win; relay-only has none.
             settings = settings.with_relay_acceptance_min_wait(Some(Duration::ZERO));
@@ -275,8 +294,10 @@ impl Transport {
                 tx: tx.clone(),
                 gathered: gathered_tx,
                 channels: channels.clone(),
+                activity: activity.clone(),
             }))
-            .with_udp_addrs(self.config.udp_addrs.clone());
+            .with_udp_addrs(self.config.udp_addrs.clone())
+            .with_data_channel_send_buffer_limit(self.config.send_buffer_limit);
         if self.config.prompt_driver {
             builder = builder.with_runtime(Arc::new(PromptRuntime::new(activity.clone())));
         }
@@ -295,17 +316,26 @@ impl Transport {
 }
 
 /// Moves one channel's events into the connection's queue until the channel closes.
-fn spawn_channel_pump(channel: Channel, dc: Arc<dyn DataChannel>, tx: mpsc::Sender<ConnEvent>) {
+fn spawn_channel_pump(
+    channel: Channel,
+    dc: Arc<dyn DataChannel>,
+    tx: mpsc::Sender<ConnEvent>,
+    activity: Activity,
+) {
     tokio::spawn(async move {
         while let Some(event) = dc.poll().await {
             let event = match event {
-                DataChannelEvent::OnOpen => ConnEvent::Open(channel),
+                DataChannelEvent::OnOpen => {
+                    activity.channel_open(channel == Channel::Mesh, true);
+                    ConnEvent::Open(channel)
+                }
                 DataChannelEvent::OnMessage(msg) => ConnEvent::Message {
                     channel,
                     data: msg.data.freeze(),
                     text: msg.is_string,
                 },
                 DataChannelEvent::OnClose => {
+                    activity.channel_open(channel == Channel::Mesh, false);
                     let _ = tx.send(ConnEvent::Closed(channel)).await;
                     break;
                 }
@@ -331,7 +361,13 @@ impl Connection {
             .create_data_channel(MESH_LABEL, Some(mesh))
             .await
             .map_err(lib)?;
-        adopt(&self.channels, Channel::Mesh, dc, self.tx.clone());
+        adopt(
+            &self.channels,
+            Channel::Mesh,
+            dc,
+            self.tx.clone(),
+            self.activity.clone(),
+        );
         let probe = RTCDataChannelInit {
             ordered: false,
             max_retransmits: Some(0),
@@ -342,7 +378,13 @@ impl Connection {
             .create_data_channel(PROBE_LABEL, Some(probe))
             .await
             .map_err(lib)?;
-        adopt(&self.channels, Channel::Probe, dc, self.tx.clone());
+        adopt(
+            &self.channels,
+            Channel::Probe,
+            dc,
+            self.tx.clone(),
+            self.activity.clone(),
+        );
         let offer = self.pc.create_offer(None).await.map_err(lib)?;
         self.pc.set_local_description(offer).await.map_err(lib)?;
         self.local_sdp().await

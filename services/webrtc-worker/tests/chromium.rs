@@ -93,21 +93,27 @@ async fn signal_answer(State(r): S, Json(body): Json<Value>) -> Json<Value> {
 /// The browser sent its messages and listens: check what the worker got, then send ours.
 async fn ready(State(r): S, Json(body): Json<Value>) -> Json<Value> {
     let mode = body["mode"].as_str().unwrap().to_string();
-    let got = mesh_testkit::process::eventually(
-        Duration::from_secs(10),
-        "the worker to receive both messages",
-        || async {
+    let wanted = async {
+        loop {
             let m = r
                 .mesh
                 .get(&r.worker, "/messages?from=browser&limit=2")
                 .await;
             let msgs = m["messages"].as_array().unwrap().clone();
-            (msgs.len() == 2 && msgs[0]["text"].as_str().is_some_and(|t| t.contains(&mode)))
-                .then_some(msgs)
-        },
-    )
-    .await;
-    let _ = &got;
+            if msgs.len() == 2 && msgs[0]["text"].as_str().is_some_and(|t| t.contains(&mode)) {
+                return msgs;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    let got = match tokio::time::timeout(Duration::from_secs(10), wanted).await {
+        Ok(got) => got,
+        Err(_) => panic!(
+            "{mode}: the worker did not receive both messages; it has {}\nworker log:\n{}",
+            r.mesh.get(&r.worker, "/messages?from=browser").await,
+            r.worker.proc.log()
+        ),
+    };
     let binary = base64::engine::general_purpose::STANDARD
         .decode(got[1]["base64"].as_str().unwrap())
         .unwrap();

@@ -142,16 +142,27 @@ async fn sigterm_hangs_up_writes_the_link_down_and_exits_cleanly() {
     mesh.wait_up(&a, &b).await;
     let store = EmbeddedStore::open(mesh.store_dir()).await.unwrap();
     let id: LinkId = "alpha<->bravo".parse().unwrap();
-    eventually(Duration::from_secs(10), "the link up in the store", || async {
-        (store.get_link(&id).await.ok()?.health == Health::Up).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the link up in the store",
+        || async { (store.get_link(&id).await.ok()?.health == Health::Up).then_some(()) },
+    )
     .await;
 
-    let status = b.proc.terminate(Duration::from_secs(10)).expect("bravo exits within the grace period");
+    let status = b
+        .proc
+        .terminate(Duration::from_secs(10))
+        .expect("bravo exits within the grace period");
     assert!(status.success(), "{status:?}\n{}", b.proc.log());
-    assert_eq!(store.get_link(&id).await.unwrap().health, Health::Down, "written down before exit");
-    eventually(Duration::from_secs(30), "alpha to notice the hang-up", || async {
-        (mesh.link_count(&a).await == 0).then_some(())
-    })
+    assert_eq!(
+        store.get_link(&id).await.unwrap().health,
+        Health::Down,
+        "written down before exit"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "alpha to notice the hang-up",
+        || async { (mesh.link_count(&a).await == 0).then_some(()) },
+    )
     .await;
 }
