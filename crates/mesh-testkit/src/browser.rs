@@ -14,7 +14,9 @@ impl Chromium {
     /// Opens `url` in a new headless Chromium; extra flags are appended.
     pub fn open(url: &str, extra_flags: &[&str]) -> Self {
         let profile = tempfile::tempdir().unwrap();
-        let child = Command::new("chromium")
+        // `MESH_CHROMIUM` names another Chromium build (CI images without Debian's package).
+        let binary = std::env::var("MESH_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+        let child = Command::new(&binary)
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -33,7 +35,7 @@ impl Chromium {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start chromium (Debian package chromium): {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {binary} (Debian package chromium, or set MESH_CHROMIUM): {e}"));
         Chromium {
             child,
             _profile: profile,

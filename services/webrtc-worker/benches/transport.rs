@@ -451,6 +451,7 @@ async fn main() {
             "userAgent": chrome["userAgent"],
             "setupMs": summary(&chrome_setups),
             "throughputMBps": chrome["throughputMBps"],
+            "throughputRunsMBps": chrome["throughputRunsMBps"],
         },
         "modes": modes,
         "cycles": {"rssAfter50KB": at50, "rssAfter200KB": at200, "growthKB": at200 as i64 - at50 as i64},
