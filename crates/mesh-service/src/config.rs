@@ -121,6 +121,16 @@ impl<'a> Env<'a> {
         Ok(Duration::from_secs(secs))
     }
 
+    /// An optional `http://` or `https://` URL.
+    pub fn http_url(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.optional(key) {
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                Err(self.invalid(key, "an http:// or https:// URL"))
+            }
+            url => Ok(url),
+        }
+    }
+
     /// Reports `e` as a problem with `key`'s value.
     pub fn invalid(&self, key: &'static str, expected: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
@@ -217,12 +227,7 @@ impl ServiceConfig {
             Some("text") => LogFormat::Text,
             Some(_) => return Err(env.invalid(MESH_LOG_FORMAT, "json or text")),
         };
-        let otlp_endpoint = env.optional(OTEL_EXPORTER_OTLP_ENDPOINT);
-        if let Some(url) = &otlp_endpoint
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(env.invalid(OTEL_EXPORTER_OTLP_ENDPOINT, "an http:// or https:// URL"));
-        }
+        let otlp_endpoint = env.http_url(OTEL_EXPORTER_OTLP_ENDPOINT)?;
         Ok(ServiceConfig {
             port,
             data_dir,

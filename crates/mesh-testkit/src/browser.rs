@@ -35,7 +35,9 @@ impl Chromium {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {binary} (Debian package chromium, or set MESH_CHROMIUM): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("cannot start {binary} (Debian package chromium, or set MESH_CHROMIUM): {e}")
+            });
         Chromium {
             child,
             _profile: profile,

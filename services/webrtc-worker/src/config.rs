@@ -141,12 +141,7 @@ impl WorkerConfig {
         if !(1..=60_000).contains(&gather_ms) {
             return Err(env.invalid(MESH_GATHER_TIMEOUT_MS, "milliseconds from 1 to 60000"));
         }
-        let public_url = env.optional(MESH_PUBLIC_URL);
-        if let Some(url) = &public_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(env.invalid(MESH_PUBLIC_URL, "an http:// or https:// URL"));
-        }
+        let public_url = env.http_url(MESH_PUBLIC_URL)?;
         Ok(WorkerConfig {
             identity,
             ice_servers,

@@ -352,39 +352,32 @@ impl Connection {
     /// Creates an offer and returns its SDP once candidates are gathered (or the gather time-out
     /// passes): the whole offer travels in one signed HTTP message.
     pub async fn offer(&self) -> Result<String, TransportError> {
-        let mesh = RTCDataChannelInit {
+        let reliable = RTCDataChannelInit {
             ordered: true,
             ..Default::default()
         };
-        let dc = self
-            .pc
-            .create_data_channel(MESH_LABEL, Some(mesh))
-            .await
-            .map_err(lib)?;
-        adopt(
-            &self.channels,
-            Channel::Mesh,
-            dc,
-            self.tx.clone(),
-            self.activity.clone(),
-        );
-        let probe = RTCDataChannelInit {
+        let lossy = RTCDataChannelInit {
             ordered: false,
             max_retransmits: Some(0),
             ..Default::default()
         };
-        let dc = self
-            .pc
-            .create_data_channel(PROBE_LABEL, Some(probe))
-            .await
-            .map_err(lib)?;
-        adopt(
-            &self.channels,
-            Channel::Probe,
-            dc,
-            self.tx.clone(),
-            self.activity.clone(),
-        );
+        for (channel, label, init) in [
+            (Channel::Mesh, MESH_LABEL, reliable),
+            (Channel::Probe, PROBE_LABEL, lossy),
+        ] {
+            let dc = self
+                .pc
+                .create_data_channel(label, Some(init))
+                .await
+                .map_err(lib)?;
+            adopt(
+                &self.channels,
+                channel,
+                dc,
+                self.tx.clone(),
+                self.activity.clone(),
+            );
+        }
         let offer = self.pc.create_offer(None).await.map_err(lib)?;
         self.pc.set_local_description(offer).await.map_err(lib)?;
         self.local_sdp().await
