@@ -37,7 +37,6 @@ fn transport(prompt_driver: bool) -> Transport {
         gather_timeout: Duration::from_secs(5),
         prompt_driver,
         send_buffer_limit: 4 << 20,
-        sctp_receive_buffer: None,
     })
 }
 

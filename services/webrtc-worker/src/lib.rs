@@ -48,7 +48,6 @@ pub async fn run(
         gather_timeout: config.gather_timeout,
         prompt_driver: config.prompt_driver,
         send_buffer_limit: config.send_buffer_limit,
-        sctp_receive_buffer: None,
     });
     let timings = Timings {
         qos_interval: config.qos_interval,

@@ -59,8 +59,6 @@ pub struct TransportConfig {
     /// Bytes a channel may hold unsent before `send` waits: bounds memory per link and carries
     /// back-pressure to senders (the library's default is unbounded).
     pub send_buffer_limit: usize,
-    /// The SCTP receive window each connection advertises; `None` keeps the library's 1 MiB.
-    pub sctp_receive_buffer: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -277,9 +275,6 @@ impl Transport {
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             // A worker bound to loopback (tests, one-machine meshes) must offer loopback candidates.
             .with_include_loopback_candidate(loopback);
-        if let Some(window) = self.config.sctp_receive_buffer {
-            settings = settings.with_sctp_max_receive_buffer_size(window);
-        }
         if self.config.relay_only {
             // The acceptance wait lets a better (host, srflx) pair win; relay-only has none.
             settings = settings.with_relay_acceptance_min_wait(Some(Duration::ZERO));

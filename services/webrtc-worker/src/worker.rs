@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use mesh_store::{LinkQuery, PeerUpsert, SharedStore, StoreError};
+use mesh_store::{PeerUpsert, SharedStore, StoreError};
 use mesh_types::signing::Signed;
 use mesh_types::{
     Answer, Endpoints, Health, Identity, Link, LinkQos, Offer, PeerId, Verifier, VerifierConfig,
@@ -405,17 +405,6 @@ impl Worker {
     pub fn messages(&self, limit: usize, from: Option<&PeerId>) -> (Vec<Received>, u64) {
         let inbox = lock(&self.inbox);
         (inbox.recent(limit, from), inbox.dropped())
-    }
-
-    /// This worker's links as the store holds them (for operators comparing the two views).
-    pub async fn stored_links(&self) -> Result<Vec<Link>, StoreError> {
-        self.store
-            .list_links(&LinkQuery {
-                peer: Some(self.id().clone()),
-                health: None,
-                limit: 100,
-            })
-            .await
     }
 
     async fn register(
