@@ -395,6 +395,20 @@ async fn main() {
     }
     mesh_service::install_crypto_provider();
     let ticks = clock_ticks();
+    // `MESH_BENCH_PHASE=throughput`: our transport's throughput runs only (for quick checks).
+    if std::env::var("MESH_BENCH_PHASE").as_deref() == Ok("throughput") {
+        let t = transport(true);
+        for size in [65536usize, 1024] {
+            let total = if size == 1024 { BYTES / 4 } else { BYTES };
+            let runs = [
+                throughput(&t, size, total).await,
+                throughput(&t, size, total).await,
+                throughput(&t, size, total).await,
+            ];
+            println!("{}", json!({"size": size, "MBps": runs}));
+        }
+        return;
+    }
     // A child run (see `memory_in_fresh_process`): one runtime, one measurement, JSON out.
     if let Ok(runtime) = std::env::var("MESH_BENCH_MEMORY_OF") {
         let (kb, _) = idle(&transport(runtime == "meshrtc"), 100, ticks).await;

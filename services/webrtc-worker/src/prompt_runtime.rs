@@ -51,9 +51,11 @@ tokio::task_local! {
 #[derive(Debug, Clone, Default)]
 pub struct Activity {
     owed: Arc<AtomicU8>,
-    /// Once the connection is up, a direct datagram needs no extra pass (the driver's next pass
-    /// sends whatever reading it queued), so an idle direct link costs what the library's own
-    /// keepalive costs; only relayed datagrams do, since the relayer is drained before the core.
+    /// Once the link is up, a bare STUN datagram (an ICE keepalive or its answer, first byte 0 to
+    /// 3, RFC 7983) needs no extra pass: the library answers it in the pass that reads it. Data
+    /// gets them, so that what reading it queues (SCTP acknowledgements, replies) leaves at once,
+    /// and relayed data must also cross the relayer. A TURN Data indication is STUN-framed but
+    /// relayed, so it counts as data.
     /// During setup every datagram does: a binding success starts DTLS, DTLS starts SCTP, SCTP
     /// the channel OPENs. "Up" is both channels open, not the connection state (which says
     /// connected once DTLS is, before SCTP).
@@ -70,7 +72,8 @@ impl Activity {
 
     /// A datagram arrived, starting with `head` (its first two bytes).
     fn received(&self, head: [u8; 2]) {
-        if !self.established.load(Ordering::Acquire) || relayed(head) {
+        let keepalive = head[0] <= 3 && !relayed(head);
+        if !(keepalive && self.established.load(Ordering::Acquire)) {
             self.mark();
         }
     }
@@ -266,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn once_up_only_relayed_datagrams_buy_passes() {
+    fn once_up_only_keepalives_buy_no_passes() {
         let a = Activity::default();
         let drained = |a: &Activity| {
             let owed = a.take();
@@ -279,13 +282,13 @@ mod tests {
         a.received([23, 0xfe]); // SCTP setup on DTLS, one channel open: still setup
         assert!(drained(&a));
         a.channel_open(false, true);
-        for direct in [[0x00, 0x01], [0x01, 0x01], [23, 0xfe]] {
-            a.received(direct); // keepalive, binding response, DTLS record
-            assert!(!drained(&a), "{direct:?}");
+        for keepalive in [[0x00, 0x01], [0x01, 0x01]] {
+            a.received(keepalive); // binding request or indication, binding response
+            assert!(!drained(&a), "{keepalive:?}");
         }
-        for relay in [[0x40, 0x00], [0x4f, 0x10], [0x00, 0x17]] {
-            a.received(relay); // ChannelData, Data indication
-            assert!(drained(&a), "{relay:?}");
+        for data in [[23, 0xfe], [0x40, 0x00], [0x4f, 0x10], [0x00, 0x17]] {
+            a.received(data); // DTLS record, ChannelData, Data indication
+            assert!(drained(&a), "{data:?}");
         }
         a.mark(); // our own send, always
         assert!(drained(&a));

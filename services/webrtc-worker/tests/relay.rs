@@ -43,9 +43,10 @@ async fn probe_rtts(
     (rtts, view)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+/// The best window: scheduling noise on a loaded machine only adds delay, while quantising to a
+/// driver timer (what this test guards against) would put every window tens of ms up.
+fn best(v: Vec<f64>) -> f64 {
+    v.into_iter().fold(f64::INFINITY, f64::min)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,11 +76,11 @@ async fn a_relay_only_link_comes_up_through_coturn_with_the_paths_real_rtt() {
     mesh.connect(&c, &d).await;
     mesh.wait_up(&c, &d).await;
 
-    let (relayed, view) = probe_rtts(&mesh, &a, "relay-b", 3).await;
+    let (relayed, view) = probe_rtts(&mesh, &a, "relay-b", 5).await;
     assert_eq!(view["candidate"], "relay", "{view}");
-    let (direct, view) = probe_rtts(&mesh, &c, "direct-d", 3).await;
+    let (direct, view) = probe_rtts(&mesh, &c, "direct-d", 5).await;
     assert_eq!(view["candidate"], "host", "{view}");
-    let (relayed, direct) = (median(relayed), median(direct));
+    let (relayed, direct) = (best(relayed), best(direct));
     println!("probe RTT: relayed {relayed:.3} ms, direct {direct:.3} ms");
     assert!(
         relayed - direct < 5.0,
