@@ -27,7 +27,6 @@ impl From<WorkerError> for ApiError {
             WorkerError::UnknownPeer(_) => (StatusCode::FORBIDDEN, "unknown_peer"),
             WorkerError::WrongAddressee { .. } => (StatusCode::FORBIDDEN, "wrong_addressee"),
             WorkerError::SelfDial => (StatusCode::BAD_REQUEST, "invalid_input"),
-            WorkerError::Sdp(_) => (StatusCode::BAD_REQUEST, "bad_sdp"),
             WorkerError::NothingPending(_) => (StatusCode::NOT_FOUND, "nothing_pending"),
             WorkerError::WrongState { .. } => (StatusCode::CONFLICT, "wrong_state"),
             WorkerError::Glare { .. } => (StatusCode::CONFLICT, "glare"),
@@ -39,6 +38,7 @@ impl From<WorkerError> for ApiError {
                 (StatusCode::BAD_REQUEST, "bad_sdp")
             }
             WorkerError::Transport(_) => (StatusCode::INTERNAL_SERVER_ERROR, "webrtc_error"),
+            WorkerError::Signing(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError::new(status, code, message)
     }

@@ -24,6 +24,7 @@ use rtc::ice::mdns::MulticastDnsMode;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
+use crate::lock;
 use crate::prompt_runtime::{Activity, PromptRuntime};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::{
@@ -207,10 +208,6 @@ fn adopt(
         *slot = Some(dc.clone());
     }
     spawn_channel_pump(channel, dc, tx, activity);
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One peer connection with its two channels.

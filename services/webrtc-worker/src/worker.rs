@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_store::{PeerUpsert, SharedStore, StoreError};
@@ -19,6 +19,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::clock::Clock;
 use crate::inbox::{Inbox, Received};
+use crate::lock;
 use crate::qos::{Probe, QosMeter};
 use crate::transport::{Channel, ConnEvent, ConnState, Connection, Transport, TransportError};
 
@@ -37,8 +38,6 @@ pub enum WorkerError {
     Verify(#[from] VerifyError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(transparent)]
-    Sdp(TransportError),
     #[error("nothing is pending for {0}: no dial is waiting for its answer")]
     NothingPending(PeerId),
     #[error("the link with {peer} is {state}, not waiting for an answer")]
@@ -54,7 +53,10 @@ pub enum WorkerError {
     #[error("message of {0} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")]
     MessageTooLarge(usize),
     #[error(transparent)]
-    Transport(TransportError),
+    Transport(#[from] TransportError),
+    /// Signing our own offer or answer failed: a bug, not the caller's fault.
+    #[error("signing: {0}")]
+    Signing(#[from] mesh_types::Error),
 }
 
 /// Which side of the handshake this worker took.
@@ -140,12 +142,6 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-/// Locks a mutex; a panic elsewhere while holding it leaves data that is still consistent
-/// (every critical section here is a few map operations), so poisoning is ignored.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Worker {
     pub fn new(
         identity: Identity,
@@ -217,11 +213,7 @@ impl Worker {
         if lock(&self.links).contains_key(&peer_to) {
             return Err(WorkerError::LinkExists(peer_to));
         }
-        let (conn, events) = self
-            .transport
-            .connect()
-            .await
-            .map_err(WorkerError::Transport)?;
+        let (conn, events) = self.transport.connect().await?;
         let sdp = match conn.offer().await {
             Ok(sdp) => sdp,
             Err(e) => {
@@ -230,9 +222,7 @@ impl Worker {
             }
         };
         let mut offer = Offer::new(self.id().clone(), peer_to.clone(), sdp, self.clock.now_ms());
-        offer
-            .sign(&self.identity)
-            .map_err(|e| WorkerError::Transport(TransportError::Library(e.to_string())))?;
+        offer.sign(&self.identity)?;
         let deadline = self.clock.deadline_in(self.timings.dial_timeout);
         self.register(
             peer_to,
@@ -279,25 +269,16 @@ impl Worker {
         if let Some(old) = replaced {
             old.stop.notify_one();
         }
-        let (conn, events) = self
-            .transport
-            .connect()
-            .await
-            .map_err(WorkerError::Transport)?;
+        let (conn, events) = self.transport.connect().await?;
         let sdp = match conn.answer(&offer.sdp).await {
             Ok(sdp) => sdp,
             Err(e) => {
                 conn.close().await;
-                return Err(match e {
-                    TransportError::BadSdp(_) => WorkerError::Sdp(e),
-                    other => WorkerError::Transport(other),
-                });
+                return Err(e.into());
             }
         };
         let mut answer = Answer::new(self.id().clone(), from.clone(), sdp, self.clock.now_ms());
-        answer
-            .sign(&self.identity)
-            .map_err(|e| WorkerError::Transport(TransportError::Library(e.to_string())))?;
+        answer.sign(&self.identity)?;
         self.register(from, conn, events, Role::Answerer, Phase::Connecting, None)
             .await?;
         Ok(answer)
@@ -331,10 +312,7 @@ impl Worker {
         if let Err(e) = conn.accept_answer(&answer.sdp).await {
             // A broken answer leaves nothing behind: the dial is over.
             self.stop_generation(&from, generation);
-            return Err(match e {
-                TransportError::BadSdp(_) => WorkerError::Sdp(e),
-                other => WorkerError::Transport(other),
-            });
+            return Err(e.into());
         }
         Ok(())
     }
@@ -640,10 +618,10 @@ impl LinkDriver {
     /// Writes the link document and updates the view. A store that cannot be written is logged:
     /// the next sample writes again.
     async fn write(&self, health: Health, qos: LinkQos, established: u64) {
-        let state = match (health, self.worker.phase(&self.peer, self.generation)) {
-            (_, Some(p)) => p.as_str(),
-            (_, None) => "closed",
-        };
+        let state = self
+            .worker
+            .phase(&self.peer, self.generation)
+            .map_or("closed", Phase::as_str);
         self.view.send_modify(|v| {
             v.state = if health == Health::Down && state == "connected" {
                 "disconnected"

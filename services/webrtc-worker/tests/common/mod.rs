@@ -61,7 +61,7 @@ impl Mesh {
             .json(body)
             .send()
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("POST {path}: {e}\nworker log:\n{}", peer.proc.log()));
         let status = res.status().as_u16();
         (status, res.json().await.unwrap_or(Value::Null))
     }
@@ -71,7 +71,7 @@ impl Mesh {
             .get(format!("{}{path}", peer.proc.url))
             .send()
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\nworker log:\n{}", peer.proc.log()))
             .json()
             .await
             .unwrap()
