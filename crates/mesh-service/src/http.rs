@@ -28,11 +28,12 @@ use crate::error::{ApiError, json_errors};
 /// 2. opens a span that continues the caller's trace (`traceparent`);
 /// 3. has any non-JSON error response rewritten into our JSON error shape;
 /// 4. is cut off with 503 `timeout` after `request_timeout`;
-/// 5. is refused with 413 `body_too_large` past `max_body_bytes`.
+/// 5. is refused with 413 `body_too_large` past `max_body_bytes`, on a connection then closed.
 pub fn with_layers(router: Router, limits: &HttpLimits) -> Router {
     router
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        .layer(middleware::map_response(close_after_refused_body))
         .layer(middleware::from_fn_with_state(
             limits.request_timeout,
             request_timeout,
@@ -41,6 +42,18 @@ pub fn with_layers(router: Router, limits: &HttpLimits) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// A 413 is sent before the rest of the body is read, so the connection cannot carry another
+/// request; saying so keeps clients from reusing it and failing their next request.
+async fn close_after_refused_body(mut response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 /// Cuts off a request that runs past `limit` with 503 `timeout`, so no client waits forever.

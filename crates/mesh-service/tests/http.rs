@@ -81,11 +81,12 @@ async fn every_failure_is_a_json_error_with_a_stable_code() {
         .unwrap();
     assert_error(call(&app, text).await, 415, "unsupported_media_type");
     let big = format!("\"{}\"", "x".repeat(2048));
-    assert_error(
-        call(&app, post_json("/echo", big)).await,
-        413,
-        "body_too_large",
+    let too_large = call(&app, post_json("/echo", big)).await;
+    assert_eq!(
+        too_large.1["connection"], "close",
+        "the unread body ends the connection"
     );
+    assert_error(too_large, 413, "body_too_large");
     let ok = call(&app, post_json("/echo", r#"{"a":1}"#)).await;
     assert_eq!((ok.0, ok.2), (StatusCode::OK, serde_json::json!({"a": 1})));
 }
