@@ -23,11 +23,15 @@ use mesh_types::signing::Signed;
 use mesh_types::{Answer, Endpoints, Offer};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use webrtc_worker::transport::{Channel, ConnEvent, Connection, Transport, TransportConfig};
+use webrtc_worker::transport::{
+    Channel, ConnEvent, Connection, DEFAULT_RECEIVE_WINDOW, Transport, TransportConfig,
+};
 
 const PAGE: &str = include_str!("chromium.html");
 const SETUPS: usize = 30;
 const BYTES: usize = 32 << 20;
+/// Fresh-process idle measurements per runtime.
+const IDLE_ROUNDS: usize = 5;
 
 fn transport(prompt_driver: bool) -> Transport {
     Transport::new(TransportConfig {
@@ -37,6 +41,7 @@ fn transport(prompt_driver: bool) -> Transport {
         gather_timeout: Duration::from_secs(5),
         prompt_driver,
         send_buffer_limit: 4 << 20,
+        receive_window: DEFAULT_RECEIVE_WINDOW,
     })
 }
 
@@ -139,24 +144,16 @@ fn proc_status_kb(pid: u32, field: &str) -> u64 {
         .unwrap()
 }
 
-/// User + system CPU seconds of process `pid`.
-fn cpu_secs(pid: u32, ticks: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks
-}
-
-fn clock_ticks() -> f64 {
-    let out = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+/// CPU seconds the live threads of process `pid` have run, from the scheduler's nanosecond
+/// accounting (`/proc/<pid>/task/*/schedstat`): clock-tick counters are too coarse for the
+/// fractions of a millisecond an idle link costs.
+fn cpu_secs(pid: u32) -> f64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let ns: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
 }
 
 /// Keeps a pair's event queues drained while it idles.
@@ -170,7 +167,7 @@ fn drain(p: &mut Pair) -> Vec<tokio::task::JoinHandle<()>> {
 }
 
 /// `links` idle pairs in this process: memory per connection (KB) and CPU per link (% of a core).
-async fn idle(t: &Transport, links: usize, ticks: f64) -> (f64, f64) {
+async fn idle(t: &Transport, links: usize) -> (f64, f64) {
     let me = std::process::id();
     let rss0 = proc_status_kb(me, "VmRSS:");
     let mut pairs = Vec::new();
@@ -182,10 +179,10 @@ async fn idle(t: &Transport, links: usize, ticks: f64) -> (f64, f64) {
     }
     tokio::time::sleep(Duration::from_secs(3)).await; // let set-up traffic settle
     let rss1 = proc_status_kb(me, "VmRSS:");
-    let cpu0 = cpu_secs(me, ticks);
+    let cpu0 = cpu_secs(me);
     let window = Duration::from_secs(10);
     tokio::time::sleep(window).await;
-    let cpu = cpu_secs(me, ticks) - cpu0;
+    let cpu = cpu_secs(me) - cpu0;
     for p in pairs {
         close(p).await;
     }
@@ -195,30 +192,14 @@ async fn idle(t: &Transport, links: usize, ticks: f64) -> (f64, f64) {
     (per_connection_kb, per_link_pct)
 }
 
-/// Idle CPU per link of each runtime: a warm-up round of both, then A B B A so that neither
-/// always goes first; the mean of each runtime's two rounds.
-async fn idle_cpu(ticks: f64) -> (f64, f64) {
-    for prompt in [true, false] {
-        idle(&transport(prompt), 20, ticks).await;
-    }
-    let (mut ours, mut library) = (0.0, 0.0);
-    for prompt in [true, false, false, true] {
-        let (_, pct) = idle(&transport(prompt), 100, ticks).await;
-        if prompt {
-            ours += pct / 2.0
-        } else {
-            library += pct / 2.0
-        }
-    }
-    (ours, library)
-}
-
-/// Memory per idle connection, measured in a fresh process per runtime: in this one, memory
-/// freed by earlier phases is reused and would hide what connections cost.
-fn memory_in_fresh_process(runtime: &str) -> f64 {
+/// Memory per idle connection (KB) and CPU per idle link (% of a core) of one runtime, measured
+/// in a fresh process: in a long-lived one, memory freed by earlier phases is reused (hiding
+/// what connections cost) and CPU drifts with what earlier rounds left behind.
+fn idle_in_fresh_process(runtime: &str) -> (f64, f64) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .arg("--bench")
-        .env("MESH_BENCH_MEMORY_OF", runtime)
+        .env("MESH_BENCH_IDLE_OF", runtime)
+        .env_remove("MESH_BENCH_PHASE")
         .output()
         .unwrap();
     assert!(
@@ -227,7 +208,32 @@ fn memory_in_fresh_process(runtime: &str) -> f64 {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["perConnectionKB"].as_f64().unwrap()
+    (
+        v["perConnectionKB"].as_f64().unwrap(),
+        v["cpuPerLinkPct"].as_f64().unwrap(),
+    )
+}
+
+/// Both runtimes' idle cost, alternating which goes first over `IDLE_ROUNDS` rounds; each
+/// runtime's medians, and its runs.
+fn idle_both() -> (Value, Value) {
+    let mut runs: [(Vec<f64>, Vec<f64>); 2] = Default::default();
+    for round in 0..IDLE_ROUNDS {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (kb, cpu) = idle_in_fresh_process(["meshrtc", "library-default"][i]);
+            runs[i].0.push(kb);
+            runs[i].1.push(cpu);
+        }
+    }
+    let [ours, library] = runs.map(|(kb, cpu)| {
+        json!({
+            "perConnectionKB": percentile(&kb, 0.5),
+            "cpuPerLinkPct": percentile(&cpu, 0.5),
+            "runs": {"perConnectionKB": kb, "cpuPerLinkPct": cpu},
+        })
+    });
+    (ours, library)
 }
 
 /// RSS after 50 and after 200 connect/close cycles.
@@ -244,7 +250,7 @@ async fn cycles(t: &Transport) -> (u64, u64) {
 }
 
 /// A real worker process accepting `links` links: its RSS (KB) and CPU per link while idle.
-async fn worker_with_links(links: usize, ticks: f64) -> Value {
+async fn worker_with_links(links: usize) -> Value {
     let dir = mesh_testkit::data_dir();
     let store_dir = dir.path().join("store");
     let worker_id = mesh_testkit::identity("bench-worker", 1);
@@ -321,9 +327,9 @@ async fn worker_with_links(links: usize, ticks: f64) -> Value {
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss = proc_status_kb(worker.pid(), "VmRSS:");
-    let cpu0 = cpu_secs(worker.pid(), ticks);
+    let cpu0 = cpu_secs(worker.pid());
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let cpu = cpu_secs(worker.pid(), ticks) - cpu0;
+    let cpu = cpu_secs(worker.pid()) - cpu0;
     for (c, d) in conns {
         c.close().await;
         d.abort();
@@ -394,7 +400,12 @@ async fn main() {
         return;
     }
     mesh_service::install_crypto_provider();
-    let ticks = clock_ticks();
+    // A child run (see `idle_in_fresh_process`): one runtime, one measurement, JSON out.
+    if let Ok(runtime) = std::env::var("MESH_BENCH_IDLE_OF") {
+        let (kb, cpu) = idle(&transport(runtime == "meshrtc"), 100).await;
+        println!("{}", json!({"perConnectionKB": kb, "cpuPerLinkPct": cpu}));
+        return;
+    }
     // `MESH_BENCH_PHASE=throughput`: our transport's throughput runs only (for quick checks).
     if std::env::var("MESH_BENCH_PHASE").as_deref() == Ok("throughput") {
         let t = transport(true);
@@ -409,10 +420,10 @@ async fn main() {
         }
         return;
     }
-    // A child run (see `memory_in_fresh_process`): one runtime, one measurement, JSON out.
-    if let Ok(runtime) = std::env::var("MESH_BENCH_MEMORY_OF") {
-        let (kb, _) = idle(&transport(runtime == "meshrtc"), 100, ticks).await;
-        println!("{}", json!({"perConnectionKB": kb}));
+    // `MESH_BENCH_PHASE=idle`: the idle measurements of both runtimes only.
+    if std::env::var("MESH_BENCH_PHASE").as_deref() == Ok("idle") {
+        let (ours, library) = idle_both();
+        println!("{}", json!({"meshrtc": ours, "library-default": library}));
         return;
     }
     let machine = json!({
@@ -436,25 +447,22 @@ async fn main() {
         let s = setups(&t).await;
         let mbps64k = median_of_3(|| throughput(&t, 65536, BYTES)).await;
         let mbps1k = median_of_3(|| throughput(&t, 1024, BYTES / 4)).await;
-        eprintln!("[3/5] {name}: memory of 100 idle links (fresh process)...");
-        let mem_kb = memory_in_fresh_process(name);
         modes.insert(
             name.into(),
             json!({
                 "setupMs": summary(&s),
                 "throughputMBps": {"65536": mbps64k, "1024": mbps1k},
-                "idle100": {"perConnectionKB": mem_kb},
             }),
         );
     }
-    eprintln!("[3/5] idle CPU of 100 links, both runtimes alternating...");
-    let (ours_cpu, library_cpu) = idle_cpu(ticks).await;
-    modes["meshrtc"]["idle100"]["cpuPerLinkPct"] = json!(ours_cpu);
-    modes["library-default"]["idle100"]["cpuPerLinkPct"] = json!(library_cpu);
+    eprintln!("[3/5] 100 idle links, each runtime in fresh processes, alternating...");
+    let (ours_idle, library_idle) = idle_both();
+    modes["meshrtc"]["idle100"] = ours_idle;
+    modes["library-default"]["idle100"] = library_idle;
     eprintln!("[4/5] 200 connect/close cycles...");
     let (at50, at200) = cycles(&transport(true)).await;
     eprintln!("[5/5] one worker process with 200 links...");
-    let worker = worker_with_links(200, ticks).await;
+    let worker = worker_with_links(200).await;
 
     let ours = &modes["meshrtc"];
     let ratio = |a: f64, b: f64| a / b;

@@ -8,7 +8,7 @@ use mesh_service::config::{Env, ProcessEnv, Source};
 use mesh_service::{ConfigError, ServiceConfig};
 use mesh_types::{Identity, PeerId};
 
-use crate::transport::IceServer;
+use crate::transport::{DEFAULT_RECEIVE_WINDOW, IceServer};
 
 pub const PEER_ID: &str = "PEER_ID";
 pub const MESH_SIGNING_KEY: &str = "MESH_SIGNING_KEY";
@@ -24,6 +24,7 @@ pub const MESH_PUBLIC_URL: &str = "MESH_PUBLIC_URL";
 pub const MESH_REGION: &str = "MESH_REGION";
 pub const MESH_PROMPT_DRIVER: &str = "MESH_PROMPT_DRIVER";
 pub const MESH_SEND_BUFFER_BYTES: &str = "MESH_SEND_BUFFER_BYTES";
+pub const MESH_RECEIVE_WINDOW_BYTES: &str = "MESH_RECEIVE_WINDOW_BYTES";
 
 #[derive(Debug)]
 pub struct WorkerConfig {
@@ -46,6 +47,8 @@ pub struct WorkerConfig {
     pub prompt_driver: bool,
     /// Unsent bytes a channel may hold before senders wait (default 1 MiB).
     pub send_buffer_limit: usize,
+    /// The SCTP receive window each link advertises (default 256 KiB; see `transport`).
+    pub receive_window: u32,
 }
 
 impl WorkerConfig {
@@ -161,6 +164,20 @@ impl WorkerConfig {
             )? {
                 n if n >= 65_536 => n,
                 _ => return Err(env.invalid(MESH_SEND_BUFFER_BYTES, "bytes from 65536 up")),
+            },
+            // At least one whole message (64 KiB), or a full-size message could never be
+            // reassembled.
+            receive_window: match env.parse_or(
+                MESH_RECEIVE_WINDOW_BYTES,
+                DEFAULT_RECEIVE_WINDOW,
+                "bytes from 65536 to 4294967295",
+            )? {
+                n if n >= 65_536 => n,
+                _ => {
+                    return Err(
+                        env.invalid(MESH_RECEIVE_WINDOW_BYTES, "bytes from 65536 to 4294967295")
+                    );
+                }
             },
             service,
         })

@@ -54,6 +54,7 @@ pub async fn run(
         gather_timeout: config.gather_timeout,
         prompt_driver: config.prompt_driver,
         send_buffer_limit: config.send_buffer_limit,
+        receive_window: config.receive_window,
     });
     let timings = Timings {
         qos_interval: config.qos_interval,
