@@ -20,6 +20,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: Cow<'static, str>,
     pub message: String,
+    /// Machine-readable context beside the message (e.g. which peer and step failed).
+    pub details: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -31,6 +33,8 @@ struct Body<'a> {
 struct Inner<'a> {
     code: &'a str,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a serde_json::Value>,
 }
 
 impl ApiError {
@@ -43,7 +47,13 @@ impl ApiError {
             status,
             code: code.into(),
             message: message.into(),
+            details: None,
         }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -82,6 +92,7 @@ impl IntoResponse for ApiError {
             error: Inner {
                 code: &self.code,
                 message: &self.message,
+                details: self.details.as_ref(),
             },
         };
         (self.status, axum::Json(body)).into_response()

@@ -56,3 +56,30 @@ pub fn unique_project(prefix: &str) -> String {
     let salt: u32 = rand::random();
     format!("{prefix}-{}-{n}-{salt:08x}", std::process::id())
 }
+
+/// The path of workspace binary `bin` (package `package`), for tests that run another
+/// package's service: `CARGO_BIN_EXE_*` covers only a test's own package. Looks next to the
+/// test executable (`target/<profile>/`); builds the binary with cargo if it is not there
+/// (`cargo nextest run --workspace` has already built it).
+pub fn workspace_bin(package: &str, bin: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>/<bin>
+    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let path = profile_dir.join(bin);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "-p", package, "--bin", bin]);
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().unwrap();
+        assert!(status.success(), "building {bin} for this test failed");
+    }
+    assert!(
+        path.exists(),
+        "{} not found after building it",
+        path.display()
+    );
+    path
+}

@@ -12,6 +12,7 @@ mod link;
 pub mod peer;
 mod peer_id;
 mod sdp;
+pub mod signaling;
 pub mod signing;
 
 pub use error::{Error, VerifyError};

@@ -1,0 +1,305 @@
+//! The proxy's HTTP API: the peer registry (`/api/mesh/peers`) and brokering between workers
+//! (`/api/mesh-rtc/...`). Handlers check the caller's role, validate, and call the store or a
+//! worker; every failure is a JSON error naming what failed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use mesh_service::{ApiError, ApiJson};
+use mesh_store::{ErrorKind, LinkQuery, PeerUpsert};
+use mesh_types::signing::Signed as _;
+use mesh_types::{Answer, Health, Link, LinkId, Offer, Peer, PeerId, PeerRegistration};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::Proxy;
+use crate::auth::{Caller, Role};
+use crate::upstream::Step;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Default and largest page of `GET /api/mesh-rtc/links`.
+const LINKS_DEFAULT_LIMIT: usize = 100;
+const LINKS_MAX_LIMIT: usize = 1000;
+
+pub fn routes(proxy: Arc<Proxy>) -> Router {
+    Router::new()
+        .route("/api/mesh/peers", get(list_peers).post(register))
+        .route("/api/mesh/peers/key", post(replace_key))
+        .route("/api/mesh-rtc/dial", post(dial))
+        .route("/api/mesh-rtc/offer", post(offer))
+        .route("/api/mesh-rtc/answer", post(answer))
+        .route("/api/mesh-rtc/connect", post(connect))
+        .route("/api/mesh-rtc/links", get(links))
+        .with_state(proxy)
+}
+
+async fn peer(proxy: &Proxy, id: &PeerId) -> ApiResult<Peer> {
+    match proxy.store.get_peer(id).await {
+        Ok(p) => Ok(p),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(ApiError::not_found(
+            "unknown_peer",
+            format!("peer {id} is not registered"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `POST /api/mesh/peers`: a registration signed by the key it registers.
+async fn register(
+    State(proxy): State<Arc<Proxy>>,
+    caller: Caller,
+    ApiJson(reg): ApiJson<PeerRegistration>,
+) -> ApiResult<(StatusCode, axum::Json<Peer>)> {
+    caller.require(Role::Peer)?;
+    if !proxy.allowlist.allows(&reg.id, &reg.pub_key) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_allowed",
+            format!(
+                "peer {} (key {}) is not on this mesh's allowlist",
+                reg.id,
+                reg.pub_key.key_id()
+            ),
+        ));
+    }
+    // Self-signed: proves the registrant holds the key; the window and replay cache stop an old
+    // registration being sent again to roll endpoints back.
+    proxy.verify(&reg, &reg.pub_key)?;
+    let existing = proxy.store.get_peer(&reg.id).await;
+    let created = matches!(&existing, Err(e) if e.kind() == ErrorKind::NotFound);
+    if let Ok(p) = &existing
+        && p.pub_key != reg.pub_key
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "key_mismatch",
+            format!(
+                "peer {} is bound to key {}; this registration is signed by {} (an operator can \
+                 replace the key: POST /api/mesh/peers/key)",
+                reg.id,
+                p.pub_key.key_id(),
+                reg.pub_key.key_id()
+            ),
+        ));
+    }
+    let peer = proxy
+        .store
+        .upsert_peer(&PeerUpsert {
+            id: reg.id.clone(),
+            pub_key: reg.pub_key,
+            region: reg.region.clone(),
+            endpoints: reg.endpoints.clone(),
+            seen_at: crate::now_ms(),
+            initial_trust: mesh_types::peer::INITIAL_TRUST,
+        })
+        .await
+        .map_err(|e| match e.kind() {
+            // Lost a race with a registration of another key.
+            ErrorKind::Conflict => {
+                ApiError::new(StatusCode::CONFLICT, "key_mismatch", e.to_string())
+            }
+            _ => e.into(),
+        })?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(peer)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KeyReplacement {
+    id: PeerId,
+    pub_key: mesh_types::PublicKey,
+}
+
+/// `POST /api/mesh/peers/key`: an operator binds a peer to a new key (lost or rotated key).
+async fn replace_key(
+    State(proxy): State<Arc<Proxy>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<KeyReplacement>,
+) -> ApiResult<axum::Json<Peer>> {
+    let who = caller.require(Role::Operator)?;
+    peer(&proxy, &body.id).await?;
+    let updated = proxy
+        .store
+        .replace_peer_key(&body.id, &body.pub_key)
+        .await?;
+    tracing::info!(peer = %body.id, kid = %body.pub_key.key_id(), by = %who.name, "peer key replaced");
+    Ok(axum::Json(updated))
+}
+
+async fn list_peers(
+    State(proxy): State<Arc<Proxy>>,
+    caller: Caller,
+) -> ApiResult<axum::Json<Value>> {
+    caller.require(Role::Read)?;
+    let peers = proxy.store.list_peers().await?;
+    Ok(axum::Json(json!({ "count": peers.len(), "peers": peers })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DialRequest {
+    from: PeerId,
+    peer_to: PeerId,
+}
+
+/// `POST /api/mesh-rtc/dial`: asks `from`'s worker for a signed offer to `peerTo`.
+async fn dial(
+    State(proxy): State<Arc<Proxy>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<DialRequest>,
+) -> ApiResult<axum::Json<Offer>> {
+    caller.require(Role::Peer)?;
+    Ok(axum::Json(proxy.dial(&req.from, &req.peer_to).await?))
+}
+
+/// `POST /api/mesh-rtc/offer`: forwards a signed offer to its addressee's worker.
+async fn offer(
+    State(proxy): State<Arc<Proxy>>,
+    caller: Caller,
+    ApiJson(offer): ApiJson<Offer>,
+) -> ApiResult<axum::Json<Answer>> {
+    caller.require(Role::Peer)?;
+    Ok(axum::Json(proxy.forward_offer(&offer).await?))
+}
+
+/// `POST /api/mesh-rtc/answer`: forwards a signed answer to the worker that dialled.
+async fn answer(
+    State(proxy): State<Arc<Proxy>>,
+    caller: Caller,
+    ApiJson(answer): ApiJson<Answer>,
+) -> ApiResult<axum::Json<Value>> {
+    caller.require(Role::Peer)?;
+    proxy.forward_answer(&answer).await?;
+    Ok(axum::Json(json!({ "ok": true })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectRequest {
+    a: PeerId,
+    b: PeerId,
+}
+
+/// `POST /api/mesh-rtc/connect`: the whole handshake, then a bounded wait until the link is up.
+async fn connect(
+    State(proxy): State<Arc<Proxy>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<ConnectRequest>,
+) -> ApiResult<axum::Json<Link>> {
+    caller.require(Role::Operator)?;
+    if req.a == req.b {
+        return Err(ApiError::bad_request(
+            "invalid_input",
+            "a peer cannot connect to itself",
+        ));
+    }
+    let deadline = proxy.connect_timeout;
+    match tokio::time::timeout(deadline, proxy.connect(&req.a, &req.b)).await {
+        Ok(result) => result.map(axum::Json),
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "connect_timeout",
+            format!(
+                "the link between {} and {} did not come up within {} s",
+                req.a,
+                req.b,
+                deadline.as_secs()
+            ),
+        )
+        .with_details(json!({ "step": Step::WaitUp.as_str() }))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinksQuery {
+    peer: Option<PeerId>,
+    health: Option<Health>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/mesh-rtc/links?peer=&health=&limit=`: newest first.
+async fn links(
+    State(proxy): State<Arc<Proxy>>,
+    caller: Caller,
+    query: Result<Query<LinksQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::Json<Value>> {
+    caller.require(Role::Read)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(LINKS_DEFAULT_LIMIT);
+    if !(1..=LINKS_MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be from 1 to {LINKS_MAX_LIMIT}"),
+        ));
+    }
+    let links = proxy
+        .store
+        .list_links(&LinkQuery {
+            peer: q.peer,
+            health: q.health,
+            limit,
+        })
+        .await?;
+    Ok(axum::Json(json!({ "count": links.len(), "links": links })))
+}
+
+impl Proxy {
+    pub async fn dial(&self, from: &PeerId, to: &PeerId) -> ApiResult<Offer> {
+        let dialler = peer(self, from).await?;
+        peer(self, to).await?;
+        self.upstream
+            .post(&dialler, Step::Dial, &json!({ "peerTo": to }))
+            .await
+    }
+
+    pub async fn forward_offer(&self, offer: &Offer) -> ApiResult<Answer> {
+        // The addressee's worker verifies the signature itself; checking here too refuses a
+        // forgery before it costs a worker anything.
+        let signer = peer(self, offer.signer()).await?;
+        mesh_types::signing::verify_signature(offer, &signer.pub_key)?;
+        let to = peer(self, &offer.peer_to).await?;
+        self.upstream.post(&to, Step::Offer, offer).await
+    }
+
+    pub async fn forward_answer(&self, answer: &Answer) -> ApiResult<Value> {
+        let signer = peer(self, answer.signer()).await?;
+        mesh_types::signing::verify_signature(answer, &signer.pub_key)?;
+        let to = peer(self, &answer.peer_to).await?;
+        self.upstream.post(&to, Step::Answer, answer).await
+    }
+
+    async fn connect(&self, a: &PeerId, b: &PeerId) -> ApiResult<Link> {
+        let started = crate::now_ms();
+        let offer = self.dial(a, b).await?;
+        let answer = self.forward_offer(&offer).await?;
+        self.forward_answer(&answer).await?;
+        // Workers write the link the moment its state changes; wait for an `up` written after
+        // this handshake began (an older document may describe an earlier link).
+        let id = LinkId::between(a, b)
+            .map_err(|e| ApiError::bad_request("invalid_input", e.to_string()))?;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.store.get_link(&id).await {
+                Ok(link) if link.health == Health::Up && link.qos.last_ts >= started => {
+                    return Ok(link);
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+}

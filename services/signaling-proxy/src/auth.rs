@@ -1,0 +1,211 @@
+//! Who is calling: bearer API tokens, kept only as SHA-256 hashes, each with a role. A request
+//! with no credential may reach only the public routes; a bad credential is refused outright.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use mesh_service::ApiError;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// What a credential may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Read peers, links and the audit trail.
+    Read,
+    /// Also register itself and signal (dial, offer, answer): what a worker needs.
+    Peer,
+    /// Also connect any two peers and manage the registry.
+    Operator,
+}
+
+impl FromStr for Role {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "read" => Ok(Role::Read),
+            "peer" => Ok(Role::Peer),
+            "operator" => Ok(Role::Operator),
+            _ => Err(()),
+        }
+    }
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Peer => "peer",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+/// One configured API token: its name (for logs and rate limits), role and SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenEntry {
+    pub name: String,
+    pub role: Role,
+    pub sha256: [u8; 32],
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub role: Role,
+}
+
+impl Principal {
+    /// Refuses (403) a caller whose role is below `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "credential {} has role {}; this needs {}",
+                    self.name,
+                    self.role.as_str(),
+                    role.as_str()
+                ),
+            ))
+        }
+    }
+}
+
+/// The hashes of every configured token.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    by_hash: HashMap<[u8; 32], Principal>,
+}
+
+impl Credentials {
+    pub fn new(tokens: &[TokenEntry]) -> Self {
+        Credentials {
+            by_hash: tokens
+                .iter()
+                .map(|t| {
+                    let who = Principal {
+                        name: t.name.clone(),
+                        role: t.role,
+                    };
+                    (t.sha256, who)
+                })
+                .collect(),
+        }
+    }
+
+    /// The principal a presented token belongs to. Looking up its hash (not the token) keeps
+    /// no secret in memory and leaks nothing through timing about stored tokens.
+    pub fn check(&self, token: &str) -> Option<&Principal> {
+        self.by_hash.get(&sha256(token))
+    }
+}
+
+pub fn sha256(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Resolves the `Authorization` header into a [`Principal`] extension; refuses a malformed or
+/// unknown credential with 401, and lets a request without one through to the routes that
+/// decide.
+pub async fn authenticate(
+    State(credentials): State<Arc<Credentials>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(value) = req.headers().get(AUTHORIZATION) else {
+        return next.run(req).await;
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").map(str::trim));
+    let Some(token) = token else {
+        return unauthenticated("the Authorization header must be `Bearer <token>`");
+    };
+    match credentials.check(token) {
+        Some(who) => {
+            req.extensions_mut().insert(who.clone());
+            next.run(req).await
+        }
+        None => unauthenticated("unknown API token"),
+    }
+}
+
+fn unauthenticated(message: &str) -> Response {
+    let mut res =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message).into_response();
+    res.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    res
+}
+
+/// A handler argument: the authenticated caller, or 401.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(|| {
+                unauthenticated("this needs an API token: `Authorization: Bearer <token>`")
+            })
+    }
+}
+
+impl Caller {
+    pub fn require(&self, role: Role) -> Result<&Principal, ApiError> {
+        self.0.require(role)?;
+        Ok(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_include_lower_ones() {
+        let who = |role| Principal {
+            name: "t".into(),
+            role,
+        };
+        assert!(who(Role::Operator).require(Role::Peer).is_ok());
+        assert!(who(Role::Peer).require(Role::Read).is_ok());
+        let err = who(Role::Read).require(Role::Operator).unwrap_err();
+        assert_eq!(
+            (err.status, err.code.as_ref()),
+            (StatusCode::FORBIDDEN, "forbidden")
+        );
+    }
+
+    #[test]
+    fn tokens_are_matched_by_hash() {
+        let creds = Credentials::new(&[TokenEntry {
+            name: "ops".into(),
+            role: Role::Operator,
+            sha256: sha256("s3cret"),
+        }]);
+        assert_eq!(creds.check("s3cret").map(|p| p.name.as_str()), Some("ops"));
+        assert!(creds.check("s3cret ").is_none());
+        assert!(creds.check("").is_none());
+    }
+}

@@ -1,0 +1,279 @@
+//! The proxy's configuration, read once from the environment and validated: credentials, the
+//! peer allowlist, CORS, rate limits, upstream time-outs and WebSocket limits.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mesh_service::config::{Env, ProcessEnv, Source};
+use mesh_service::{ConfigError, ServiceConfig};
+use mesh_types::{PeerId, PublicKey};
+
+use crate::auth::{Role, TokenEntry};
+
+pub const MESH_API_TOKENS: &str = "MESH_API_TOKENS";
+pub const MESH_API_TOKENS_FILE: &str = "MESH_API_TOKENS_FILE";
+pub const MESH_PEER_ALLOWLIST: &str = "MESH_PEER_ALLOWLIST";
+pub const MESH_CORS_ORIGINS: &str = "MESH_CORS_ORIGINS";
+pub const MESH_RATE_PER_IP: &str = "MESH_RATE_PER_IP";
+pub const MESH_RATE_PER_CREDENTIAL: &str = "MESH_RATE_PER_CREDENTIAL";
+pub const MESH_CLIENT_IP_HEADER: &str = "MESH_CLIENT_IP_HEADER";
+pub const MESH_UPSTREAM_TIMEOUT_SECS: &str = "MESH_UPSTREAM_TIMEOUT_SECS";
+pub const MESH_CONNECT_TIMEOUT_SECS: &str = "MESH_CONNECT_TIMEOUT_SECS";
+pub const MESH_WS_MAX_CONNECTIONS: &str = "MESH_WS_MAX_CONNECTIONS";
+pub const MESH_WS_MAX_MESSAGE_BYTES: &str = "MESH_WS_MAX_MESSAGE_BYTES";
+pub const MESH_WS_MESSAGES_PER_SEC: &str = "MESH_WS_MESSAGES_PER_SEC";
+pub const MESH_WS_IDLE_SECS: &str = "MESH_WS_IDLE_SECS";
+pub const MESH_WS_ANONYMOUS: &str = "MESH_WS_ANONYMOUS";
+
+const TOKEN_FORMAT: &str =
+    "entries `name:role:sha256-hex` (role read, peer or operator), comma- or newline-separated";
+
+/// Who may register: peer ids and/or public keys. Empty: everyone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allowlist {
+    pub ids: Vec<PeerId>,
+    pub keys: Vec<PublicKey>,
+}
+
+impl Allowlist {
+    pub fn is_open(&self) -> bool {
+        self.ids.is_empty() && self.keys.is_empty()
+    }
+
+    pub fn allows(&self, id: &PeerId, key: &PublicKey) -> bool {
+        self.is_open() || self.ids.contains(id) || self.keys.contains(key)
+    }
+}
+
+/// WebSocket signaling limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WsConfig {
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
+    pub messages_per_second: u32,
+    /// A connection that sends nothing (not even a pong) for this long is closed; the server
+    /// pings at a third of it.
+    pub idle_timeout: Duration,
+    /// Clients that register without a proof get a server-assigned id.
+    pub anonymous: bool,
+}
+
+#[derive(Debug)]
+pub struct ProxyConfig {
+    pub service: ServiceConfig,
+    pub tokens: Vec<TokenEntry>,
+    pub allowlist: Allowlist,
+    pub cors_origins: Vec<String>,
+    /// Requests per second (burst twice that) from one client address.
+    pub rate_per_ip: u32,
+    /// Requests per second (burst twice that) on one credential.
+    pub rate_per_credential: u32,
+    /// Take the client's address from the last entry of this header (the one the platform's
+    /// load balancer appended; e.g. `x-forwarded-for` on Cloud Run) instead of the socket.
+    pub client_ip_header: Option<String>,
+    /// One call to a worker.
+    pub upstream_timeout: Duration,
+    /// `connect`: the whole handshake and the wait for the link to come up.
+    pub connect_timeout: Duration,
+    pub ws: WsConfig,
+}
+
+impl ProxyConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&ProcessEnv)
+    }
+
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let service = ServiceConfig::from_source("signaling-proxy", source)?;
+        let env = Env::new(source);
+        let mut tokens = Vec::new();
+        if let Some(list) = env.optional(MESH_API_TOKENS) {
+            tokens.extend(
+                parse_tokens(&list).map_err(|_| env.invalid(MESH_API_TOKENS, TOKEN_FORMAT))?,
+            );
+        }
+        if let Some(path) = env.optional(MESH_API_TOKENS_FILE) {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                env.invalid(
+                    MESH_API_TOKENS_FILE,
+                    format!("a readable file ({path}: {e})"),
+                )
+            })?;
+            tokens.extend(
+                parse_tokens(&text).map_err(|_| env.invalid(MESH_API_TOKENS_FILE, TOKEN_FORMAT))?,
+            );
+        }
+        let mut names = HashMap::new();
+        for t in &tokens {
+            if names.insert(t.name.clone(), ()).is_some() {
+                return Err(
+                    env.invalid(MESH_API_TOKENS, format!("unique names ({} twice)", t.name))
+                );
+            }
+        }
+        if tokens.is_empty() {
+            return Err(ConfigError::Missing {
+                key: MESH_API_TOKENS,
+                expected: format!(
+                    "at least one API credential ({TOKEN_FORMAT}; `meshctl token` makes one), \
+                     here or in {MESH_API_TOKENS_FILE}"
+                ),
+            });
+        }
+        let allowlist = match env.optional(MESH_PEER_ALLOWLIST) {
+            None => Allowlist::default(),
+            Some(list) => parse_allowlist(&list).map_err(|_| {
+                env.invalid(
+                    MESH_PEER_ALLOWLIST,
+                    "peer ids and/or `key:<base64 public key>`, comma-separated",
+                )
+            })?,
+        };
+        let cors_origins = match env.optional(MESH_CORS_ORIGINS) {
+            None => Vec::new(),
+            Some(list) => {
+                let origins: Vec<String> = list.split(',').map(|o| o.trim().to_string()).collect();
+                if origins
+                    .iter()
+                    .any(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+                {
+                    return Err(env.invalid(
+                        MESH_CORS_ORIGINS,
+                        "origins like https://dash.example.com, comma-separated",
+                    ));
+                }
+                origins
+            }
+        };
+        let rate = |key: &'static str, default: u32| -> Result<u32, ConfigError> {
+            match env.parse_or(key, default, "requests per second, 1 or more")? {
+                0 => Err(env.invalid(key, "requests per second, 1 or more")),
+                n => Ok(n),
+            }
+        };
+        let ws_bytes: usize = env.parse_or(
+            MESH_WS_MAX_MESSAGE_BYTES,
+            65_536,
+            "bytes from 1024 to 1048576",
+        )?;
+        if !(1024..=1 << 20).contains(&ws_bytes) {
+            return Err(env.invalid(MESH_WS_MAX_MESSAGE_BYTES, "bytes from 1024 to 1048576"));
+        }
+        Ok(ProxyConfig {
+            tokens,
+            allowlist,
+            cors_origins,
+            rate_per_ip: rate(MESH_RATE_PER_IP, 100)?,
+            rate_per_credential: rate(MESH_RATE_PER_CREDENTIAL, 50)?,
+            client_ip_header: env
+                .optional(MESH_CLIENT_IP_HEADER)
+                .map(|h| h.to_ascii_lowercase()),
+            upstream_timeout: env.secs_or(MESH_UPSTREAM_TIMEOUT_SECS, 10, 1, 300)?,
+            connect_timeout: env.secs_or(MESH_CONNECT_TIMEOUT_SECS, 20, 1, 300)?,
+            ws: WsConfig {
+                max_connections: env.parse_or(
+                    MESH_WS_MAX_CONNECTIONS,
+                    20_000,
+                    "a number of connections",
+                )?,
+                max_message_bytes: ws_bytes,
+                messages_per_second: rate(MESH_WS_MESSAGES_PER_SEC, 20)?,
+                idle_timeout: env.secs_or(MESH_WS_IDLE_SECS, 60, 3, 3600)?,
+                anonymous: env.parse_or(MESH_WS_ANONYMOUS, false, "true or false")?,
+            },
+            service,
+        })
+    }
+}
+
+/// Parses `name:role:sha256-hex` entries; `#` starts a comment line.
+fn parse_tokens(text: &str) -> Result<Vec<TokenEntry>, ()> {
+    text.split([',', '\n'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|entry| {
+            let mut parts = entry.splitn(3, ':');
+            let (Some(name), Some(role), Some(hash)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(());
+            };
+            let role: Role = role.parse()?;
+            let hash = hex::decode(hash.strip_prefix("sha256-").unwrap_or(hash)).map_err(|_| ())?;
+            let sha256: [u8; 32] = hash.try_into().map_err(|_| ())?;
+            if name.is_empty() {
+                return Err(());
+            }
+            Ok(TokenEntry {
+                name: name.to_string(),
+                role,
+                sha256,
+            })
+        })
+        .collect()
+}
+
+fn parse_allowlist(list: &str) -> Result<Allowlist, ()> {
+    let mut allow = Allowlist::default();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        match entry.strip_prefix("key:") {
+            Some(key) => allow
+                .keys
+                .push(PublicKey::from_base64(key).map_err(|_| ())?),
+            None => allow.ids.push(PeerId::new(entry).map_err(|_| ())?),
+        }
+    }
+    Ok(allow)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<ProxyConfig, ConfigError> {
+        let map: HashMap<&str, &str> = vars.iter().copied().collect();
+        ProxyConfig::from_source(&map)
+    }
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn a_credential_is_required() {
+        let err = config(&[]).unwrap_err().to_string();
+        assert!(err.contains(MESH_API_TOKENS), "{err}");
+        let ok = config(&[(MESH_API_TOKENS, &format!("ops:operator:{HASH}"))]).unwrap();
+        assert_eq!(ok.tokens[0].role, Role::Operator);
+        assert_eq!(ok.ws.max_message_bytes, 65_536);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let token = format!("ops:operator:{HASH}");
+        for (key, value) in [
+            (MESH_API_TOKENS, "ops:admin:00"),
+            (MESH_API_TOKENS, "just-a-token"),
+            (MESH_PEER_ALLOWLIST, "key:not-base64!"),
+            (MESH_CORS_ORIGINS, "dash.example.com"),
+            (MESH_RATE_PER_IP, "0"),
+            (MESH_WS_MAX_MESSAGE_BYTES, "10"),
+        ] {
+            let mut vars = vec![(MESH_API_TOKENS, token.as_str())];
+            vars.retain(|(k, _)| *k != key);
+            vars.push((key, value));
+            let err = config(&vars).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn token_lists_and_allowlists_parse() {
+        let t = parse_tokens(&format!(
+            "# ops\nops:operator:{HASH}\n, dash:read:sha256-{HASH}"
+        ))
+        .unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[1].role, Role::Read);
+        let a = parse_allowlist("peer-1, peer-2").unwrap();
+        assert_eq!(a.ids.len(), 2);
+        assert!(!a.is_open());
+    }
+}

@@ -1,0 +1,156 @@
+//! signaling-proxy: the one address operators and clients talk to. It keeps the peer registry,
+//! brokers signed offers and answers between workers (`/api/mesh-rtc/...`), and relays
+//! signaling over WebSockets (`/ws`) for peers that cannot expose HTTP.
+//!
+//! `app` builds the router (tests call it without a socket); `run` is what `main` calls.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod limits;
+pub mod upstream;
+pub mod ws;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::from_fn_with_state;
+use axum::routing::get;
+use mesh_service::http::{health_routes, serve, with_layers};
+use mesh_service::{ApiError, HttpLimits};
+use mesh_store::SharedStore;
+use mesh_types::signing::Signed;
+use mesh_types::{PublicKey, UnixMillis, Verifier, VerifierConfig};
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use config::ProxyConfig;
+
+use crate::auth::Credentials;
+use crate::config::Allowlist;
+use crate::limits::RateLimits;
+use crate::upstream::Upstream;
+use crate::ws::Hub;
+
+/// Wall-clock milliseconds: the proxy's one clock read (a driver may).
+#[allow(clippy::disallowed_methods)]
+pub fn now_ms() -> UnixMillis {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct Proxy {
+    pub store: SharedStore,
+    pub upstream: Upstream,
+    pub allowlist: Allowlist,
+    pub connect_timeout: Duration,
+    pub hub: Arc<Hub>,
+    verifier: Mutex<Verifier>,
+}
+
+impl Proxy {
+    pub fn new(config: &ProxyConfig, store: SharedStore) -> anyhow::Result<Self> {
+        Ok(Proxy {
+            store,
+            upstream: Upstream::new(config.upstream_timeout)?,
+            allowlist: config.allowlist.clone(),
+            connect_timeout: config.connect_timeout,
+            hub: Arc::new(Hub::new(config.ws)),
+            verifier: Mutex::new(Verifier::new(VerifierConfig::default())),
+        })
+    }
+
+    /// Signature by `key`, freshness and no replay.
+    pub fn verify<T: Signed>(&self, msg: &T, key: &PublicKey) -> Result<(), ApiError> {
+        let mut verifier = self.verifier.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(verifier.verify(msg, key, now_ms())?)
+    }
+}
+
+/// Everything `app` needs beyond the handlers' shared state.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub credentials: Arc<Credentials>,
+    pub limits: Arc<RateLimits>,
+    pub cors_origins: Vec<String>,
+    pub http: HttpLimits,
+}
+
+impl Gate {
+    pub fn new(config: &ProxyConfig) -> Self {
+        Gate {
+            credentials: Arc::new(Credentials::new(&config.tokens)),
+            limits: Arc::new(RateLimits::new(
+                config.rate_per_ip,
+                config.rate_per_credential,
+                config.client_ip_header.clone(),
+            )),
+            cors_origins: config.cors_origins.clone(),
+            http: config.service.http,
+        }
+    }
+}
+
+/// The proxy's whole HTTP surface. The API and `/ws` sit behind authentication and rate limits
+/// (outermost first: CORS, authenticate, rate limit); health checks do not.
+pub fn app(proxy: Arc<Proxy>, gate: &Gate) -> Router {
+    let store = proxy.store.clone();
+    let mut routes = api::routes(proxy.clone())
+        .merge(
+            Router::new()
+                .route("/ws", get(ws::upgrade))
+                .with_state(proxy),
+        )
+        .layer(from_fn_with_state(gate.limits.clone(), limits::rate_limit))
+        .layer(from_fn_with_state(
+            gate.credentials.clone(),
+            auth::authenticate,
+        ));
+    if !gate.cors_origins.is_empty() {
+        let origins: Vec<HeaderValue> = gate
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        routes = routes.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+                .max_age(Duration::from_secs(600)),
+        );
+    }
+    with_layers(routes.merge(health_routes(store)), &gate.http)
+}
+
+/// Opens the store and serves on `listener` until `shutdown`.
+pub async fn run(
+    config: ProxyConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = mesh_store::open(&config.service.store).await?;
+    let proxy = Arc::new(Proxy::new(&config, store)?);
+    let gate = Gate::new(&config);
+    let local = listener.local_addr()?;
+    tracing::info!(%local, credentials = config.tokens.len(), "signaling-proxy serving");
+    serve(
+        listener,
+        app(proxy, &gate),
+        shutdown,
+        config.service.shutdown_grace,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Re-exported for `main`.
+pub use mesh_service::http::{bind, shutdown_signal};
+pub use mesh_service::telemetry;

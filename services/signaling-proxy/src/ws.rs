@@ -1,0 +1,452 @@
+//! WebSocket signaling on `/ws` (proto/SIGNALING.md): peers prove their key by signing the
+//! server's nonce, learn who else is here, and relay offers, answers and trickled candidates to
+//! each other with `from` stamped by the server. Every refused message gets an error reply.
+//!
+//! One task per connection owns its socket; the [`Hub`] maps registered ids to the bounded
+//! queues of those tasks. A full queue is never dropped into silently: a relay to it is refused
+//! to the sender (`peer_busy`), and a client too slow to take broadcasts is disconnected with a
+//! reason (`too_slow`).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use mesh_service::ApiError;
+use mesh_store::ErrorKind;
+use mesh_types::PeerId;
+use mesh_types::signaling::{ClientMessage, RegisterProof, ServerMessage, WsLimits};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::Proxy;
+use crate::config::WsConfig;
+
+/// Messages queued for one client before it counts as too slow.
+const QUEUE: usize = 256;
+
+/// Close codes (4000–4999 are the application's, RFC 6455 §7.4.2).
+pub const CLOSE_REPLACED: u16 = 4001;
+pub const CLOSE_TOO_SLOW: u16 = 4002;
+pub const CLOSE_IDLE: u16 = 4003;
+
+#[derive(Debug)]
+enum Outbound {
+    Message(ServerMessage),
+    Close(u16, &'static str),
+}
+
+#[derive(Debug)]
+struct Session {
+    conn: u64,
+    tx: mpsc::Sender<Outbound>,
+}
+
+/// Who is registered on this server, and how to reach them.
+#[derive(Debug)]
+pub struct Hub {
+    config: WsConfig,
+    sessions: Mutex<HashMap<PeerId, Session>>,
+    connections: AtomicUsize,
+    next_conn: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Critical sections are single map operations; a panic cannot leave the map half-changed.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    pub fn new(config: WsConfig) -> Self {
+        Hub {
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            connections: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn registered(&self) -> Vec<PeerId> {
+        let mut ids: Vec<PeerId> = lock(&self.sessions).keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Registers `id` for connection `conn`, replacing (and telling) an earlier connection.
+    fn register(&self, id: &PeerId, conn: u64, tx: mpsc::Sender<Outbound>) {
+        let old = lock(&self.sessions).insert(id.clone(), Session { conn, tx });
+        if let Some(old) = old {
+            let _ = old.tx.try_send(Outbound::Message(error(
+                "replaced",
+                format!("{id} registered again on another connection; this one is closed"),
+                None,
+            )));
+            let _ = old.tx.try_send(Outbound::Close(CLOSE_REPLACED, "replaced"));
+        }
+        self.broadcast_peers();
+    }
+
+    /// Removes `id` if `conn` still holds it (a replaced connection leaves its successor alone).
+    fn unregister(&self, id: &PeerId, conn: u64) {
+        let removed = {
+            let mut sessions = lock(&self.sessions);
+            match sessions.get(id) {
+                Some(s) if s.conn == conn => sessions.remove(id).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            self.broadcast_peers();
+        }
+    }
+
+    fn broadcast_peers(&self) {
+        let sessions = lock(&self.sessions);
+        let mut peers: Vec<PeerId> = sessions.keys().cloned().collect();
+        peers.sort();
+        for s in sessions.values() {
+            let msg = Outbound::Message(ServerMessage::Peers {
+                peers: peers.clone(),
+            });
+            if s.tx.try_send(msg).is_err() {
+                let _ = s.tx.try_send(Outbound::Close(CLOSE_TOO_SLOW, "too_slow"));
+            }
+        }
+    }
+
+    /// Queues `msg` for `to`; `Err` carries the error code for the sender.
+    fn relay(&self, to: &PeerId, msg: ServerMessage) -> Result<(), (&'static str, String)> {
+        let sessions = lock(&self.sessions);
+        let Some(target) = sessions.get(to) else {
+            return Err((
+                "unknown_peer",
+                format!("{to} is not connected to this server"),
+            ));
+        };
+        target.tx.try_send(Outbound::Message(msg)).map_err(|_| {
+            (
+                "peer_busy",
+                format!("{to} is not taking messages fast enough; this one was not delivered"),
+            )
+        })
+    }
+}
+
+fn error(code: &str, message: impl Into<String>, reference: Option<&str>) -> ServerMessage {
+    ServerMessage::Error {
+        code: code.into(),
+        message: message.into(),
+        reference: reference.map(str::to_string),
+    }
+}
+
+/// `GET /ws`: upgrades, unless the server is full.
+pub async fn upgrade(State(proxy): State<Arc<Proxy>>, ws: WebSocketUpgrade) -> Response {
+    let hub = proxy.hub.clone();
+    let config = hub.config;
+    // Counted before the upgrade so a flood of handshakes cannot overshoot the cap.
+    if hub.connections.fetch_add(1, Ordering::AcqRel) >= config.max_connections {
+        hub.connections.fetch_sub(1, Ordering::AcqRel);
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            format!(
+                "this server holds its maximum of {} connections",
+                config.max_connections
+            ),
+        )
+        .into_response();
+    }
+    let guard = ConnectionSlot(hub.clone());
+    // Frames up to four times the message limit are read and refused with an error reply;
+    // beyond that the protocol layer closes the connection (1009, message too big).
+    ws.max_message_size(config.max_message_bytes * 4)
+        .max_frame_size(config.max_message_bytes * 4)
+        .on_upgrade(move |socket| async move {
+            let _slot = guard;
+            serve(proxy, socket).await;
+        })
+}
+
+/// Gives back a connection slot however the connection ends.
+struct ConnectionSlot(Arc<Hub>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What the connection task knows about its client.
+struct Conn {
+    id: u64,
+    nonce: String,
+    me: Option<PeerId>,
+    limiter: DefaultDirectRateLimiter,
+    tx: mpsc::Sender<Outbound>,
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    // The OS RNG: this is the driver, so it may.
+    #[allow(clippy::disallowed_methods)]
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+// The connection's driver: it owns the socket and the idle timer, so it reads the clock.
+#[allow(clippy::disallowed_methods)]
+async fn serve(proxy: Arc<Proxy>, socket: WebSocket) {
+    let hub = proxy.hub.clone();
+    let config = hub.config;
+    let (tx, mut rx) = mpsc::channel::<Outbound>(QUEUE);
+    let rate = NonZeroU32::new(config.messages_per_second).unwrap_or(NonZeroU32::MIN);
+    let mut conn = Conn {
+        id: hub.next_conn.fetch_add(1, Ordering::Relaxed),
+        nonce: random_token(),
+        me: None,
+        limiter: RateLimiter::direct(
+            Quota::per_second(rate).allow_burst(rate.saturating_mul(rate_burst())),
+        ),
+        tx,
+    };
+    let (mut sink, mut stream) = socket.split();
+    let hello = ServerMessage::Hello {
+        nonce: conn.nonce.clone(),
+        server_time: crate::now_ms(),
+        limits: WsLimits {
+            max_message_bytes: config.max_message_bytes,
+            messages_per_second: config.messages_per_second,
+            idle_timeout_secs: config.idle_timeout.as_secs(),
+        },
+    };
+    if send(&mut sink, &hello).await.is_err() {
+        return;
+    }
+    let mut ping = tokio::time::interval(config.idle_timeout / 3);
+    ping.tick().await;
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                let Some(Ok(frame)) = frame else { break };
+                last_heard = Instant::now();
+                let reply = match frame {
+                    Message::Text(text) => on_text(&proxy, &mut conn, text.as_str()).await,
+                    Message::Binary(_) => Some(error("bad_frame", "messages are JSON text frames", None)),
+                    Message::Ping(_) | Message::Pong(_) => None,
+                    Message::Close(_) => break,
+                };
+                if let Some(reply) = reply
+                    && send(&mut sink, &reply).await.is_err()
+                {
+                    break;
+                }
+            }
+            out = rx.recv() => {
+                // `conn` holds a sender, so the queue never closes while this loop runs.
+                let Some(out) = out else { break };
+                match out {
+                    Outbound::Message(msg) => {
+                        if send(&mut sink, &msg).await.is_err() {
+                            break;
+                        }
+                    }
+                    Outbound::Close(code, reason) => {
+                        let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))).await;
+                        break;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= config.idle_timeout {
+                    let bye = error("idle_timeout", format!("nothing heard for {} s", config.idle_timeout.as_secs()), None);
+                    let _ = send(&mut sink, &bye).await;
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: CLOSE_IDLE, reason: Utf8Bytes::from_static("idle") }))).await;
+                    break;
+                }
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(me) = &conn.me {
+        hub.unregister(me, conn.id);
+    }
+}
+
+fn rate_burst() -> NonZeroU32 {
+    NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN)
+}
+
+async fn send<S>(sink: &mut S, msg: &ServerMessage) -> Result<(), ()>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let text = serde_json::to_string(msg).map_err(|_| ())?;
+    sink.send(Message::Text(text.into())).await.map_err(|_| ())
+}
+
+/// Handles one text frame; returns the reply for this client, if any.
+async fn on_text(proxy: &Proxy, conn: &mut Conn, text: &str) -> Option<ServerMessage> {
+    let config = proxy.hub.config;
+    if text.len() > config.max_message_bytes {
+        return Some(error(
+            "message_too_large",
+            format!(
+                "{} bytes; the limit is {}",
+                text.len(),
+                config.max_message_bytes
+            ),
+            None,
+        ));
+    }
+    if conn.limiter.check().is_err() {
+        return Some(error(
+            "rate_limited",
+            format!(
+                "more than {} messages per second; this one was dropped",
+                config.messages_per_second
+            ),
+            None,
+        ));
+    }
+    let msg: ClientMessage = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => return Some(error("bad_message", e.to_string(), None)),
+    };
+    let reference = msg.reference().map(str::to_string);
+    let refuse = |code: &str, message: String| Some(error(code, message, reference.as_deref()));
+    match msg {
+        ClientMessage::Ping { reference } => Some(ServerMessage::Pong { reference }),
+        ClientMessage::Register { proof, .. } => {
+            if let Some(me) = &conn.me {
+                return refuse("already_registered", format!("this connection is {me}"));
+            }
+            let (id, anonymous) = match proof {
+                Some(proof) => match check_proof(proxy, conn, &proof).await {
+                    Ok(()) => (proof.id, false),
+                    Err(e) => return refuse(&e.code, e.message),
+                },
+                None if config.anonymous => {
+                    match PeerId::new(format!(
+                        "anon-{}",
+                        &random_token()[..12]
+                            .to_ascii_lowercase()
+                            .replace(['-', '_'], "x")
+                    )) {
+                        Ok(id) => (id, true),
+                        Err(e) => return refuse("internal", e.to_string()),
+                    }
+                }
+                None => {
+                    return refuse(
+                        "anonymous_not_allowed",
+                        "register with a proof: this server does not assign anonymous ids".into(),
+                    );
+                }
+            };
+            conn.me = Some(id.clone());
+            // Registered goes first on this connection's queue, before the peers broadcast.
+            let _ = conn
+                .tx
+                .try_send(Outbound::Message(ServerMessage::Registered {
+                    id: id.clone(),
+                    anonymous,
+                }));
+            proxy.hub.register(&id, conn.id, conn.tx.clone());
+            None
+        }
+        ClientMessage::Offer { to, sdp, from, .. } => {
+            relay(proxy, conn, to, from, reference.as_deref(), |from| {
+                ServerMessage::Offer { from, sdp }
+            })
+        }
+        ClientMessage::Answer { to, sdp, from, .. } => {
+            relay(proxy, conn, to, from, reference.as_deref(), |from| {
+                ServerMessage::Answer { from, sdp }
+            })
+        }
+        ClientMessage::Candidate {
+            to,
+            candidate,
+            from,
+            ..
+        } => relay(proxy, conn, to, from, reference.as_deref(), |from| {
+            ServerMessage::Candidate { from, candidate }
+        }),
+    }
+}
+
+fn relay(
+    proxy: &Proxy,
+    conn: &Conn,
+    to: PeerId,
+    claimed: Option<PeerId>,
+    reference: Option<&str>,
+    build: impl FnOnce(PeerId) -> ServerMessage,
+) -> Option<ServerMessage> {
+    let Some(me) = &conn.me else {
+        return Some(error(
+            "not_registered",
+            "register before signaling",
+            reference,
+        ));
+    };
+    if let Some(claimed) = claimed
+        && &claimed != me
+    {
+        return Some(error(
+            "spoofed_from",
+            format!("this connection is {me}, not {claimed}; the server sets `from`"),
+            reference,
+        ));
+    }
+    match proxy.hub.relay(&to, build(me.clone())) {
+        Ok(()) => None,
+        Err((code, message)) => Some(error(code, message, reference)),
+    }
+}
+
+/// Checks a registration proof: this connection's nonce, a registered (and allowed) peer, its
+/// key's signature, a fresh timestamp.
+async fn check_proof(proxy: &Proxy, conn: &Conn, proof: &RegisterProof) -> Result<(), ApiError> {
+    if proof.nonce != conn.nonce {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_nonce",
+            "the proof must sign this connection's nonce (from hello)",
+        ));
+    }
+    let peer = match proxy.store.get_peer(&proof.id).await {
+        Ok(p) => p,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "unknown_peer",
+                format!("peer {} is not registered", proof.id),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !proxy.allowlist.allows(&peer.id, &peer.pub_key) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_allowed",
+            format!("peer {} is not on this mesh's allowlist", peer.id),
+        ));
+    }
+    proxy.verify(proof, &peer.pub_key)
+}
