@@ -11,6 +11,8 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mesh_service::ApiError;
+
+use crate::oidc::{Oidc, OidcError, looks_like_jwt};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -82,15 +84,24 @@ impl Principal {
     }
 }
 
-/// The hashes of every configured token.
+/// The hashes of every configured token, and the OIDC verifier if configured.
 #[derive(Debug, Default)]
 pub struct Credentials {
     by_hash: HashMap<[u8; 32], Principal>,
+    oidc: Option<Oidc>,
 }
 
 impl Credentials {
+    pub fn with_oidc(tokens: &[TokenEntry], oidc: Option<Oidc>) -> Self {
+        Credentials {
+            oidc,
+            ..Self::new(tokens)
+        }
+    }
+
     pub fn new(tokens: &[TokenEntry]) -> Self {
         Credentials {
+            oidc: None,
             by_hash: tokens
                 .iter()
                 .map(|t| {
@@ -133,12 +144,28 @@ pub async fn authenticate(
     let Some(token) = token else {
         return unauthenticated("the Authorization header must be `Bearer <token>`");
     };
-    match credentials.check(token) {
-        Some(who) => {
-            req.extensions_mut().insert(who.clone());
+    if let Some(who) = credentials.check(token) {
+        req.extensions_mut().insert(who.clone());
+        return next.run(req).await;
+    }
+    let Some(oidc) = credentials.oidc.as_ref().filter(|_| looks_like_jwt(token)) else {
+        return unauthenticated("unknown API token");
+    };
+    match oidc.verify(token).await {
+        Ok(who) => {
+            req.extensions_mut().insert(who);
             next.run(req).await
         }
-        None => unauthenticated("unknown API token"),
+        Err(e @ OidcError::Invalid(_)) => unauthenticated(&e.to_string()),
+        Err(e @ OidcError::Unmapped(_)) => {
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()).into_response()
+        }
+        Err(e @ OidcError::Keys(_)) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+        .into_response(),
     }
 }
 

@@ -9,9 +9,14 @@ use mesh_service::{ConfigError, ServiceConfig};
 use mesh_types::{PeerId, PublicKey};
 
 use crate::auth::{Role, TokenEntry};
+use crate::oidc::{GOOGLE_ISSUER, GOOGLE_JWKS_URL, OidcConfig};
 
 pub const MESH_API_TOKENS: &str = "MESH_API_TOKENS";
 pub const MESH_API_TOKENS_FILE: &str = "MESH_API_TOKENS_FILE";
+pub const MESH_OIDC_AUDIENCE: &str = "MESH_OIDC_AUDIENCE";
+pub const MESH_OIDC_ISSUER: &str = "MESH_OIDC_ISSUER";
+pub const MESH_OIDC_JWKS_URL: &str = "MESH_OIDC_JWKS_URL";
+pub const MESH_OIDC_PRINCIPALS: &str = "MESH_OIDC_PRINCIPALS";
 pub const MESH_PEER_ALLOWLIST: &str = "MESH_PEER_ALLOWLIST";
 pub const MESH_CORS_ORIGINS: &str = "MESH_CORS_ORIGINS";
 pub const MESH_RATE_PER_IP: &str = "MESH_RATE_PER_IP";
@@ -62,6 +67,8 @@ pub struct WsConfig {
 pub struct ProxyConfig {
     pub service: ServiceConfig,
     pub tokens: Vec<TokenEntry>,
+    /// OIDC ID tokens as credentials (on when `MESH_OIDC_AUDIENCE` is set).
+    pub oidc: Option<OidcConfig>,
     pub allowlist: Allowlist,
     pub cors_origins: Vec<String>,
     /// Requests per second (burst twice that) from one client address.
@@ -111,12 +118,41 @@ impl ProxyConfig {
                 );
             }
         }
-        if tokens.is_empty() {
+        let oidc = match env.optional(MESH_OIDC_AUDIENCE) {
+            None => None,
+            Some(audience) => {
+                const PRINCIPALS: &str =
+                    "`email=role` entries (role read, peer or operator), comma-separated";
+                let list = env.required(MESH_OIDC_PRINCIPALS, PRINCIPALS)?;
+                let mut principals = HashMap::new();
+                for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                    let (who, role) = entry
+                        .split_once('=')
+                        .ok_or_else(|| env.invalid(MESH_OIDC_PRINCIPALS, PRINCIPALS))?;
+                    let role: Role = role
+                        .parse()
+                        .map_err(|()| env.invalid(MESH_OIDC_PRINCIPALS, PRINCIPALS))?;
+                    principals.insert(who.to_string(), role);
+                }
+                Some(OidcConfig {
+                    issuer: env
+                        .optional(MESH_OIDC_ISSUER)
+                        .unwrap_or_else(|| GOOGLE_ISSUER.into()),
+                    audience,
+                    jwks_url: env
+                        .http_url(MESH_OIDC_JWKS_URL)?
+                        .unwrap_or_else(|| GOOGLE_JWKS_URL.into()),
+                    principals,
+                })
+            }
+        };
+        if tokens.is_empty() && oidc.is_none() {
             return Err(ConfigError::Missing {
                 key: MESH_API_TOKENS,
                 expected: format!(
-                    "at least one API credential ({TOKEN_FORMAT}; `meshctl token` makes one), \
-                     here or in {MESH_API_TOKENS_FILE}"
+                    "at least one API credential ({TOKEN_FORMAT}), here or in \
+                     {MESH_API_TOKENS_FILE}, or OIDC ({MESH_OIDC_AUDIENCE} and \
+                     {MESH_OIDC_PRINCIPALS})"
                 ),
             });
         }
@@ -161,6 +197,7 @@ impl ProxyConfig {
         }
         Ok(ProxyConfig {
             tokens,
+            oidc,
             allowlist,
             cors_origins,
             rate_per_ip: rate(MESH_RATE_PER_IP, 100)?,

@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod limits;
+pub mod oidc;
 pub mod upstream;
 pub mod ws;
 
@@ -84,9 +85,13 @@ pub struct Gate {
 }
 
 impl Gate {
-    pub fn new(config: &ProxyConfig) -> Self {
-        Gate {
-            credentials: Arc::new(Credentials::new(&config.tokens)),
+    pub fn new(config: &ProxyConfig) -> anyhow::Result<Self> {
+        let oidc = match &config.oidc {
+            Some(c) => Some(oidc::Oidc::new(c.clone(), config.upstream_timeout)?),
+            None => None,
+        };
+        Ok(Gate {
+            credentials: Arc::new(Credentials::with_oidc(&config.tokens, oidc)),
             limits: Arc::new(RateLimits::new(
                 config.rate_per_ip,
                 config.rate_per_credential,
@@ -94,7 +99,7 @@ impl Gate {
             )),
             cors_origins: config.cors_origins.clone(),
             http: config.service.http,
-        }
+        })
     }
 }
 
@@ -138,7 +143,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = mesh_store::open(&config.service.store).await?;
     let proxy = Arc::new(Proxy::new(&config, store)?);
-    let gate = Gate::new(&config);
+    let gate = Gate::new(&config)?;
     let local = listener.local_addr()?;
     tracing::info!(%local, credentials = config.tokens.len(), "signaling-proxy serving");
     serve(
