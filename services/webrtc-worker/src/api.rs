@@ -37,6 +37,9 @@ impl From<WorkerError> for ApiError {
             WorkerError::Transport(TransportError::BadSdp(_)) => {
                 (StatusCode::BAD_REQUEST, "bad_sdp")
             }
+            WorkerError::Transport(TransportError::BadCandidate(_)) => {
+                (StatusCode::BAD_REQUEST, "bad_candidate")
+            }
             WorkerError::Transport(_) => (StatusCode::INTERNAL_SERVER_ERROR, "webrtc_error"),
             WorkerError::Signing(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

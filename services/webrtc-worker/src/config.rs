@@ -25,6 +25,7 @@ pub const MESH_REGION: &str = "MESH_REGION";
 pub const MESH_PROMPT_DRIVER: &str = "MESH_PROMPT_DRIVER";
 pub const MESH_SEND_BUFFER_BYTES: &str = "MESH_SEND_BUFFER_BYTES";
 pub const MESH_RECEIVE_WINDOW_BYTES: &str = "MESH_RECEIVE_WINDOW_BYTES";
+pub const MESH_SIGNALING_URL: &str = "MESH_SIGNALING_URL";
 
 #[derive(Debug)]
 pub struct WorkerConfig {
@@ -49,6 +50,8 @@ pub struct WorkerConfig {
     pub send_buffer_limit: usize,
     /// The SCTP receive window each link advertises (default 256 KiB; see `transport`).
     pub receive_window: u32,
+    /// The proxy's WebSocket signaling (`ws://…/ws` or `wss://…/ws`) to join as a native peer.
+    pub signaling_url: Option<String>,
 }
 
 impl WorkerConfig {
@@ -178,6 +181,15 @@ impl WorkerConfig {
                         env.invalid(MESH_RECEIVE_WINDOW_BYTES, "bytes from 65536 to 4294967295")
                     );
                 }
+            },
+            signaling_url: match env.optional(MESH_SIGNALING_URL) {
+                Some(url) if !(url.starts_with("ws://") || url.starts_with("wss://")) => {
+                    return Err(env.invalid(
+                        MESH_SIGNALING_URL,
+                        "a ws:// or wss:// URL (the proxy's /ws)",
+                    ));
+                }
+                url => url,
             },
             service,
         })

@@ -10,6 +10,7 @@ pub mod config;
 pub mod inbox;
 pub mod prompt_runtime;
 pub mod qos;
+pub mod signaling;
 pub mod transport;
 pub mod worker;
 
@@ -71,8 +72,16 @@ pub async fn run(
         .register_self(config.region.clone(), public_url.clone())
         .await?;
     tracing::info!(peer = %worker.id(), %local, %public_url, "webrtc-worker serving");
+    let signaling = config
+        .signaling_url
+        .clone()
+        .map(|url| tokio::spawn(signaling::run(worker.clone(), url)));
     let router = app(worker.clone(), &config.service.http);
-    serve(listener, router, shutdown, config.service.shutdown_grace).await?;
+    let served = serve(listener, router, shutdown, config.service.shutdown_grace).await;
+    if let Some(task) = signaling {
+        task.abort();
+    }
+    served?;
     // Links are written `down` as their drivers finish; bounded so shutdown is too.
     worker.hang_up_all(std::time::Duration::from_secs(2)).await;
     Ok(())

@@ -29,8 +29,9 @@ use crate::prompt_runtime::{Activity, PromptRuntime};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionState,
-    RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder, StatsSelector, crypto,
+    RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
+    RTCPeerConnectionState, RTCSessionDescription, RTCStatsReportEntry, SettingEngineBuilder,
+    StatsSelector, crypto,
 };
 
 /// An ICE server as operators configure it in `ICE_SERVERS` (the W3C `RTCIceServer` shape).
@@ -84,6 +85,9 @@ pub enum TransportError {
     Closed,
     #[error("the channel is not open yet")]
     NotOpen,
+    /// A trickled candidate was refused (malformed, or a name we cannot resolve).
+    #[error("invalid ICE candidate: {0}")]
+    BadCandidate(String),
 }
 
 fn lib(e: impl std::fmt::Display) -> TransportError {
@@ -443,6 +447,27 @@ impl Connection {
             dc.send(BytesMut::from(data)).await
         };
         result.map_err(lib)
+    }
+
+    /// Adds a candidate the remote peer trickled (over WebSocket signaling).
+    pub async fn add_remote_candidate(
+        &self,
+        candidate: &mesh_types::signaling::IceCandidate,
+    ) -> Result<(), TransportError> {
+        let init = RTCIceCandidateInit {
+            candidate: candidate.candidate.clone(),
+            sdp_mid: candidate.sdp_mid.clone(),
+            sdp_mline_index: candidate.sdp_m_line_index,
+            username_fragment: candidate.username_fragment.clone(),
+            ..Default::default()
+        };
+        self.pc
+            .add_ice_candidate(init)
+            .await
+            .map_err(|e| TransportError::BadCandidate(e.to_string()))?;
+        // Adding a candidate does not wake the library's driver; its next pass starts checks.
+        self.activity.mark();
+        Ok(())
     }
 
     /// The selected path's RTT, byte counters and candidate type.

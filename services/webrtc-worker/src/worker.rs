@@ -167,6 +167,15 @@ impl Worker {
         self.identity.id()
     }
 
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Wall-clock milliseconds, from the worker's clock.
+    pub fn now_ms(&self) -> mesh_types::UnixMillis {
+        self.clock.now_ms()
+    }
+
     pub fn store(&self) -> &SharedStore {
         &self.store
     }
@@ -246,7 +255,47 @@ impl Worker {
         }
         let key = self.registered_key(&offer.peer_from).await?;
         lock(&self.verifier).verify(&offer, &key, self.clock.now_ms())?;
-        let from = offer.peer_from.clone();
+        let sdp = self
+            .answer_offer(offer.peer_from.clone(), &offer.sdp)
+            .await?;
+        let mut answer = Answer::new(self.id().clone(), offer.peer_from, sdp, self.clock.now_ms());
+        answer.sign(&self.identity)?;
+        Ok(answer)
+    }
+
+    /// An offer relayed by the signaling proxy over WebSocket signaling: the proxy proved
+    /// `from` (a registered peer's key, or an anonymous id it assigned), so there is no signature
+    /// to check here. Returns the answer's SDP.
+    pub async fn accept_relayed_offer(
+        self: &Arc<Self>,
+        from: PeerId,
+        sdp: &str,
+    ) -> Result<String, WorkerError> {
+        if &from == self.id() {
+            return Err(WorkerError::SelfDial);
+        }
+        self.answer_offer(from, sdp).await
+    }
+
+    /// A candidate `from` trickled for its connection to us.
+    pub async fn add_remote_candidate(
+        &self,
+        from: &PeerId,
+        candidate: &mesh_types::signaling::IceCandidate,
+    ) -> Result<(), WorkerError> {
+        let conn = lock(&self.links)
+            .get(from)
+            .map(|e| e.conn.clone())
+            .ok_or_else(|| WorkerError::NoLink(from.clone()))?;
+        Ok(conn.add_remote_candidate(candidate).await?)
+    }
+
+    /// Answers an offer from `from` (already authenticated) and registers the connection.
+    async fn answer_offer(
+        self: &Arc<Self>,
+        from: PeerId,
+        offer_sdp: &str,
+    ) -> Result<String, WorkerError> {
         // Glare: when both sides dialled, the lower id's offer wins.
         let replaced = {
             let mut links = lock(&self.links);
@@ -270,18 +319,16 @@ impl Worker {
             old.stop.notify_one();
         }
         let (conn, events) = self.transport.connect().await?;
-        let sdp = match conn.answer(&offer.sdp).await {
+        let sdp = match conn.answer(offer_sdp).await {
             Ok(sdp) => sdp,
             Err(e) => {
                 conn.close().await;
                 return Err(e.into());
             }
         };
-        let mut answer = Answer::new(self.id().clone(), from.clone(), sdp, self.clock.now_ms());
-        answer.sign(&self.identity)?;
         self.register(from, conn, events, Role::Answerer, Phase::Connecting, None)
             .await?;
-        Ok(answer)
+        Ok(sdp)
     }
 
     /// `POST /answer`: completes a pending dial.
