@@ -162,9 +162,17 @@ pub enum ServerMessage {
         id: PeerId,
         anonymous: bool,
     },
-    /// Everyone registered on this server; sent to all on every join and leave.
+    /// Everyone registered on this server, sent to a client when it registers; after that,
+    /// every join and leave is broadcast as `peerJoined` / `peerLeft` (a full list to everyone
+    /// on every change would cost the server O(n²) per join with thousands of clients).
     Peers {
         peers: Vec<PeerId>,
+    },
+    PeerJoined {
+        id: PeerId,
+    },
+    PeerLeft {
+        id: PeerId,
     },
     Offer {
         from: PeerId,

@@ -84,44 +84,44 @@ impl Hub {
     }
 
     /// Registers `id` for connection `conn`, replacing (and telling) an earlier connection.
+    /// The newcomer gets the full list; everyone else hears of a new id.
     fn register(&self, id: &PeerId, conn: u64, tx: mpsc::Sender<Outbound>) {
-        let old = lock(&self.sessions).insert(id.clone(), Session { conn, tx });
-        if let Some(old) = old {
-            let _ = old.tx.try_send(Outbound::Message(error(
-                "replaced",
-                format!("{id} registered again on another connection; this one is closed"),
-                None,
-            )));
-            let _ = old.tx.try_send(Outbound::Close(CLOSE_REPLACED, "replaced"));
+        let mut sessions = lock(&self.sessions);
+        let mut peers: Vec<PeerId> = sessions.keys().cloned().collect();
+        if !peers.contains(id) {
+            peers.push(id.clone());
         }
-        self.broadcast_peers();
+        peers.sort();
+        if tx
+            .try_send(Outbound::Message(ServerMessage::Peers { peers }))
+            .is_err()
+        {
+            let _ = tx.try_send(Outbound::Close(CLOSE_TOO_SLOW, "too_slow"));
+        }
+        let old = sessions.insert(id.clone(), Session { conn, tx });
+        match old {
+            Some(old) => {
+                let _ = old.tx.try_send(Outbound::Message(error(
+                    "replaced",
+                    format!("{id} registered again on another connection; this one is closed"),
+                    None,
+                )));
+                let _ = old.tx.try_send(Outbound::Close(CLOSE_REPLACED, "replaced"));
+            }
+            None => broadcast(&sessions, Some(id), || ServerMessage::PeerJoined {
+                id: id.clone(),
+            }),
+        }
     }
 
     /// Removes `id` if `conn` still holds it (a replaced connection leaves its successor alone).
     fn unregister(&self, id: &PeerId, conn: u64) {
-        let removed = {
-            let mut sessions = lock(&self.sessions);
-            match sessions.get(id) {
-                Some(s) if s.conn == conn => sessions.remove(id).is_some(),
-                _ => false,
-            }
-        };
-        if removed {
-            self.broadcast_peers();
-        }
-    }
-
-    fn broadcast_peers(&self) {
-        let sessions = lock(&self.sessions);
-        let mut peers: Vec<PeerId> = sessions.keys().cloned().collect();
-        peers.sort();
-        for s in sessions.values() {
-            let msg = Outbound::Message(ServerMessage::Peers {
-                peers: peers.clone(),
+        let mut sessions = lock(&self.sessions);
+        if sessions.get(id).is_some_and(|s| s.conn == conn) {
+            sessions.remove(id);
+            broadcast(&sessions, None, || ServerMessage::PeerLeft {
+                id: id.clone(),
             });
-            if s.tx.try_send(msg).is_err() {
-                let _ = s.tx.try_send(Outbound::Close(CLOSE_TOO_SLOW, "too_slow"));
-            }
         }
     }
 
@@ -140,6 +140,22 @@ impl Hub {
                 format!("{to} is not taking messages fast enough; this one was not delivered"),
             )
         })
+    }
+}
+
+/// Queues `msg()` for every session but `except`; one too slow to take it is closed.
+fn broadcast(
+    sessions: &HashMap<PeerId, Session>,
+    except: Option<&PeerId>,
+    msg: impl Fn() -> ServerMessage,
+) {
+    for (id, s) in sessions {
+        if Some(id) == except {
+            continue;
+        }
+        if s.tx.try_send(Outbound::Message(msg())).is_err() {
+            let _ = s.tx.try_send(Outbound::Close(CLOSE_TOO_SLOW, "too_slow"));
+        }
     }
 }
 
@@ -359,7 +375,7 @@ async fn on_text(proxy: &Proxy, conn: &mut Conn, text: &str) -> Option<ServerMes
                 }
             };
             conn.me = Some(id.clone());
-            // Registered goes first on this connection's queue, before the peers broadcast.
+            // Registered goes first on this connection's queue, before the list of peers.
             let _ = conn
                 .tx
                 .try_send(Outbound::Message(ServerMessage::Registered {

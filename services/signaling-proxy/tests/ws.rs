@@ -44,11 +44,11 @@ impl Client {
         next(&mut self.ws).await
     }
 
-    /// Skips `peers` broadcasts.
+    /// Skips the list of peers and join/leave news.
     async fn next_not_peers(&mut self) -> Value {
         loop {
             let v = self.next().await;
-            if v["type"] != "peers" {
+            if !["peers", "peerJoined", "peerLeft"].contains(&v["type"].as_str().unwrap_or("")) {
                 return v;
             }
         }
@@ -112,10 +112,7 @@ async fn registered_peers_relay_offers_answers_and_candidates() {
         b.next().await,
         json!({"type": "peers", "peers": ["alice", "bob"]})
     );
-    assert_eq!(
-        a.next().await,
-        json!({"type": "peers", "peers": ["alice", "bob"]})
-    );
+    assert_eq!(a.next().await, json!({"type": "peerJoined", "id": "bob"}));
 
     a.send(json!({"type": "offer", "to": "bob", "sdp": "v=0 offer"}))
         .await;
@@ -147,7 +144,7 @@ async fn registered_peers_relay_offers_answers_and_candidates() {
 
     // Leaving is broadcast.
     drop(b);
-    assert_eq!(a.next().await, json!({"type": "peers", "peers": ["alice"]}));
+    assert_eq!(a.next().await, json!({"type": "peerLeft", "id": "bob"}));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -140,7 +140,10 @@ async fn on_message(
             tracing::warn!(%code, %message, "signaling server refused a message");
             None
         }
-        ServerMessage::Peers { .. } | ServerMessage::Pong { .. } => None,
+        ServerMessage::Peers { .. }
+        | ServerMessage::PeerJoined { .. }
+        | ServerMessage::PeerLeft { .. }
+        | ServerMessage::Pong { .. } => None,
         ServerMessage::Answer { from, .. } => {
             tracing::warn!(peer = %from, "an answer over signaling, but this worker sends no offers there");
             None
