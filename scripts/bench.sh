@@ -2,9 +2,23 @@
 # Runs the benchmarks and writes their JSON reports under target/bench/. Numbers belong in
 # docs/BENCHMARKS.md with the machine they came from; tests never assert them.
 #
-# Usage: scripts/bench.sh
+# Usage: scripts/bench.sh [transport|signaling]   (default: both)
+#   transport: webrtc-worker connections against Chromium's libwebrtc (needs chromium)
+#   signaling: the proxy's WebSocket signaling against a Node.js `ws` relay (needs node, npm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v chromium >/dev/null || { echo "bench.sh: needs chromium (apt-get install chromium)" >&2; exit 1; }
 mkdir -p target/bench
-cargo bench -p webrtc-worker --bench transport -- --bench | tee target/bench/transport.json
+which="${1:-all}"
+
+if [[ "$which" == all || "$which" == transport ]]; then
+  command -v chromium >/dev/null || { echo "bench.sh: needs chromium (apt-get install chromium)" >&2; exit 1; }
+  cargo bench -p webrtc-worker --bench transport -- --bench | tee target/bench/transport.json
+fi
+
+if [[ "$which" == all || "$which" == signaling ]]; then
+  command -v node >/dev/null || { echo "bench.sh: needs node (Node.js 20)" >&2; exit 1; }
+  (cd services/signaling-proxy/benches/node-relay && { [ -d node_modules/ws ] || npm ci --no-audit --no-fund; })
+  # 10,000 client connections in this process and in each server: lift the descriptor limit.
+  ulimit -n "$(ulimit -Hn)"
+  cargo bench -p signaling-proxy --bench signaling -- --bench | tee target/bench/signaling.json
+fi

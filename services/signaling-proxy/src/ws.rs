@@ -32,6 +32,9 @@ use crate::config::WsConfig;
 /// Messages queued for one client before it counts as too slow.
 const QUEUE: usize = 256;
 
+/// Bytes read from a connection's socket at a time.
+const READ_BUFFER: usize = 8 * 1024;
+
 /// Close codes (4000–4999 are the application's, RFC 6455 §7.4.2).
 pub const CLOSE_REPLACED: u16 = 4001;
 pub const CLOSE_TOO_SLOW: u16 = 4002;
@@ -189,6 +192,11 @@ pub async fn upgrade(State(proxy): State<Arc<Proxy>>, ws: WebSocketUpgrade) -> R
     // beyond that the protocol layer closes the connection (1009, message too big).
     ws.max_message_size(config.max_message_bytes * 4)
         .max_frame_size(config.max_message_bytes * 4)
+        // The library's defaults reserve 128 KiB per connection for reading; signaling messages
+        // are small and the buffer grows for a large one, so thousands of idle clients cost
+        // kilobytes each, not megabytes. Writes go out as they are sent (each is flushed).
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             let _slot = guard;
             serve(proxy, socket).await;
