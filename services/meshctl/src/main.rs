@@ -4,6 +4,7 @@
 
 mod init;
 mod keys;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +50,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make an API token for the signaling proxy: prints the token (give it to the client) and
+    /// the `MESH_API_TOKENS` entry (give it to the proxy; it holds only the token's SHA-256).
+    Token {
+        /// A name for the credential (logs and rate limits use it).
+        #[arg(long)]
+        name: String,
+        /// What it may do: read, peer or operator.
+        #[arg(long, value_parser = ["read", "peer", "operator"])]
+        role: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -62,6 +76,7 @@ async fn main() -> ExitCode {
             json,
         } => init::run(peers, &data_dir, &region, json).await,
         Command::Keygen { id, out, json } => keys::keygen(&id, &out, json),
+        Command::Token { name, role, json } => token::run(&name, &role, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -119,3 +119,20 @@ fn bad_arguments_get_a_clear_error() {
         "{out}"
     );
 }
+
+#[test]
+fn token_prints_a_token_and_the_entry_that_holds_only_its_hash() {
+    let (ok, out, err) = meshctl(&["token", "--name", "ops", "--role", "operator", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let token = v["token"].as_str().unwrap();
+    assert!(token.len() >= 43, "32 random bytes: {token}");
+    let (name, rest) = v["entry"].as_str().unwrap().split_once(':').unwrap();
+    let (role, hash) = rest.split_once(':').unwrap();
+    assert_eq!((name, role), ("ops", "operator"));
+    use sha2::Digest as _;
+    assert_eq!(hash, hex::encode(sha2::Sha256::digest(token.as_bytes())));
+    assert!(!v["entry"].as_str().unwrap().contains(token));
+    let (ok, _, err) = meshctl(&["token", "--name", "ops", "--role", "admin"]);
+    assert!(!ok && err.contains("admin"), "{err}");
+}

@@ -77,13 +77,22 @@ fn proxy() -> Server {
         .env("MESH_WS_ANONYMOUS", "true")
         .env("MESH_WS_MESSAGES_PER_SEC", "1000000")
         .env("MESH_WS_MAX_CONNECTIONS", "20000")
+        // Every bench client comes from 127.0.0.1: lift the per-address request limit.
+        .env("MESH_RATE_PER_IP", "1000000")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let port = read_port(&mut child, |v| {
         (v["message"] == "signaling-proxy serving").then(|| {
-            v["fields"]["local"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap()
+            v["fields"]["local"]
+                .as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
         })
     });
     Server {
@@ -156,7 +165,9 @@ async fn next_json(stream: &mut Stream) -> Value {
 /// Opens a client and registers it; returns its id.
 async fn registered(url: &str) -> (String, Sink, Stream) {
     let (mut sink, mut stream) = open(url).await;
-    sink.send(Message::text(r#"{"type":"register"}"#)).await.unwrap();
+    sink.send(Message::text(r#"{"type":"register"}"#))
+        .await
+        .unwrap();
     loop {
         let v = next_json(&mut stream).await;
         if v["type"] == "registered" {
@@ -210,7 +221,9 @@ async fn latency(url: &str, base: Instant) -> Value {
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::with_capacity(n as usize);
             while (mine.len() as u64) < n {
-                let Ok(v) = tokio::time::timeout(Duration::from_secs(30), next_json(&mut b_stream)).await else {
+                let Ok(v) =
+                    tokio::time::timeout(Duration::from_secs(30), next_json(&mut b_stream)).await
+                else {
                     break;
                 };
                 if v["type"] == "offer"
@@ -258,7 +271,9 @@ async fn throughput(url: &str, base: Instant) -> Value {
             let relayed = relayed.clone();
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < stop_at {
-                    let Ok(v) = tokio::time::timeout(Duration::from_secs(5), next_json(&mut stream)).await else {
+                    let Ok(v) =
+                        tokio::time::timeout(Duration::from_secs(5), next_json(&mut stream)).await
+                    else {
                         break;
                     };
                     if v["type"] != "offer" {
@@ -349,5 +364,8 @@ async fn main() {
         "p50VsNode": ratio(&["latency", "p50Ms"]),
     });
     report.insert("ratios".into(), ratios);
-    println!("{}", serde_json::to_string_pretty(&Value::Object(report)).unwrap());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&Value::Object(report)).unwrap()
+    );
 }
