@@ -32,6 +32,9 @@ use crate::config::WsConfig;
 /// Messages queued for one client before it counts as too slow.
 const QUEUE: usize = 256;
 
+/// How long a connection we closed waits for the client's close frame.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Bytes read from a connection's socket at a time.
 const READ_BUFFER: usize = 8 * 1024;
 
@@ -261,6 +264,8 @@ async fn serve(proxy: Arc<Proxy>, socket: WebSocket) {
     let mut ping = tokio::time::interval(config.idle_timeout / 3);
     ping.tick().await;
     let mut last_heard = Instant::now();
+    // Set when this side sent a close frame.
+    let mut closing = false;
     loop {
         tokio::select! {
             frame = stream.next() => {
@@ -289,6 +294,7 @@ async fn serve(proxy: Arc<Proxy>, socket: WebSocket) {
                     }
                     Outbound::Close(code, reason) => {
                         let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))).await;
+                        closing = true;
                         break;
                     }
                 }
@@ -298,6 +304,7 @@ async fn serve(proxy: Arc<Proxy>, socket: WebSocket) {
                     let bye = error("idle_timeout", format!("nothing heard for {} s", config.idle_timeout.as_secs()), None);
                     let _ = send(&mut sink, &bye).await;
                     let _ = sink.send(Message::Close(Some(CloseFrame { code: CLOSE_IDLE, reason: Utf8Bytes::from_static("idle") }))).await;
+                    closing = true;
                     break;
                 }
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
@@ -308,6 +315,19 @@ async fn serve(proxy: Arc<Proxy>, socket: WebSocket) {
     }
     if let Some(me) = &conn.me {
         hub.unregister(me, conn.id);
+    }
+    if closing {
+        // RFC 6455 §7.1.1: wait (bounded) for the client's close before dropping the TCP
+        // connection, so a client still reading gets our last messages and the close frame
+        // rather than a reset.
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(frame)) = stream.next().await {
+                if matches!(frame, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 }
 

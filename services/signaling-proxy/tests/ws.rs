@@ -248,3 +248,26 @@ async fn a_second_registration_replaces_the_first_and_says_why() {
     );
     assert!(v["id"].as_str().unwrap().starts_with("anon-"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_is_bounded_and_closes_silent_clients() {
+    let mesh = Mesh::new(&[("MESH_WS_MAX_CONNECTIONS", "2"), ("MESH_WS_IDLE_SECS", "3")]);
+    let mut first = Client::open(&mesh).await;
+    let _second = Client::open(&mesh).await;
+    let url = mesh.proxy.url.replace("http://", "ws://") + "/ws";
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status(), 503);
+            let body: Value = serde_json::from_slice(res.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "too_many_connections");
+        }
+        other => panic!("a third connection was not refused: {other:?}"),
+    }
+    // A client that neither sends nor answers pings (it does not read, so its library cannot
+    // pong) is told and closed once the idle time-out passes.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let told = first.next().await;
+    assert_eq!(told["code"], "idle_timeout", "{told}");
+    let closed = first.next().await;
+    assert_eq!(closed["frame"][0], 4003, "{closed}");
+}
