@@ -176,6 +176,17 @@ async fn registered(url: &str) -> (String, Sink, Stream) {
     }
 }
 
+/// Waits until every client has received everything queued for it so far (the registration
+/// news): a ping answered means all before it was delivered, since each connection is ordered.
+async fn quiesce(clients: &mut [&mut (String, Sink, Stream)]) {
+    for c in clients.iter_mut() {
+        c.1.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
+    }
+    for c in clients.iter_mut() {
+        while next_json(&mut c.2).await["type"] != "pong" {}
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -203,6 +214,13 @@ async fn latency(url: &str, base: Instant) -> Value {
         let b = registered(url).await;
         pairs.push((a, b));
     }
+    quiesce(
+        &mut pairs
+            .iter_mut()
+            .flat_map(|(a, b)| [a, b])
+            .collect::<Vec<_>>(),
+    )
+    .await;
     let samples = Arc::new(Mutex::new(Vec::<f64>::new()));
     let expected = LATENCY_RATE * LATENCY_SECS;
     let mut tasks = Vec::new();
@@ -256,12 +274,20 @@ async fn latency(url: &str, base: Instant) -> Value {
 /// Closed loop: each pair keeps `IN_FLIGHT` messages bouncing; relayed messages per second.
 async fn throughput(url: &str, base: Instant) -> Value {
     let relayed = Arc::new(AtomicU64::new(0));
-    let stop_at = Instant::now() + Duration::from_secs(THROUGHPUT_SECS + 1);
     let mut pairs = Vec::new();
     for _ in 0..THROUGHPUT_PAIRS {
         pairs.push((registered(url).await, registered(url).await));
     }
+    quiesce(
+        &mut pairs
+            .iter_mut()
+            .flat_map(|(a, b)| [a, b])
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    // One second to reach a steady state, then the counted window.
     let counting_from = Instant::now() + Duration::from_secs(1);
+    let stop_at = counting_from + Duration::from_secs(THROUGHPUT_SECS);
     let mut tasks = Vec::new();
     for ((a_id, mut a_sink, a_stream), (b_id, b_sink, b_stream)) in pairs {
         for _ in 0..IN_FLIGHT {
@@ -279,7 +305,8 @@ async fn throughput(url: &str, base: Instant) -> Value {
                     if v["type"] != "offer" {
                         continue;
                     }
-                    if Instant::now() >= counting_from {
+                    let now = Instant::now();
+                    if now >= counting_from && now < stop_at {
                         relayed.fetch_add(1, Ordering::Relaxed);
                     }
                     if sink.send(offer(&peer, micros(base))).await.is_err() {
