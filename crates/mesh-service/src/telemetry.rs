@@ -59,9 +59,10 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         reason: e.to_string(),
     })?;
     let provider = tracer_provider(config)?;
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(config.service_name.clone())));
+    // Always on, exporting or not: spans then carry trace context, so a caller's `traceparent`
+    // is continued, passed on to the services we call, and stamped on every log line.
+    let otel =
+        tracing_opentelemetry::layer().with_tracer(provider.tracer(config.service_name.clone()));
     let logs = match config.log_format {
         LogFormat::Json => cloud_logging_layer(config.gcp_project.clone(), std::io::stdout).boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).boxed(),
@@ -72,17 +73,18 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         .with(logs)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard {
+        provider: Some(provider),
+    })
 }
 
-/// The OTLP/HTTP trace pipeline, if an endpoint is configured. Also installs the W3C trace
-/// context propagator, which the HTTP layers use to continue and pass on traces.
-pub fn tracer_provider(
-    config: &TelemetryConfig,
-) -> Result<Option<SdkTracerProvider>, TelemetryError> {
+/// The trace pipeline: OTLP/HTTP export if an endpoint is configured, else a provider that
+/// keeps trace context without exporting anything. Also installs the W3C trace context
+/// propagator, which the HTTP layers use to continue and pass on traces.
+pub fn tracer_provider(config: &TelemetryConfig) -> Result<SdkTracerProvider, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let Some(base) = &config.otlp_endpoint else {
-        return Ok(None);
+        return Ok(SdkTracerProvider::builder().build());
     };
     // OTLP/HTTP puts traces under /v1/traces of the collector's base URL (as the SDK does when it
     // reads the variable itself).
@@ -107,7 +109,7 @@ pub fn tracer_provider(
         .with_resource(resource)
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
-    Ok(Some(provider))
+    Ok(provider)
 }
 
 /// A layer writing Cloud Logging's structured JSON, one line per event, to `writer`.

@@ -58,6 +58,30 @@ async fn three_peers_register_and_two_links_come_up_through_the_proxy() {
     assert_eq!(only_charlie["count"], 1, "{only_charlie}");
     assert_eq!(only_charlie["links"][0]["id"], "bravo<->charlie");
 
+    // A caller's trace continues through the proxy into the worker: its log lines carry it.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let (s, _, v) = mesh
+        .call_with(
+            reqwest::Method::POST,
+            "/api/mesh-rtc/dial",
+            Some(PEER),
+            Some(&json!({"from": "charlie", "peerTo": "alpha"})),
+            &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))],
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let charlie = &workers[2];
+    let traced = charlie
+        .proc
+        .log()
+        .lines()
+        .any(|l| l.contains("dialled; offer signed") && l.contains(trace));
+    assert!(
+        traced,
+        "the worker's log line carries the caller's trace\n{}",
+        charlie.proc.log()
+    );
+
     // Connecting a pair that is already linked names the step and the peer.
     let (s, again) = mesh
         .post(

@@ -72,21 +72,27 @@ async fn dial(
     State(w): State<Arc<Worker>>,
     ApiJson(req): ApiJson<DialRequest>,
 ) -> ApiResult<ApiJson<Offer>> {
-    Ok(ApiJson(w.dial(req.peer_to).await?))
+    let offer = w.dial(req.peer_to).await?;
+    tracing::info!(peer = %offer.peer_to, "dialled; offer signed");
+    Ok(ApiJson(offer))
 }
 
 async fn offer(
     State(w): State<Arc<Worker>>,
     ApiJson(offer): ApiJson<Offer>,
 ) -> ApiResult<ApiJson<Answer>> {
-    Ok(ApiJson(w.accept_offer(offer).await?))
+    let answer = w.accept_offer(offer).await?;
+    tracing::info!(peer = %answer.peer_to, "offer accepted; answer signed");
+    Ok(ApiJson(answer))
 }
 
 async fn answer(
     State(w): State<Arc<Worker>>,
     ApiJson(answer): ApiJson<Answer>,
 ) -> ApiResult<ApiJson<Value>> {
+    let from = answer.peer_from.clone();
     w.accept_answer(answer).await?;
+    tracing::info!(peer = %from, "answer accepted; connecting");
     Ok(ApiJson(json!({"ok": true})))
 }
 

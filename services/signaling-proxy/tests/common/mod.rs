@@ -110,9 +110,23 @@ impl Mesh {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> (u16, reqwest::header::HeaderMap, Value) {
+        self.call_with(method, path, token, body, &[]).await
+    }
+
+    pub async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.proxy.url));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
