@@ -222,3 +222,23 @@ async fn an_over_limit_client_is_told_when_to_come_back() {
     let (s, _) = mesh.get("/healthz", None).await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allowlist_refuses_everyone_else() {
+    let alpha = mesh_testkit::identity("alpha", 51);
+    let bravo = mesh_testkit::identity("bravo", 52);
+    let charlie = mesh_testkit::identity("charlie", 53);
+    // alpha by id, charlie by key.
+    let allow = format!("alpha,key:{}", charlie.public_key().to_base64());
+    let mesh = Mesh::new(&[("MESH_PEER_ALLOWLIST", allow.as_str())]);
+    for (who, expect) in [(&alpha, 201), (&bravo, 403), (&charlie, 201)] {
+        let reg = Mesh::registration(who, "http://127.0.0.1:9", who);
+        let (s, v) = mesh
+            .post("/api/mesh/peers", Some(PEER), &serde_json::to_value(&reg).unwrap())
+            .await;
+        assert_eq!(s, expect, "{}: {v}", who.id());
+        if expect == 403 {
+            assert_eq!(code(&v), "not_allowed");
+        }
+    }
+}
