@@ -51,3 +51,9 @@ impl Drop for Chromium {
         let _ = self.child.wait();
     }
 }
+
+/// Test bytes the interop pages know how to check: byte `i` is `(i * 7 + seed) % 251` (the
+/// pages' `pattern`/`matches` compute the same).
+pub fn pattern(n: usize, seed: usize) -> Vec<u8> {
+    (0..n).map(|i| ((i * 7 + seed) % 251) as u8).collect()
+}

@@ -178,13 +178,31 @@ async fn registered(url: &str) -> (String, Sink, Stream) {
 
 /// Waits until every client has received everything queued for it so far (the registration
 /// news): a ping answered means all before it was delivered, since each connection is ordered.
-async fn quiesce(clients: &mut [&mut (String, Sink, Stream)]) {
+async fn quiesce(clients: &mut [&mut Client]) {
     for c in clients.iter_mut() {
         c.1.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
     }
     for c in clients.iter_mut() {
         while next_json(&mut c.2).await["type"] != "pong" {}
     }
+}
+
+type Client = (String, Sink, Stream);
+
+/// `n` pairs of registered clients, once all registration news has been delivered.
+async fn registered_pairs(url: &str, n: usize) -> Vec<(Client, Client)> {
+    let mut pairs = Vec::new();
+    for _ in 0..n {
+        pairs.push((registered(url).await, registered(url).await));
+    }
+    quiesce(
+        &mut pairs
+            .iter_mut()
+            .flat_map(|(a, b)| [a, b])
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    pairs
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -208,19 +226,7 @@ fn stamp(v: &Value) -> Option<u64> {
 /// Latency at a fixed rate: each of `LATENCY_PAIRS` senders sends to its partner at
 /// `LATENCY_RATE / LATENCY_PAIRS` per second; receivers record send → receive times.
 async fn latency(url: &str, base: Instant) -> Value {
-    let mut pairs = Vec::new();
-    for _ in 0..LATENCY_PAIRS {
-        let a = registered(url).await;
-        let b = registered(url).await;
-        pairs.push((a, b));
-    }
-    quiesce(
-        &mut pairs
-            .iter_mut()
-            .flat_map(|(a, b)| [a, b])
-            .collect::<Vec<_>>(),
-    )
-    .await;
+    let pairs = registered_pairs(url, LATENCY_PAIRS).await;
     let samples = Arc::new(Mutex::new(Vec::<f64>::new()));
     let expected = LATENCY_RATE * LATENCY_SECS;
     let mut tasks = Vec::new();
@@ -274,17 +280,7 @@ async fn latency(url: &str, base: Instant) -> Value {
 /// Closed loop: each pair keeps `IN_FLIGHT` messages bouncing; relayed messages per second.
 async fn throughput(url: &str, base: Instant) -> Value {
     let relayed = Arc::new(AtomicU64::new(0));
-    let mut pairs = Vec::new();
-    for _ in 0..THROUGHPUT_PAIRS {
-        pairs.push((registered(url).await, registered(url).await));
-    }
-    quiesce(
-        &mut pairs
-            .iter_mut()
-            .flat_map(|(a, b)| [a, b])
-            .collect::<Vec<_>>(),
-    )
-    .await;
+    let pairs = registered_pairs(url, THROUGHPUT_PAIRS).await;
     // One second to reach a steady state, then the counted window.
     let counting_from = Instant::now() + Duration::from_secs(1);
     let stop_at = counting_from + Duration::from_secs(THROUGHPUT_SECS);

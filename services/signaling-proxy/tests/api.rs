@@ -234,7 +234,11 @@ async fn an_allowlist_refuses_everyone_else() {
     for (who, expect) in [(&alpha, 201), (&bravo, 403), (&charlie, 201)] {
         let reg = Mesh::registration(who, "http://127.0.0.1:9", who);
         let (s, v) = mesh
-            .post("/api/mesh/peers", Some(PEER), &serde_json::to_value(&reg).unwrap())
+            .post(
+                "/api/mesh/peers",
+                Some(PEER),
+                &serde_json::to_value(&reg).unwrap(),
+            )
             .await;
         assert_eq!(s, expect, "{}: {v}", who.id());
         if expect == 403 {

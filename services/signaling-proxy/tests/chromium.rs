@@ -14,15 +14,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use common::Mesh;
-use mesh_testkit::browser::Chromium;
+use mesh_testkit::browser::{Chromium, pattern};
 use mesh_testkit::process::ServiceProcess;
 use serde_json::{Value, json};
 
 const PAGE: &str = include_str!("chromium/ws-interop.html");
-
-fn pattern(n: usize, seed: usize) -> Vec<u8> {
-    (0..n).map(|i| ((i * 7 + seed) % 251) as u8).collect()
-}
 
 struct Harness {
     http: reqwest::Client,

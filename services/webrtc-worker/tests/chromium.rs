@@ -18,16 +18,12 @@ use base64::Engine as _;
 use common::{Mesh, Peer};
 use mesh_store::embedded::EmbeddedStore;
 use mesh_store::{PeerUpsert, Store};
-use mesh_testkit::browser::Chromium;
+use mesh_testkit::browser::{Chromium, pattern};
 use mesh_types::signing::Signed;
 use mesh_types::{Answer, Endpoints, Identity, Offer};
 use serde_json::{Value, json};
 
 const PAGE: &str = include_str!("chromium/interop.html");
-
-fn pattern(n: usize, seed: usize) -> Vec<u8> {
-    (0..n).map(|i| ((i * 7 + seed) % 251) as u8).collect()
-}
 
 #[allow(clippy::disallowed_methods)] // The relay signs as the browser peer, with its own clock.
 fn now_ms() -> u64 {
