@@ -1,46 +1,139 @@
-//! Per-client-address and per-credential request rate limits (token buckets from `governor`):
+//! Per-client-address and per-credential request rate limits (sans-IO token buckets):
 //! an over-limit request gets 429 with `Retry-After`, before any work is done for it.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use mesh_service::ApiError;
 
 use crate::auth::Principal;
 
-/// Forget idle clients every this many requests, so the limiters' maps stay bounded by the
-/// clients seen recently rather than all clients ever.
-const PRUNE_EVERY: u64 = 4096;
+/// `rate` tokens a second, at most `burst` saved up. Sans-IO: every call takes `now` (time since
+/// any fixed start), so the rules are tested with a manual clock.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quota {
+    rate: f64,
+    burst: f64,
+}
+
+impl Quota {
+    /// `per_second` a second, with bursts of twice that.
+    pub fn per_second(per_second: u32) -> Self {
+        let rate = f64::from(per_second.max(1));
+        Quota {
+            rate,
+            burst: 2.0 * rate,
+        }
+    }
+
+    /// A full bucket, as of `now`.
+    pub fn bucket(&self, now: Duration) -> Bucket {
+        Bucket {
+            tokens: self.burst,
+            at: now,
+        }
+    }
+
+    /// Takes a token from `bucket`, or says how long until one is there.
+    pub fn take(&self, bucket: &mut Bucket, now: Duration) -> Result<(), Duration> {
+        let elapsed = now.saturating_sub(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
+        bucket.at = now.max(bucket.at);
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
+        }
+    }
+
+    /// Whether `bucket` would be full by `now`: it then says nothing a new bucket would not.
+    fn is_full(&self, bucket: &Bucket, now: Duration) -> bool {
+        bucket.tokens + now.saturating_sub(bucket.at).as_secs_f64() * self.rate >= self.burst
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    tokens: f64,
+    at: Duration,
+}
+
+/// One bucket per key. Buckets that have refilled are dropped (a new one would be the same), so
+/// memory follows the clients active in the last few seconds, not every client ever seen.
+#[derive(Debug)]
+pub struct Keyed<K> {
+    quota: Quota,
+    buckets: HashMap<K, Bucket>,
+    /// Prune when the map reaches this size (doubled after each prune that frees little).
+    prune_at: usize,
+}
+
+impl<K: Hash + Eq + Clone> Keyed<K> {
+    pub fn new(quota: Quota) -> Self {
+        Keyed {
+            quota,
+            buckets: HashMap::new(),
+            prune_at: 1024,
+        }
+    }
+
+    pub fn check(&mut self, key: &K, now: Duration) -> Result<(), Duration> {
+        if self.buckets.len() >= self.prune_at {
+            let quota = self.quota;
+            self.buckets.retain(|_, b| !quota.is_full(b, now));
+            self.prune_at = (self.buckets.len() * 2).max(1024);
+        }
+        let quota = self.quota;
+        let bucket = self
+            .buckets
+            .entry(key.clone())
+            .or_insert_with(|| quota.bucket(now));
+        quota.take(bucket, now)
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
 
 #[derive(Debug)]
 pub struct RateLimits {
-    per_ip: DefaultKeyedRateLimiter<IpAddr>,
-    per_credential: DefaultKeyedRateLimiter<String>,
+    per_ip: Mutex<Keyed<IpAddr>>,
+    per_credential: Mutex<Keyed<String>>,
     client_ip_header: Option<String>,
-    seen: AtomicU64,
+    start: Instant,
 }
 
-fn quota(per_second: u32) -> Quota {
-    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
-    let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
-    Quota::per_second(rate).allow_burst(burst)
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A bucket update cannot be left half-done by a panic elsewhere.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn retry_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 impl RateLimits {
+    // The limiter's clock starts here; the driver reads it, the buckets take it as a value.
+    #[allow(clippy::disallowed_methods)]
     pub fn new(per_ip: u32, per_credential: u32, client_ip_header: Option<String>) -> Self {
         RateLimits {
-            per_ip: RateLimiter::keyed(quota(per_ip)),
-            per_credential: RateLimiter::keyed(quota(per_credential)),
+            per_ip: Mutex::new(Keyed::new(Quota::per_second(per_ip))),
+            per_credential: Mutex::new(Keyed::new(Quota::per_second(per_credential))),
             client_ip_header,
-            seen: AtomicU64::new(0),
+            start: Instant::now(),
         }
     }
 
@@ -60,31 +153,36 @@ impl RateLimits {
         socket.map(|s| s.ip())
     }
 
-    /// Takes one request from `ip`'s bucket (and the credential's, if any), or says how long
-    /// to wait.
-    pub fn check(&self, ip: Option<IpAddr>, who: Option<&Principal>) -> Result<(), Limited> {
-        if self.seen.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
-            self.per_ip.retain_recent();
-            self.per_credential.retain_recent();
-        }
-        let clock = DefaultClock::default();
+    /// Takes one request from `ip`'s bucket (and the credential's, if any) at `now` (time since
+    /// the limiter started), or says how long to wait.
+    pub fn check_at(
+        &self,
+        ip: Option<IpAddr>,
+        who: Option<&Principal>,
+        now: Duration,
+    ) -> Result<(), Limited> {
         if let Some(ip) = ip
-            && let Err(not_until) = self.per_ip.check_key(&ip)
+            && let Err(wait) = lock(&self.per_ip).check(&ip, now)
         {
             return Err(Limited {
                 what: "client address",
-                retry_after_secs: not_until.wait_time_from(clock.now()).as_secs() + 1,
+                retry_after_secs: retry_secs(wait),
             });
         }
         if let Some(who) = who
-            && let Err(not_until) = self.per_credential.check_key(&who.name)
+            && let Err(wait) = lock(&self.per_credential).check(&who.name, now)
         {
             return Err(Limited {
                 what: "credential",
-                retry_after_secs: not_until.wait_time_from(clock.now()).as_secs() + 1,
+                retry_after_secs: retry_secs(wait),
             });
         }
         Ok(())
+    }
+
+    /// [`check_at`](Self::check_at) with the time now.
+    pub fn check(&self, ip: Option<IpAddr>, who: Option<&Principal>) -> Result<(), Limited> {
+        self.check_at(ip, who, self.start.elapsed())
     }
 }
 
@@ -137,21 +235,71 @@ mod tests {
     use super::*;
     use crate::auth::Role;
 
+    const S: Duration = Duration::from_secs(1);
+
     #[test]
-    fn a_burst_passes_then_the_bucket_refuses() {
+    fn a_bucket_refills_at_its_rate_up_to_its_burst() {
+        let q = Quota::per_second(2);
+        let mut b = q.bucket(Duration::ZERO);
+        for _ in 0..4 {
+            assert!(
+                q.take(&mut b, Duration::ZERO).is_ok(),
+                "burst of twice the rate"
+            );
+        }
+        assert_eq!(
+            q.take(&mut b, Duration::ZERO),
+            Err(Duration::from_millis(500))
+        );
+        assert!(q.take(&mut b, Duration::from_millis(500)).is_ok());
+        assert!(q.take(&mut b, Duration::from_millis(500)).is_err());
+        // A long rest saves up no more than the burst.
+        let later = Duration::from_secs(60);
+        let taken = (0..10).filter(|_| q.take(&mut b, later).is_ok()).count();
+        assert_eq!(taken, 4);
+    }
+
+    #[test]
+    fn idle_keys_are_forgotten_only_once_refilled() {
+        let mut k = Keyed::new(Quota::per_second(1));
+        for i in 0..1024u32 {
+            assert!(k.check(&i, Duration::ZERO).is_ok());
+        }
+        assert_eq!(k.len(), 1024);
+        // Every bucket has one of two tokens left: not full yet, nothing is dropped.
+        assert!(k.check(&5000, Duration::ZERO).is_ok());
+        assert_eq!(k.len(), 1025);
+        // A second later they are full again and go; only the live one stays.
+        for i in 0..2048u32 {
+            let _ = k.check(&(10_000 + i), 3 * S);
+        }
+        assert!(k.len() < 2048 + 1, "{}", k.len());
+        assert!(k.check(&10_000, 3 * S).is_ok());
+    }
+
+    #[test]
+    fn a_burst_passes_then_the_address_is_refused() {
         let limits = RateLimits::new(1, 1000, None);
         let ip = Some(IpAddr::from([10, 0, 0, 1]));
-        assert!(limits.check(ip, None).is_ok());
-        assert!(limits.check(ip, None).is_ok(), "burst is twice the rate");
-        let refused = limits.check(ip, None).unwrap_err();
-        assert_eq!(refused.what, "client address");
-        assert!(refused.retry_after_secs >= 1);
+        assert!(limits.check_at(ip, None, S).is_ok());
+        assert!(
+            limits.check_at(ip, None, S).is_ok(),
+            "burst is twice the rate"
+        );
+        let refused = limits.check_at(ip, None, S).unwrap_err();
+        assert_eq!(
+            refused,
+            Limited {
+                what: "client address",
+                retry_after_secs: 1
+            }
+        );
         assert!(
             limits
-                .check(Some(IpAddr::from([10, 0, 0, 2])), None)
-                .is_ok(),
-            "per address"
+                .check_at(Some(IpAddr::from([10, 0, 0, 2])), None, S)
+                .is_ok()
         );
+        assert!(limits.check_at(ip, None, 2 * S).is_ok(), "refilled");
     }
 
     #[test]
@@ -164,12 +312,12 @@ mod tests {
         for ip in 1..=2u8 {
             assert!(
                 limits
-                    .check(Some(IpAddr::from([10, 0, 0, ip])), Some(&who))
+                    .check_at(Some(IpAddr::from([10, 0, 0, ip])), Some(&who), S)
                     .is_ok()
             );
         }
         let refused = limits
-            .check(Some(IpAddr::from([10, 0, 0, 3])), Some(&who))
+            .check_at(Some(IpAddr::from([10, 0, 0, 3])), Some(&who), S)
             .unwrap_err();
         assert_eq!(refused.what, "credential");
     }

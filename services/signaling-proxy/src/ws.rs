@@ -8,7 +8,6 @@
 //! reason (`too_slow`).
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,22 +17,23 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use mesh_service::ApiError;
 use mesh_store::ErrorKind;
 use mesh_types::PeerId;
 use mesh_types::signaling::{ClientMessage, RegisterProof, ServerMessage, WsLimits};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::Proxy;
 use crate::config::WsConfig;
+use crate::limits::{Bucket, Quota};
 
 /// Messages queued for one client before it counts as too slow.
 const QUEUE: usize = 256;
 
 /// How long a connection we closed waits for the client's close frame.
-const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 /// Bytes read from a connection's socket at a time.
 const READ_BUFFER: usize = 8 * 1024;
@@ -222,7 +222,9 @@ struct Conn {
     id: u64,
     nonce: String,
     me: Option<PeerId>,
-    limiter: DefaultDirectRateLimiter,
+    /// Messages a second from this client (bursts of twice that).
+    quota: Quota,
+    bucket: Bucket,
     tx: mpsc::Sender<Outbound>,
 }
 
@@ -240,14 +242,14 @@ async fn serve(proxy: Arc<Proxy>, socket: WebSocket) {
     let hub = proxy.hub.clone();
     let config = hub.config;
     let (tx, mut rx) = mpsc::channel::<Outbound>(QUEUE);
-    let rate = NonZeroU32::new(config.messages_per_second).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::per_second(config.messages_per_second);
+    let start = Instant::now();
     let mut conn = Conn {
         id: hub.next_conn.fetch_add(1, Ordering::Relaxed),
         nonce: random_token(),
         me: None,
-        limiter: RateLimiter::direct(
-            Quota::per_second(rate).allow_burst(rate.saturating_mul(rate_burst())),
-        ),
+        quota,
+        bucket: quota.bucket(Duration::ZERO),
         tx,
     };
     let (mut sink, mut stream) = socket.split();
@@ -274,7 +276,7 @@ async fn serve(proxy: Arc<Proxy>, socket: WebSocket) {
                 let Some(Ok(frame)) = frame else { break };
                 last_heard = Instant::now();
                 let reply = match frame {
-                    Message::Text(text) => on_text(&proxy, &mut conn, text.as_str()).await,
+                    Message::Text(text) => on_text(&proxy, &mut conn, text.as_str(), start.elapsed()).await,
                     Message::Binary(_) => Some(error("bad_frame", "messages are JSON text frames", None)),
                     Message::Ping(_) | Message::Pong(_) => None,
                     Message::Close(_) => break,
@@ -349,10 +351,6 @@ async fn serve(proxy: Arc<Proxy>, socket: WebSocket) {
     }
 }
 
-fn rate_burst() -> NonZeroU32 {
-    NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN)
-}
-
 async fn send<S>(sink: &mut S, msg: &ServerMessage) -> Result<(), ()>
 where
     S: futures_util::Sink<Message> + Unpin,
@@ -371,7 +369,13 @@ where
 }
 
 /// Handles one text frame; returns the reply for this client, if any.
-async fn on_text(proxy: &Proxy, conn: &mut Conn, text: &str) -> Option<ServerMessage> {
+/// `now` is the time since the connection opened (for its rate limit).
+async fn on_text(
+    proxy: &Proxy,
+    conn: &mut Conn,
+    text: &str,
+    now: Duration,
+) -> Option<ServerMessage> {
     let config = proxy.hub.config;
     if text.len() > config.max_message_bytes {
         return Some(error(
@@ -384,7 +388,7 @@ async fn on_text(proxy: &Proxy, conn: &mut Conn, text: &str) -> Option<ServerMes
             None,
         ));
     }
-    if conn.limiter.check().is_err() {
+    if conn.quota.take(&mut conn.bucket, now).is_err() {
         return Some(error(
             "rate_limited",
             format!(
