@@ -56,6 +56,15 @@ async fn register(
     ApiJson(reg): ApiJson<PeerRegistration>,
 ) -> ApiResult<(StatusCode, axum::Json<Peer>)> {
     caller.require(Role::Peer)?;
+    if reg.id.as_str().starts_with(crate::ws::ANONYMOUS_PREFIX) {
+        return Err(ApiError::bad_request(
+            "reserved_id",
+            format!(
+                "ids starting with {} are assigned to anonymous WebSocket clients",
+                crate::ws::ANONYMOUS_PREFIX
+            ),
+        ));
+    }
     if !proxy.allowlist.allows(&reg.id, &reg.pub_key) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -29,6 +29,10 @@ use crate::Proxy;
 use crate::config::WsConfig;
 use crate::limits::{Bucket, Quota};
 
+/// Ids the server assigns to anonymous clients start with this; no peer may register one, so no
+/// registered key can take over an anonymous client's id (they are listed to everyone).
+pub const ANONYMOUS_PREFIX: &str = "anon-";
+
 /// Messages queued for one client before it counts as too slow.
 const QUEUE: usize = 256;
 
@@ -498,6 +502,12 @@ fn relay(
 /// Checks a registration proof: this connection's nonce, a registered (and allowed) peer, its
 /// key's signature, a fresh timestamp.
 async fn check_proof(proxy: &Proxy, conn: &Conn, proof: &RegisterProof) -> Result<(), ApiError> {
+    if proof.id.as_str().starts_with(ANONYMOUS_PREFIX) {
+        return Err(ApiError::bad_request(
+            "reserved_id",
+            format!("ids starting with {ANONYMOUS_PREFIX} belong to anonymous clients"),
+        ));
+    }
     if proof.nonce != conn.nonce {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -130,6 +130,13 @@ async fn refusals_carry_the_documented_codes() {
         .await;
     assert_eq!((s, code(&v)), (409, "key_mismatch"), "{v}");
 
+    // Reserved: ids that anonymous WebSocket clients get.
+    let squatter = mesh_testkit::identity("anon-abc", 97);
+    let reg = Mesh::registration(&squatter, "http://127.0.0.1:9", &squatter);
+    let body = serde_json::to_value(&reg).unwrap();
+    let (s, v) = mesh.post("/api/mesh/peers", Some(PEER), &body).await;
+    assert_eq!((s, code(&v)), (400, "reserved_id"), "{v}");
+
     // Replayed: the same registration twice.
     let reg = Mesh::registration(&alpha.identity, &alpha.proc.url, &alpha.identity);
     let body = serde_json::to_value(&reg).unwrap();
