@@ -49,16 +49,58 @@ pub const CLOSE_REPLACED: u16 = 4001;
 pub const CLOSE_TOO_SLOW: u16 = 4002;
 pub const CLOSE_IDLE: u16 = 4003;
 
+/// Why the server is closing a connection: told to the client as an error, then a close frame.
 #[derive(Debug)]
-enum Outbound {
-    Message(ServerMessage),
-    Close(u16, &'static str),
+struct Closing {
+    code: u16,
+    reason: &'static str,
+    error: ServerMessage,
+}
+
+/// Asks a connection's task to close, out of band: the queue may be the very thing that is full.
+#[derive(Debug, Default)]
+struct Closer {
+    closing: Mutex<Option<Closing>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Closer {
+    /// The first reason given wins; the task is woken (now, or when it next waits).
+    fn close(&self, code: u16, reason: &'static str, message: String) {
+        let mut closing = lock(&self.closing);
+        if closing.is_none() {
+            *closing = Some(Closing {
+                code,
+                reason,
+                error: error(reason, message, None),
+            });
+            self.notify.notify_one();
+        }
+    }
+
+    fn take(&self) -> Option<Closing> {
+        lock(&self.closing).take()
+    }
 }
 
 #[derive(Debug)]
 struct Session {
     conn: u64,
-    tx: mpsc::Sender<Outbound>,
+    tx: mpsc::Sender<ServerMessage>,
+    closer: Arc<Closer>,
+}
+
+impl Session {
+    /// Queues `msg`; a client whose queue is full is too slow and is closed.
+    fn push(&self, msg: ServerMessage) {
+        if self.tx.try_send(msg).is_err() {
+            self.closer.close(
+                CLOSE_TOO_SLOW,
+                "too_slow",
+                format!("more than {QUEUE} messages waited for this client; it is disconnected"),
+            );
+        }
+    }
 }
 
 /// Who is registered on this server, and how to reach them.
@@ -85,44 +127,29 @@ impl Hub {
         }
     }
 
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
-    }
-
-    pub fn registered(&self) -> Vec<PeerId> {
-        let mut ids: Vec<PeerId> = lock(&self.sessions).keys().cloned().collect();
-        ids.sort();
-        ids
-    }
-
-    /// Registers `id` for connection `conn`, replacing (and telling) an earlier connection.
-    /// The newcomer gets the full list; everyone else hears of a new id.
-    fn register(&self, id: &PeerId, conn: u64, tx: mpsc::Sender<Outbound>) {
+    /// Registers `session` as `id`, replacing (and closing) an earlier connection. The newcomer
+    /// gets the full list; everyone else hears of a new id.
+    fn register(&self, id: &PeerId, session: Session) {
         let mut sessions = lock(&self.sessions);
         let mut peers: Vec<PeerId> = sessions.keys().cloned().collect();
         if !peers.contains(id) {
             peers.push(id.clone());
         }
         peers.sort();
-        if tx
-            .try_send(Outbound::Message(ServerMessage::Peers { peers }))
-            .is_err()
-        {
-            let _ = tx.try_send(Outbound::Close(CLOSE_TOO_SLOW, "too_slow"));
-        }
-        let old = sessions.insert(id.clone(), Session { conn, tx });
-        match old {
-            Some(old) => {
-                let _ = old.tx.try_send(Outbound::Message(error(
-                    "replaced",
-                    format!("{id} registered again on another connection; this one is closed"),
-                    None,
-                )));
-                let _ = old.tx.try_send(Outbound::Close(CLOSE_REPLACED, "replaced"));
+        session.push(ServerMessage::Peers { peers });
+        match sessions.insert(id.clone(), session) {
+            Some(old) => old.closer.close(
+                CLOSE_REPLACED,
+                "replaced",
+                format!("{id} registered again on another connection; this one is closed"),
+            ),
+            None => {
+                for (other, s) in sessions.iter() {
+                    if other != id {
+                        s.push(ServerMessage::PeerJoined { id: id.clone() });
+                    }
+                }
             }
-            None => broadcast(&sessions, Some(id), || ServerMessage::PeerJoined {
-                id: id.clone(),
-            }),
         }
     }
 
@@ -131,9 +158,16 @@ impl Hub {
         let mut sessions = lock(&self.sessions);
         if sessions.get(id).is_some_and(|s| s.conn == conn) {
             sessions.remove(id);
-            broadcast(&sessions, None, || ServerMessage::PeerLeft {
-                id: id.clone(),
-            });
+            for s in sessions.values() {
+                s.push(ServerMessage::PeerLeft { id: id.clone() });
+            }
+        }
+    }
+
+    /// Closes `id`'s connection, if it has one (e.g. its key was replaced).
+    pub fn disconnect(&self, id: &PeerId, why: String) {
+        if let Some(s) = lock(&self.sessions).get(id) {
+            s.closer.close(CLOSE_REPLACED, "replaced", why);
         }
     }
 
@@ -146,28 +180,14 @@ impl Hub {
                 format!("{to} is not connected to this server"),
             ));
         };
-        target.tx.try_send(Outbound::Message(msg)).map_err(|_| {
+        // A relay to a full queue is refused to its sender (who can retry); the addressee is
+        // not punished for one burst.
+        target.tx.try_send(msg).map_err(|_| {
             (
                 "peer_busy",
                 format!("{to} is not taking messages fast enough; this one was not delivered"),
             )
         })
-    }
-}
-
-/// Queues `msg()` for every session but `except`; one too slow to take it is closed.
-fn broadcast(
-    sessions: &HashMap<PeerId, Session>,
-    except: Option<&PeerId>,
-    msg: impl Fn() -> ServerMessage,
-) {
-    for (id, s) in sessions {
-        if Some(id) == except {
-            continue;
-        }
-        if s.tx.try_send(Outbound::Message(msg())).is_err() {
-            let _ = s.tx.try_send(Outbound::Close(CLOSE_TOO_SLOW, "too_slow"));
-        }
     }
 }
 
@@ -229,7 +249,8 @@ struct Conn {
     /// Messages a second from this client (bursts of twice that).
     quota: Quota,
     bucket: Bucket,
-    tx: mpsc::Sender<Outbound>,
+    tx: mpsc::Sender<ServerMessage>,
+    closer: Arc<Closer>,
 }
 
 fn random_token() -> String {
@@ -245,7 +266,8 @@ fn random_token() -> String {
 async fn serve(proxy: Arc<Proxy>, socket: WebSocket) {
     let hub = proxy.hub.clone();
     let config = hub.config;
-    let (tx, mut rx) = mpsc::channel::<Outbound>(QUEUE);
+    let (tx, mut rx) = mpsc::channel::<ServerMessage>(QUEUE);
+    let closer = Arc::new(Closer::default());
     let quota = Quota::per_second(config.messages_per_second);
     let start = Instant::now();
     let mut conn = Conn {
@@ -255,8 +277,15 @@ async fn serve(proxy: Arc<Proxy>, socket: WebSocket) {
         quota,
         bucket: quota.bucket(Duration::ZERO),
         tx,
+        closer: closer.clone(),
     };
-    let (mut sink, mut stream) = socket.split();
+    let (sink, mut stream) = socket.split();
+    // A client that stops reading must not hold this task (and its slot) forever: every write
+    // gets the idle time-out to complete.
+    let mut out = Writer {
+        sink,
+        limit: config.idle_timeout,
+    };
     let hello = ServerMessage::Hello {
         nonce: conn.nonce.clone(),
         server_time: crate::now_ms(),
@@ -266,14 +295,14 @@ async fn serve(proxy: Arc<Proxy>, socket: WebSocket) {
             idle_timeout_secs: config.idle_timeout.as_secs(),
         },
     };
-    if send(&mut sink, &hello).await.is_err() {
+    if out.send(&hello).await.is_err() {
         return;
     }
     let mut ping = tokio::time::interval(config.idle_timeout / 3);
     ping.tick().await;
     let mut last_heard = Instant::now();
     // Set when this side sent a close frame.
-    let mut closing = false;
+    let mut closing = None;
     loop {
         tokio::select! {
             frame = stream.next() => {
@@ -286,52 +315,47 @@ async fn serve(proxy: Arc<Proxy>, socket: WebSocket) {
                     Message::Close(_) => break,
                 };
                 if let Some(reply) = reply
-                    && send(&mut sink, &reply).await.is_err()
+                    && out.send(&reply).await.is_err()
                 {
                     break;
                 }
             }
-            out = rx.recv() => {
+            msg = rx.recv() => {
                 // `conn` holds a sender, so the queue never closes while this loop runs.
-                let Some(mut out) = out else { break };
+                let Some(mut msg) = msg else { break };
                 // Everything already queued goes out in one write: under load that is one
                 // syscall for many messages instead of one each.
-                let mut close = None;
+                let mut written = Ok(());
                 loop {
-                    match out {
-                        Outbound::Message(msg) => {
-                            if feed(&mut sink, &msg).await.is_err() {
-                                break;
-                            }
-                        }
-                        Outbound::Close(code, reason) => {
-                            close = Some((code, reason));
-                            break;
-                        }
-                    }
+                    written = written.and(out.feed(&msg).await);
                     match rx.try_recv() {
-                        Ok(next) => out = next,
-                        Err(_) => break,
+                        Ok(next) if written.is_ok() => msg = next,
+                        _ => break,
                     }
                 }
-                if sink.flush().await.is_err() {
+                if written.and(out.flush().await).is_err() {
                     break;
                 }
-                if let Some((code, reason)) = close {
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))).await;
-                    closing = true;
+            }
+            () = closer.notify.notified() => {
+                if let Some(why) = closer.take() {
+                    closing = Some(why);
                     break;
                 }
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() >= config.idle_timeout {
-                    let bye = error("idle_timeout", format!("nothing heard for {} s", config.idle_timeout.as_secs()), None);
-                    let _ = send(&mut sink, &bye).await;
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code: CLOSE_IDLE, reason: Utf8Bytes::from_static("idle") }))).await;
-                    closing = true;
+                let quiet = last_heard.elapsed() >= config.idle_timeout;
+                let unregistered = conn.me.is_none() && start.elapsed() >= config.idle_timeout;
+                if quiet || unregistered {
+                    let message = if quiet {
+                        format!("nothing heard for {} s", config.idle_timeout.as_secs())
+                    } else {
+                        format!("not registered within {} s", config.idle_timeout.as_secs())
+                    };
+                    closing = Some(Closing { code: CLOSE_IDLE, reason: "idle", error: error("idle_timeout", message, None) });
                     break;
                 }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                if out.frame(Message::Ping(Default::default())).await.is_err() {
                     break;
                 }
             }
@@ -340,36 +364,62 @@ async fn serve(proxy: Arc<Proxy>, socket: WebSocket) {
     if let Some(me) = &conn.me {
         hub.unregister(me, conn.id);
     }
-    if closing {
-        // RFC 6455 §7.1.1: wait (bounded) for the client's close before dropping the TCP
-        // connection, so a client still reading gets our last messages and the close frame
-        // rather than a reset.
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while let Some(Ok(frame)) = stream.next().await {
-                if matches!(frame, Message::Close(_)) {
-                    break;
+    if let Some(why) = closing {
+        let _ = out.send(&why.error).await;
+        let frame = CloseFrame {
+            code: why.code,
+            reason: Utf8Bytes::from_static(why.reason),
+        };
+        if out.frame(Message::Close(Some(frame))).await.is_ok() {
+            // RFC 6455 §7.1.1: wait (bounded) for the client's close before dropping the TCP
+            // connection, so a client still reading gets our last messages and the close frame
+            // rather than a reset.
+            let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                while let Some(Ok(frame)) = stream.next().await {
+                    if matches!(frame, Message::Close(_)) {
+                        break;
+                    }
                 }
-            }
-        })
-        .await;
+            })
+            .await;
+        }
     }
 }
 
-async fn send<S>(sink: &mut S, msg: &ServerMessage) -> Result<(), ()>
-where
-    S: futures_util::Sink<Message> + Unpin,
-{
-    feed(sink, msg).await?;
-    sink.flush().await.map_err(|_| ())
+/// The writing half of a connection, every write bounded by `limit`.
+struct Writer<S> {
+    sink: S,
+    limit: Duration,
 }
 
-/// Queues `msg` in the socket's write buffer without flushing.
-async fn feed<S>(sink: &mut S, msg: &ServerMessage) -> Result<(), ()>
-where
-    S: futures_util::Sink<Message> + Unpin,
-{
-    let text = serde_json::to_string(msg).map_err(|_| ())?;
-    sink.feed(Message::Text(text.into())).await.map_err(|_| ())
+impl<S: futures_util::Sink<Message> + Unpin> Writer<S> {
+    async fn frame(&mut self, frame: Message) -> Result<(), ()> {
+        match tokio::time::timeout(self.limit, self.sink.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    /// Queues `msg` in the socket's write buffer without flushing.
+    async fn feed(&mut self, msg: &ServerMessage) -> Result<(), ()> {
+        let text = serde_json::to_string(msg).map_err(|_| ())?;
+        match tokio::time::timeout(self.limit, self.sink.feed(Message::Text(text.into()))).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), ()> {
+        match tokio::time::timeout(self.limit, self.sink.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    async fn send(&mut self, msg: &ServerMessage) -> Result<(), ()> {
+        self.feed(msg).await?;
+        self.flush().await
+    }
 }
 
 /// Handles one text frame; returns the reply for this client, if any.
@@ -438,15 +488,16 @@ async fn on_text(
                 }
             };
             conn.me = Some(id.clone());
-            // Registered goes first on this connection's queue, before the list of peers.
-            let _ = conn
-                .tx
-                .try_send(Outbound::Message(ServerMessage::Registered {
-                    id: id.clone(),
-                    anonymous,
-                }));
-            proxy.hub.register(&id, conn.id, conn.tx.clone());
-            None
+            proxy.hub.register(
+                &id,
+                Session {
+                    conn: conn.id,
+                    tx: conn.tx.clone(),
+                    closer: conn.closer.clone(),
+                },
+            );
+            // Written at once, ahead of the list of peers just queued.
+            Some(ServerMessage::Registered { id, anonymous })
         }
         ClientMessage::Offer { to, sdp, from, .. } => {
             relay(proxy, conn, to, from, reference.as_deref(), |from| {

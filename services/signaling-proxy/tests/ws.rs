@@ -271,3 +271,49 @@ async fn the_server_is_bounded_and_closes_silent_clients() {
     let closed = first.next().await;
     assert_eq!(closed["frame"][0], 4003, "{closed}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_dropped_not_waited_on() {
+    let mesh = Mesh::new(&[
+        ("MESH_WS_IDLE_SECS", "3"),
+        ("MESH_WS_MESSAGES_PER_SEC", "100000"),
+    ]);
+    let alice = registered_peer(&mesh, "alice", 1).await;
+    let bob = registered_peer(&mesh, "bob", 2).await;
+    let mut a = Client::open(&mesh).await;
+    assert_eq!(a.register(&alice).await["type"], "registered");
+    let mut b = Client::open(&mesh).await;
+    assert_eq!(b.register(&bob).await["type"], "registered");
+    // Bob stops reading. Alice sends until bob's socket and queue are full: relays are refused.
+    let big = "x".repeat(60_000);
+    let mut busy = false;
+    for _ in 0..2_000 {
+        a.send(json!({"type": "offer", "to": "bob", "sdp": big}))
+            .await;
+        if let Ok(Some(Ok(Message::Text(t)))) =
+            tokio::time::timeout(Duration::from_millis(1), a.ws.next()).await
+            && t.contains("peer_busy")
+        {
+            busy = true;
+            break;
+        }
+    }
+    assert!(
+        busy,
+        "relays to a client that does not read are refused with peer_busy"
+    );
+    // The server's write to bob cannot finish; within the idle time-out bob is dropped and
+    // everyone hears it leave.
+    let left = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let v = a.next().await;
+            if v["type"] == "peerLeft" {
+                return v;
+            }
+        }
+    })
+    .await
+    .expect("bob dropped within the write time-out");
+    assert_eq!(left["id"], "bob");
+    drop(b);
+}
