@@ -38,14 +38,12 @@ pub enum TelemetryError {
 /// Flushes and stops trace export when dropped; keep it alive for the life of the process.
 #[derive(Debug)]
 pub struct TelemetryGuard {
-    provider: Option<SdkTracerProvider>,
+    provider: SdkTracerProvider,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take()
-            && let Err(e) = provider.shutdown()
-        {
+        if let Err(e) = self.provider.shutdown() {
             tracing::warn!("trace export did not shut down cleanly: {e}");
         }
     }
@@ -73,9 +71,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         .with(logs)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
-    Ok(TelemetryGuard {
-        provider: Some(provider),
-    })
+    Ok(TelemetryGuard { provider })
 }
 
 /// The trace pipeline: OTLP/HTTP export if an endpoint is configured, else a provider that

@@ -2,7 +2,7 @@
 //! (`/api/mesh-rtc/...`). Handlers check the caller's role, validate, and call the store or a
 //! worker; every failure is a JSON error naming what failed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -38,7 +38,7 @@ pub fn routes(proxy: Arc<Proxy>) -> Router {
         .with_state(proxy)
 }
 
-async fn peer(proxy: &Proxy, id: &PeerId) -> ApiResult<Peer> {
+pub(crate) async fn peer(proxy: &Proxy, id: &PeerId) -> ApiResult<Peer> {
     match proxy.store.get_peer(id).await {
         Ok(p) => Ok(p),
         Err(e) if e.kind() == ErrorKind::NotFound => Err(ApiError::not_found(
@@ -76,6 +76,7 @@ async fn register(
             ),
         ));
     }
+    check_endpoint(reg.endpoints.https.as_deref())?;
     // Self-signed: proves the registrant holds the key; the window and replay cache stop an old
     // registration being sent again to roll endpoints back.
     proxy.verify(&reg, &reg.pub_key)?;
@@ -122,6 +123,34 @@ async fn register(
     Ok((status, axum::Json(peer)))
 }
 
+/// A worker URL the proxy will call: `http` or `https`, a host, no credentials, query or
+/// fragment (the proxy appends its own paths).
+fn check_endpoint(url: Option<&str>) -> ApiResult<()> {
+    let Some(url) = url else { return Ok(()) };
+    let bad = |why: &str| {
+        Err(ApiError::bad_request(
+            "invalid_input",
+            format!("endpoints.https {url:?}: {why}"),
+        ))
+    };
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return bad("not a URL");
+    };
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return bad("must be http:// or https://");
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return bad("needs a host");
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return bad("must not carry credentials");
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return bad("must not have a query or fragment");
+    }
+    Ok(())
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct KeyReplacement {
@@ -161,13 +190,14 @@ struct DialRequest {
     peer_to: PeerId,
 }
 
-/// `POST /api/mesh-rtc/dial`: asks `from`'s worker for a signed offer to `peerTo`.
+/// `POST /api/mesh-rtc/dial`: asks `from`'s worker for a signed offer to `peerTo`. Operators
+/// only: a dial speaks for `from`, and a `peer` credential is not tied to one peer.
 async fn dial(
     State(proxy): State<Arc<Proxy>>,
     caller: Caller,
     ApiJson(req): ApiJson<DialRequest>,
 ) -> ApiResult<axum::Json<Offer>> {
-    caller.require(Role::Peer)?;
+    caller.require(Role::Operator)?;
     Ok(axum::Json(proxy.dial(&req.from, &req.peer_to).await?))
 }
 
@@ -212,21 +242,44 @@ async fn connect(
             "a peer cannot connect to itself",
         ));
     }
+    let step = Mutex::new(Step::Dial);
     let deadline = proxy.connect_timeout;
-    match tokio::time::timeout(deadline, proxy.connect(&req.a, &req.b)).await {
-        Ok(result) => result.map(axum::Json),
+    let outcome = tokio::time::timeout(deadline, proxy.connect(&req.a, &req.b, &step)).await;
+    let reached = *step.lock().unwrap_or_else(|p| p.into_inner());
+    let result = match outcome {
+        Ok(result) => result,
         Err(_) => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "connect_timeout",
-            format!(
-                "the link between {} and {} did not come up within {} s",
-                req.a,
-                req.b,
-                deadline.as_secs()
-            ),
+            match reached {
+                Step::WaitUp => format!(
+                    "the handshake finished but the link between {} and {} was not up within {} s",
+                    req.a,
+                    req.b,
+                    deadline.as_secs()
+                ),
+                step => format!(
+                    "connecting {} and {}: the {} step had not finished after {} s",
+                    req.a,
+                    req.b,
+                    step.as_str(),
+                    deadline.as_secs()
+                ),
+            },
         )
-        .with_details(json!({ "step": Step::WaitUp.as_str() }))),
+        .with_details(json!({ "step": reached.as_str() }))),
+    };
+    if result.is_err() && reached != Step::Dial {
+        // `a` holds a dialled connection that will not complete: hang it up now rather than
+        // leave it to the dial time-out (a retry would meet `link_exists` meanwhile).
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            if let Ok(a) = peer(&proxy, &req.a).await {
+                proxy.upstream.hang_up(&a, &req.b).await;
+            }
+        });
     }
+    result.map(axum::Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,24 +341,35 @@ impl Proxy {
         self.upstream.post(&to, Step::Answer, answer).await
     }
 
-    async fn connect(&self, a: &PeerId, b: &PeerId) -> ApiResult<Link> {
-        let started = crate::now_ms();
+    async fn connect(&self, a: &PeerId, b: &PeerId, step: &Mutex<Step>) -> ApiResult<Link> {
+        let at = |s: Step| *step.lock().unwrap_or_else(|p| p.into_inner()) = s;
         let offer = self.dial(a, b).await?;
+        at(Step::Offer);
         let answer = self.forward_offer(&offer).await?;
+        at(Step::Answer);
         self.forward_answer(&answer).await?;
-        // Workers write the link the moment its state changes; wait for an `up` written after
-        // this handshake began (an older document may describe an earlier link).
+        at(Step::WaitUp);
+        // Ask the dialler's worker, not the store: its live view says whether *this* connection
+        // is up, with no clocks of two machines to compare. Then return the stored link, which
+        // the worker writes the moment the state changes.
+        let dialler = peer(self, a).await?;
         let id = LinkId::between(a, b)
             .map_err(|e| ApiError::bad_request("invalid_input", e.to_string()))?;
         let mut pause = Duration::from_millis(20);
         loop {
-            match self.store.get_link(&id).await {
-                Ok(link) if link.health == Health::Up && link.qos.last_ts >= started => {
-                    return Ok(link);
+            let view = self.upstream.links(&dialler).await?;
+            let up = view["links"].as_array().is_some_and(|links| {
+                links.iter().any(|l| {
+                    l["peer"] == b.as_str() && l["state"] == "connected" && l["health"] == "up"
+                })
+            });
+            if up {
+                match self.store.get_link(&id).await {
+                    Ok(link) if link.health == Health::Up => return Ok(link),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
                 }
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(250));

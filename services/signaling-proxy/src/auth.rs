@@ -19,7 +19,7 @@ use std::sync::Arc;
 /// What a credential may do; each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
-    /// Read peers, links and the audit trail.
+    /// Read peers and links.
     Read,
     /// Also register itself and signal (dial, offer, answer): what a worker needs.
     Peer,
@@ -137,10 +137,11 @@ pub async fn authenticate(
     let Some(value) = req.headers().get(AUTHORIZATION) else {
         return next.run(req).await;
     };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").map(str::trim));
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    let token = value.to_str().ok().and_then(|v| {
+        let (scheme, token) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
     let Some(token) = token else {
         return unauthenticated("the Authorization header must be `Bearer <token>`");
     };

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
 use mesh_service::config::{Env, ProcessEnv, Source};
 use mesh_service::{ConfigError, ServiceConfig};
 use mesh_types::{PeerId, PublicKey};
@@ -70,7 +71,8 @@ pub struct ProxyConfig {
     /// OIDC ID tokens as credentials (on when `MESH_OIDC_AUDIENCE` is set).
     pub oidc: Option<OidcConfig>,
     pub allowlist: Allowlist,
-    pub cors_origins: Vec<String>,
+    /// Origins allowed to call from a browser (exact `scheme://host[:port]`, as browsers send).
+    pub cors_origins: Vec<HeaderValue>,
     /// Requests per second (burst twice that) from one client address.
     pub rate_per_ip: u32,
     /// Requests per second (burst twice that) on one credential.
@@ -110,9 +112,9 @@ impl ProxyConfig {
                 parse_tokens(&text).map_err(|_| env.invalid(MESH_API_TOKENS_FILE, TOKEN_FORMAT))?,
             );
         }
-        let mut names = HashMap::new();
+        let mut names = std::collections::HashSet::new();
         for t in &tokens {
-            if names.insert(t.name.clone(), ()).is_some() {
+            if !names.insert(t.name.clone()) {
                 return Err(
                     env.invalid(MESH_API_TOKENS, format!("unique names ({} twice)", t.name))
                 );
@@ -167,19 +169,17 @@ impl ProxyConfig {
         };
         let cors_origins = match env.optional(MESH_CORS_ORIGINS) {
             None => Vec::new(),
-            Some(list) => {
-                let origins: Vec<String> = list.split(',').map(|o| o.trim().to_string()).collect();
-                if origins
-                    .iter()
-                    .any(|o| !(o.starts_with("http://") || o.starts_with("https://")))
-                {
-                    return Err(env.invalid(
+            Some(list) => list
+                .split(',')
+                .map(|o| parse_origin(o.trim()))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    env.invalid(
                         MESH_CORS_ORIGINS,
-                        "origins like https://dash.example.com, comma-separated",
-                    ));
-                }
-                origins
-            }
+                        "origins like https://dash.example.com (scheme, host, optional port; no \
+                         path), comma-separated",
+                    )
+                })?,
         };
         let rate = |key: &'static str, default: u32| -> Result<u32, ConfigError> {
             match env.parse_or(key, default, "requests per second, 1 or more")? {
@@ -195,6 +195,28 @@ impl ProxyConfig {
         if !(1024..=1 << 20).contains(&ws_bytes) {
             return Err(env.invalid(MESH_WS_MAX_MESSAGE_BYTES, "bytes from 1024 to 1048576"));
         }
+        let max_connections: usize = env.parse_or(
+            MESH_WS_MAX_CONNECTIONS,
+            20_000,
+            "a number of connections, 1 or more",
+        )?;
+        if max_connections == 0 {
+            return Err(env.invalid(
+                MESH_WS_MAX_CONNECTIONS,
+                "a number of connections, 1 or more",
+            ));
+        }
+        let connect_timeout = env.secs_or(MESH_CONNECT_TIMEOUT_SECS, 20, 1, 300)?;
+        if connect_timeout >= service.http.request_timeout {
+            return Err(env.invalid(
+                MESH_CONNECT_TIMEOUT_SECS,
+                format!(
+                    "fewer seconds than the request time-out ({} s, MESH_REQUEST_TIMEOUT_SECS), \
+                     or the request ends before connect can report",
+                    service.http.request_timeout.as_secs()
+                ),
+            ));
+        }
         Ok(ProxyConfig {
             tokens,
             oidc,
@@ -206,13 +228,9 @@ impl ProxyConfig {
                 .optional(MESH_CLIENT_IP_HEADER)
                 .map(|h| h.to_ascii_lowercase()),
             upstream_timeout: env.secs_or(MESH_UPSTREAM_TIMEOUT_SECS, 10, 1, 300)?,
-            connect_timeout: env.secs_or(MESH_CONNECT_TIMEOUT_SECS, 20, 1, 300)?,
+            connect_timeout,
             ws: WsConfig {
-                max_connections: env.parse_or(
-                    MESH_WS_MAX_CONNECTIONS,
-                    20_000,
-                    "a number of connections",
-                )?,
+                max_connections,
                 max_message_bytes: ws_bytes,
                 messages_per_second: rate(MESH_WS_MESSAGES_PER_SEC, 20)?,
                 idle_timeout: env.secs_or(MESH_WS_IDLE_SECS, 60, 3, 3600)?,
@@ -221,6 +239,21 @@ impl ProxyConfig {
             service,
         })
     }
+}
+
+/// An origin as a browser sends it: `http(s)://host[:port]`, nothing after.
+fn parse_origin(origin: &str) -> Option<HeaderValue> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))?;
+    let host_ok = !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if !host_ok {
+        return None;
+    }
+    HeaderValue::from_str(origin).ok()
 }
 
 /// Parses `name:role:sha256-hex` entries; `#` starts a comment line.
@@ -290,6 +323,9 @@ mod tests {
             (MESH_API_TOKENS, "just-a-token"),
             (MESH_PEER_ALLOWLIST, "key:not-base64!"),
             (MESH_CORS_ORIGINS, "dash.example.com"),
+            (MESH_CORS_ORIGINS, "https://dash.example.com/"),
+            (MESH_WS_MAX_CONNECTIONS, "0"),
+            (MESH_CONNECT_TIMEOUT_SECS, "30"),
             (MESH_RATE_PER_IP, "0"),
             (MESH_WS_MAX_MESSAGE_BYTES, "10"),
         ] {

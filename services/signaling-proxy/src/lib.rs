@@ -80,7 +80,7 @@ impl Proxy {
 pub struct Gate {
     pub credentials: Arc<Credentials>,
     pub limits: Arc<RateLimits>,
-    pub cors_origins: Vec<String>,
+    pub cors_origins: Vec<HeaderValue>,
     pub http: HttpLimits,
 }
 
@@ -103,8 +103,9 @@ impl Gate {
     }
 }
 
-/// The proxy's whole HTTP surface. The API and `/ws` sit behind authentication and rate limits
-/// (outermost first: CORS, authenticate, rate limit); health checks do not.
+/// The proxy's whole HTTP surface. The API and `/ws` sit behind rate limits and authentication
+/// (outermost first: CORS, the client address's limit, authenticate, the credential's limit);
+/// health checks do not.
 pub fn app(proxy: Arc<Proxy>, gate: &Gate) -> Router {
     let store = proxy.store.clone();
     let mut routes = api::routes(proxy.clone())
@@ -119,14 +120,9 @@ pub fn app(proxy: Arc<Proxy>, gate: &Gate) -> Router {
             auth::authenticate,
         ));
     if !gate.cors_origins.is_empty() {
-        let origins: Vec<HeaderValue> = gate
-            .cors_origins
-            .iter()
-            .filter_map(|o| HeaderValue::from_str(o).ok())
-            .collect();
         routes = routes.layer(
             CorsLayer::new()
-                .allow_origin(AllowOrigin::list(origins))
+                .allow_origin(AllowOrigin::list(gate.cors_origins.clone()))
                 .allow_methods([Method::GET, Method::POST, Method::DELETE])
                 .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
                 .max_age(Duration::from_secs(600)),

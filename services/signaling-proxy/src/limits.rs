@@ -138,19 +138,23 @@ impl RateLimits {
     }
 
     /// The client's address: the last entry of the configured header (the one the platform's
-    /// own load balancer added, which a client cannot forge), else the socket's peer.
+    /// own load balancer added, which a client cannot forge), else the socket's peer. An IPv6
+    /// address counts as its /64: one host usually holds a whole /64 and could rotate through it.
     pub fn client_ip(&self, headers: &HeaderMap, socket: Option<SocketAddr>) -> Option<IpAddr> {
-        if let Some(name) = &self.client_ip_header {
-            let forwarded = headers
+        let forwarded = self.client_ip_header.as_ref().and_then(|name| {
+            headers
                 .get(name.as_str())
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.rsplit(',').next())
-                .and_then(|ip| ip.trim().parse().ok());
-            if forwarded.is_some() {
-                return forwarded;
+                .and_then(|ip| ip.trim().parse().ok())
+        });
+        forwarded.or(socket.map(|s| s.ip())).map(|ip| match ip {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let net = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(net.into())
             }
-        }
-        socket.map(|s| s.ip())
+            ip => ip,
+        })
     }
 
     /// Takes one request from `ip`'s bucket (and the credential's, if any) at `now` (time since
@@ -320,6 +324,20 @@ mod tests {
             .check_at(Some(IpAddr::from([10, 0, 0, 3])), Some(&who), S)
             .unwrap_err();
         assert_eq!(refused.what, "credential");
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_as_its_slash_64() {
+        let limits = RateLimits::new(1, 1, None);
+        let at = |ip: &str| {
+            limits.client_ip(
+                &HeaderMap::new(),
+                Some(SocketAddr::new(ip.parse().unwrap(), 9)),
+            )
+        };
+        assert_eq!(at("2001:db8:1:2:aaaa::1"), at("2001:db8:1:2:bbbb::7"));
+        assert_ne!(at("2001:db8:1:2::1"), at("2001:db8:1:3::1"));
+        assert_eq!(at("192.0.2.7"), Some(IpAddr::from([192, 0, 2, 7])));
     }
 
     #[test]

@@ -60,6 +60,8 @@ struct Claims {
 struct Keys {
     set: JwkSet,
     fetched: Option<Instant>,
+    /// Why the last fetch failed, if it did.
+    failure: Option<String>,
 }
 
 #[derive(Debug)]
@@ -67,6 +69,7 @@ pub struct Oidc {
     config: OidcConfig,
     http: reqwest::Client,
     keys: RwLock<Keys>,
+    fetching: tokio::sync::Mutex<()>,
 }
 
 /// Whether `token` looks like a JWT (three base64url parts), so it is worth verifying as one.
@@ -82,7 +85,9 @@ impl Oidc {
             keys: RwLock::new(Keys {
                 set: JwkSet { keys: Vec::new() },
                 fetched: None,
+                failure: None,
             }),
+            fetching: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -127,28 +132,41 @@ impl Oidc {
     // Reads the clock to pace JWKS fetches: this is the credential driver's own timer.
     #[allow(clippy::disallowed_methods)]
     async fn key(&self, kid: &str) -> Result<DecodingKey, OidcError> {
-        {
-            let keys = self.keys.read().await;
+        let lookup = |keys: &Keys| -> Option<Result<DecodingKey, OidcError>> {
             if let Some(jwk) = keys.set.find(kid) {
-                return DecodingKey::from_jwk(jwk).map_err(|e| OidcError::Keys(e.to_string()));
+                return Some(
+                    DecodingKey::from_jwk(jwk).map_err(|e| OidcError::Keys(e.to_string())),
+                );
             }
-            if keys.fetched.is_some_and(|at| at.elapsed() < REFETCH_AFTER) {
-                return Err(OidcError::Invalid(format!("unknown signing key {kid}")));
-            }
+            // Fetched recently: a failure is reported as such (503) until the next try; a
+            // success that lacks this key means the key is unknown (401).
+            let recent = keys.fetched.is_some_and(|at| at.elapsed() < REFETCH_AFTER);
+            recent.then(|| match &keys.failure {
+                Some(e) => Err(OidcError::Keys(e.clone())),
+                None => Err(OidcError::Invalid(format!("unknown signing key {kid}"))),
+            })
+        };
+        if let Some(answer) = lookup(&*self.keys.read().await) {
+            return answer;
         }
+        // One fetch at a time; requests for keys we hold are not held up by it (the set is
+        // only write-locked to swap in the result).
+        let _fetching = self.fetching.lock().await;
+        if let Some(answer) = lookup(&*self.keys.read().await) {
+            return answer;
+        }
+        let fetched = self.fetch().await;
         let mut keys = self.keys.write().await;
-        // Another request may have refreshed while we waited for the lock.
-        if keys.set.find(kid).is_none()
-            && keys.fetched.is_none_or(|at| at.elapsed() >= REFETCH_AFTER)
-        {
-            keys.fetched = Some(Instant::now());
-            keys.set = self.fetch().await?;
+        keys.fetched = Some(Instant::now());
+        match fetched {
+            Ok(set) => {
+                keys.set = set;
+                keys.failure = None;
+            }
+            Err(e) => keys.failure = Some(e.to_string()),
         }
-        let jwk = keys
-            .set
-            .find(kid)
-            .ok_or_else(|| OidcError::Invalid(format!("unknown signing key {kid}")))?;
-        DecodingKey::from_jwk(jwk).map_err(|e| OidcError::Keys(e.to_string()))
+        lookup(&keys)
+            .unwrap_or_else(|| Err(OidcError::Invalid(format!("unknown signing key {kid}"))))
     }
 
     async fn fetch(&self) -> Result<JwkSet, OidcError> {

@@ -10,6 +10,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+/// Largest answer read from a worker.
+const MAX_ANSWER_BYTES: usize = 256 * 1024;
+
 /// A step of the handshake, as errors name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -51,6 +54,9 @@ impl Upstream {
             http: reqwest::Client::builder()
                 .timeout(timeout)
                 .connect_timeout(timeout)
+                // A registered URL says where the worker is; a redirect would let it point the
+                // proxy anywhere else.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()?,
         })
     }
@@ -62,123 +68,157 @@ impl Upstream {
         step: Step,
         body: &B,
     ) -> Result<R, ApiError> {
-        let fail = |status: StatusCode, code: &str, message: String| {
-            ApiError::new(status, code.to_string(), message).with_details(json!({
-                "peer": peer.id,
-                "step": step.as_str(),
-            }))
+        let body = serde_json::to_vec(body).map_err(|e| ApiError::internal(e.to_string()))?;
+        self.call(peer, step, reqwest::Method::POST, step.path(), Some(body))
+            .await
+    }
+
+    /// `peer`'s worker's view of its links (`GET /links`).
+    pub async fn links(&self, peer: &Peer) -> Result<serde_json::Value, ApiError> {
+        self.call(peer, Step::WaitUp, reqwest::Method::GET, "/links", None)
+            .await
+    }
+
+    /// Asks `peer`'s worker to hang up on `other` (a handshake that will not finish); best
+    /// effort, so a failure is only logged.
+    pub async fn hang_up(&self, peer: &Peer, other: &mesh_types::PeerId) {
+        let path = format!("/links/{other}");
+        let result: Result<serde_json::Value, ApiError> = self
+            .call(peer, Step::WaitUp, reqwest::Method::DELETE, &path, None)
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(peer = %peer.id, %other, error = %e, "hang-up after a failed connect");
+        }
+    }
+
+    async fn call<R: DeserializeOwned>(
+        &self,
+        peer: &Peer,
+        step: Step,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<R, ApiError> {
+        let fail = |status: StatusCode, code: &str, message: String, upstream: Option<u16>| {
+            let mut details = json!({ "peer": peer.id, "step": step.as_str() });
+            if let Some(s) = upstream {
+                details["upstreamStatus"] = json!(s);
+            }
+            ApiError::new(
+                status,
+                code.to_string(),
+                format!("{}: {message}", step.as_str()),
+            )
+            .with_details(details)
         };
         let Some(base) = peer.endpoints.https.as_deref() else {
             return Err(fail(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "no_endpoint",
-                format!(
-                    "{}: peer {} has no worker URL (endpoints.https)",
-                    step.as_str(),
-                    peer.id
-                ),
+                format!("peer {} has no worker URL (endpoints.https)", peer.id),
+                None,
             ));
         };
-        let url = format!("{}{}", base.trim_end_matches('/'), step.path());
+        let url = format!("{}{path}", base.trim_end_matches('/'));
         let mut headers = HeaderMap::new();
         mesh_service::http::inject_trace_context(&mut headers);
-        let sent = self
-            .http
-            .post(&url)
-            .headers(headers)
-            .json(body)
-            .send()
-            .await;
-        let res = match sent {
+        let mut req = self.http.request(method, &url).headers(headers);
+        if let Some(body) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let mut res = match req.send().await {
             Ok(res) => res,
             Err(e) if e.is_timeout() => {
                 return Err(fail(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",
-                    format!(
-                        "{}: peer {}'s worker at {url} did not answer in time",
-                        step.as_str(),
-                        peer.id
-                    ),
+                    format!("peer {}'s worker at {url} did not answer in time", peer.id),
+                    None,
                 ));
             }
             Err(e) => {
                 return Err(fail(
                     StatusCode::BAD_GATEWAY,
                     "upstream_unreachable",
-                    format!(
-                        "{}: peer {}'s worker at {url} is unreachable: {e}",
-                        step.as_str(),
-                        peer.id
-                    ),
+                    format!("peer {}'s worker at {url} is unreachable: {e}", peer.id),
+                    None,
                 ));
             }
         };
         let status = res.status();
-        let bytes = match res.bytes().await {
-            Ok(b) => b,
-            Err(e) if e.is_timeout() => {
-                return Err(fail(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    format!(
-                        "{}: peer {}'s worker stopped answering: {e}",
-                        step.as_str(),
-                        peer.id
-                    ),
-                ));
+        // Bounded: a worker's answers are small; whatever sits at a registered URL is not
+        // allowed to make the proxy buffer more.
+        let mut bytes = Vec::new();
+        loop {
+            match res.chunk().await {
+                Ok(Some(chunk)) if bytes.len() + chunk.len() <= MAX_ANSWER_BYTES => {
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(Some(_)) => {
+                    return Err(fail(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_error",
+                        format!(
+                            "peer {}'s worker sent more than {MAX_ANSWER_BYTES} bytes",
+                            peer.id
+                        ),
+                        Some(status.as_u16()),
+                    ));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let (status, code) = if e.is_timeout() {
+                        (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+                    } else {
+                        (StatusCode::BAD_GATEWAY, "upstream_error")
+                    };
+                    return Err(fail(
+                        status,
+                        code,
+                        format!("reading peer {}'s answer: {e}", peer.id),
+                        None,
+                    ));
+                }
             }
-            Err(e) => {
-                return Err(fail(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_error",
-                    format!("{}: reading peer {}'s answer: {e}", step.as_str(), peer.id),
-                ));
-            }
-        };
+        }
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| {
                 fail(
                     StatusCode::BAD_GATEWAY,
                     "upstream_error",
-                    format!(
-                        "{}: peer {}'s worker sent an unreadable answer: {e}",
-                        step.as_str(),
-                        peer.id
-                    ),
+                    format!("peer {}'s worker sent an unreadable answer: {e}", peer.id),
+                    Some(status.as_u16()),
                 )
             });
         }
-        // The worker's own JSON error: keep its code; a client error stays a client error (the
-        // request was wrong for that worker), anything else is the gateway's problem.
-        let (code, message) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        // The worker's own JSON error keeps its code (it says what was wrong, e.g.
+        // `link_exists`); the status is always the gateway's, 502, so a worker's 401 or 404 is
+        // never mistaken for the proxy's own.
+        let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| Some(v.get("error")?.get("code")?.as_str()?.to_string()))
+            .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            .unwrap_or_else(|| "upstream_error".into());
+        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| {
-                let e = v.get("error")?;
-                Some((
-                    e.get("code")?.as_str()?.to_string(),
-                    e.get("message")?.as_str()?.to_string(),
-                ))
+                Some(
+                    v.get("error")?
+                        .get("message")?
+                        .as_str()?
+                        .chars()
+                        .take(500)
+                        .collect::<String>(),
+                )
             })
-            .unwrap_or_else(|| ("upstream_error".into(), format!("HTTP {status}")));
-        let proxy_status = if status.is_client_error() {
-            status
-        } else {
-            StatusCode::BAD_GATEWAY
-        };
-        Err(ApiError::new(
-            proxy_status,
-            code,
-            format!(
-                "{}: peer {}'s worker refused: {message}",
-                step.as_str(),
-                peer.id
-            ),
-        )
-        .with_details(json!({
-            "peer": peer.id,
-            "step": step.as_str(),
-            "upstreamStatus": status.as_u16(),
-        })))
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        Err(fail(
+            StatusCode::BAD_GATEWAY,
+            &code,
+            format!("peer {}'s worker refused: {message}", peer.id),
+            Some(status.as_u16()),
+        ))
     }
 }

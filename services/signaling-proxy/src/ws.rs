@@ -18,7 +18,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use mesh_service::ApiError;
-use mesh_store::ErrorKind;
 use mesh_types::PeerId;
 use mesh_types::signaling::{ClientMessage, RegisterProof, ServerMessage, WsLimits};
 use std::time::Duration;
@@ -566,17 +565,7 @@ async fn check_proof(proxy: &Proxy, conn: &Conn, proof: &RegisterProof) -> Resul
             "the proof must sign this connection's nonce (from hello)",
         ));
     }
-    let peer = match proxy.store.get_peer(&proof.id).await {
-        Ok(p) => p,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "unknown_peer",
-                format!("peer {} is not registered", proof.id),
-            ));
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let peer = crate::api::peer(proxy, &proof.id).await?;
     if !proxy.allowlist.allows(&peer.id, &peer.pub_key) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -64,7 +64,7 @@ async fn three_peers_register_and_two_links_come_up_through_the_proxy() {
         .call_with(
             reqwest::Method::POST,
             "/api/mesh-rtc/dial",
-            Some(PEER),
+            Some(OPERATOR),
             Some(&json!({"from": "charlie", "peerTo": "alpha"})),
             &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))],
         )
@@ -90,7 +90,8 @@ async fn three_peers_register_and_two_links_come_up_through_the_proxy() {
             &json!({"a": "alpha", "b": "bravo"}),
         )
         .await;
-    assert_eq!((s, code(&again)), (409, "link_exists"), "{again}");
+    assert_eq!((s, code(&again)), (502, "link_exists"), "{again}");
+    assert_eq!(again["error"]["details"]["upstreamStatus"], 409);
     assert_eq!(again["error"]["details"]["step"], "dial");
     assert_eq!(again["error"]["details"]["peer"], "alpha");
 }
@@ -158,23 +159,49 @@ async fn refusals_carry_the_documented_codes() {
         .await;
     assert_eq!((s, code(&v)), (403, "forbidden"), "{v}");
 
-    // Bad input.
+    // A peer credential may register and forward signed messages, not dial for others.
     let (s, v) = mesh
         .post(
             "/api/mesh-rtc/dial",
             Some(PEER),
+            &json!({"from": "alpha", "peerTo": "ghost"}),
+        )
+        .await;
+    assert_eq!((s, code(&v)), (403, "forbidden"), "{v}");
+    // A worker URL the proxy would not call.
+    let odd = mesh_testkit::identity("odd", 96);
+    for url in [
+        "file:///etc/passwd",
+        "http://user:pw@10.0.0.1",
+        "http://10.0.0.1/?x=1",
+    ] {
+        let reg = Mesh::registration(&odd, url, &odd);
+        let body = serde_json::to_value(&reg).unwrap();
+        let (s, v) = mesh.post("/api/mesh/peers", Some(PEER), &body).await;
+        assert_eq!((s, code(&v)), (400, "invalid_input"), "{url}: {v}");
+    }
+
+    // Bad input.
+    let (s, v) = mesh
+        .post(
+            "/api/mesh-rtc/dial",
+            Some(OPERATOR),
             &json!({"from": "alpha", "peerTo": "nobody"}),
         )
         .await;
     assert_eq!((s, code(&v)), (404, "unknown_peer"), "{v}");
     let (s, v) = mesh
-        .post("/api/mesh-rtc/dial", Some(PEER), &json!({"from": "alpha"}))
+        .post(
+            "/api/mesh-rtc/dial",
+            Some(OPERATOR),
+            &json!({"from": "alpha"}),
+        )
         .await;
     assert_eq!((s, code(&v)), (400, "bad_json"), "{v}");
     let (s, v) = mesh.get("/api/mesh-rtc/links?limit=0", Some(READER)).await;
     assert_eq!((s, code(&v)), (400, "invalid_query"), "{v}");
     let big = json!({"from": "alpha", "peerTo": "x".repeat(70_000)});
-    let (s, v) = mesh.post("/api/mesh-rtc/dial", Some(PEER), &big).await;
+    let (s, v) = mesh.post("/api/mesh-rtc/dial", Some(OPERATOR), &big).await;
     assert_eq!((s, code(&v)), (413, "body_too_large"), "{v}");
 
     // A worker that is gone: the error names the peer and the step.
@@ -191,7 +218,7 @@ async fn refusals_carry_the_documented_codes() {
     let (s, v) = mesh
         .post(
             "/api/mesh-rtc/dial",
-            Some(PEER),
+            Some(OPERATOR),
             &json!({"from": "ghost", "peerTo": "alpha"}),
         )
         .await;
