@@ -183,10 +183,12 @@ impl WorkerConfig {
                 }
             },
             signaling_url: match env.optional(MESH_SIGNALING_URL) {
-                Some(url) if !(url.starts_with("ws://") || url.starts_with("wss://")) => {
+                // The worker answers whatever the server relays, so the server must be the real
+                // one: TLS, except to this machine.
+                Some(url) if !(url.starts_with("wss://") || is_loopback_ws(&url)) => {
                     return Err(env.invalid(
                         MESH_SIGNALING_URL,
-                        "a ws:// or wss:// URL (the proxy's /ws)",
+                        "a wss:// URL (the proxy's /ws; ws:// only to 127.0.0.1, [::1] or localhost)",
                     ));
                 }
                 url => url,
@@ -194,6 +196,22 @@ impl WorkerConfig {
             service,
         })
     }
+}
+
+/// `ws://` to this machine.
+fn is_loopback_ws(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("ws://") else {
+        return false;
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -263,6 +281,30 @@ mod tests {
         check(&[(QOS_INTERVAL_SECS, "0")], QOS_INTERVAL_SECS);
         check(&[(MESH_PROBE_INTERVAL_MS, "5")], MESH_PROBE_INTERVAL_MS);
         check(&[(MESH_PUBLIC_URL, "ftp://x")], MESH_PUBLIC_URL);
+        check(
+            &[(MESH_RECEIVE_WINDOW_BYTES, "1000")],
+            MESH_RECEIVE_WINDOW_BYTES,
+        );
+        for plain in [
+            "ws://proxy.example.com/ws",
+            "ws://10.0.0.1:8080/ws",
+            "https://x/ws",
+        ] {
+            check(&[(MESH_SIGNALING_URL, plain)], MESH_SIGNALING_URL);
+        }
+    }
+
+    #[test]
+    fn signaling_needs_tls_except_to_this_machine() {
+        for ok in [
+            "wss://proxy.example.com/ws",
+            "ws://127.0.0.1:8080/ws",
+            "ws://localhost:9/ws",
+            "ws://[::1]:9/ws",
+        ] {
+            let c = config(&[(MESH_SIGNALING_URL, ok)]).unwrap();
+            assert_eq!(c.signaling_url.as_deref(), Some(ok));
+        }
     }
 
     #[test]

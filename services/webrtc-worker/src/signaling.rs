@@ -22,6 +22,15 @@ use crate::worker::Worker;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A session that lasted this long resets the backoff; a shorter one (refused, replaced by a
+/// twin with our id) keeps backing off.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Silence before the connection counts as dead, until the server's `hello` says its idle
+/// time-out (it pings at a third of that).
+const DEFAULT_SILENCE: Duration = Duration::from_secs(120);
+/// Offers answered at once; more are refused until some finish.
+const MAX_PENDING_OFFERS: usize = 32;
 
 /// What an offer task reports back to the driver.
 enum Done {
@@ -30,16 +39,22 @@ enum Done {
 }
 
 /// Runs until the task is dropped (the worker's shutdown aborts it).
+// The driver's timers: how long a session lasted decides the backoff.
+#[allow(clippy::disallowed_methods)]
 pub async fn run(worker: Arc<Worker>, url: String) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        match session(&worker, &url).await {
+        let began = tokio::time::Instant::now();
+        let outcome = session(&worker, &url).await;
+        if began.elapsed() >= HEALTHY_SESSION {
+            backoff = BACKOFF_MIN;
+        }
+        match outcome {
             Ok(()) => {
-                tracing::warn!(%url, "signaling connection closed; reconnecting");
-                backoff = BACKOFF_MIN;
+                tracing::warn!(%url, retry_in_ms = backoff.as_millis() as u64, "signaling connection closed; reconnecting")
             }
             Err(e) => {
-                tracing::warn!(%url, error = %e, retry_in_ms = backoff.as_millis() as u64, "signaling connection failed");
+                tracing::warn!(%url, error = %e, retry_in_ms = backoff.as_millis() as u64, "signaling connection failed")
             }
         }
         tokio::time::sleep(backoff).await;
@@ -48,14 +63,22 @@ pub async fn run(worker: Arc<Worker>, url: String) {
 }
 
 async fn session(worker: &Arc<Worker>, url: &str) -> anyhow::Result<()> {
-    let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url))
+        .await
+        .map_err(|_| anyhow::anyhow!("no WebSocket connection within {CONNECT_TIMEOUT:?}"))??;
     let (mut sink, mut stream) = ws.split();
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(64);
     // Candidates from peers whose offer is still being answered.
     let mut held: HashMap<PeerId, Vec<IceCandidate>> = HashMap::new();
+    let mut silence = DEFAULT_SILENCE;
     loop {
         tokio::select! {
-            frame = stream.next() => {
+            frame = tokio::time::timeout(silence, stream.next()) => {
+                // The server pings well within its idle time-out; nothing at all means the path
+                // is gone (a NAT or load balancer dropped it without a word).
+                let Ok(frame) = frame else {
+                    anyhow::bail!("nothing from the signaling server for {silence:?}");
+                };
                 let Some(frame) = frame else { return Ok(()) };
                 let text = match frame? {
                     Message::Text(t) => t,
@@ -69,6 +92,9 @@ async fn session(worker: &Arc<Worker>, url: &str) -> anyhow::Result<()> {
                         continue;
                     }
                 };
+                if let ServerMessage::Hello { limits, .. } = &msg {
+                    silence = Duration::from_secs(limits.idle_timeout_secs.max(1) * 2);
+                }
                 if let Some(reply) = on_message(worker, msg, &mut held, &done_tx).await {
                     sink.send(Message::text(serde_json::to_string(&reply)?)).await?;
                 }
@@ -112,6 +138,12 @@ async fn on_message(
             None
         }
         ServerMessage::Offer { from, sdp } => {
+            // One offer per peer at a time (a second would race the first for the same link),
+            // and a bounded number in all.
+            if held.contains_key(&from) || held.len() >= MAX_PENDING_OFFERS {
+                tracing::warn!(peer = %from, pending = held.len(), "relayed offer ignored: one from this peer is still being answered, or too many are");
+                return None;
+            }
             held.insert(from.clone(), Vec::new());
             let worker = worker.clone();
             let done = done.clone();

@@ -26,6 +26,15 @@ use crate::transport::{Channel, ConnEvent, ConnState, Connection, Transport, Tra
 /// Largest message the mesh channel carries: the SCTP max-message-size we advertise.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// Whether an offer from a peer we are already linked with replaces that link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    /// A signed, fresh offer: the peer restarted and lost the old connection.
+    Yes,
+    /// A relayed offer, vouched for only by the signaling server.
+    No,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("peer {0} is not registered")]
@@ -256,7 +265,7 @@ impl Worker {
         let key = self.registered_key(&offer.peer_from).await?;
         lock(&self.verifier).verify(&offer, &key, self.clock.now_ms())?;
         let sdp = self
-            .answer_offer(offer.peer_from.clone(), &offer.sdp)
+            .answer_offer(offer.peer_from.clone(), &offer.sdp, Replace::Yes)
             .await?;
         let mut answer = Answer::new(self.id().clone(), offer.peer_from, sdp, self.clock.now_ms());
         answer.sign(&self.identity)?;
@@ -274,7 +283,8 @@ impl Worker {
         if &from == self.id() {
             return Err(WorkerError::SelfDial);
         }
-        self.answer_offer(from, sdp).await
+        // Relayed offers carry no signature of their own, so they never replace a link.
+        self.answer_offer(from, sdp, Replace::No).await
     }
 
     /// A candidate `from` trickled for its connection to us.
@@ -295,6 +305,7 @@ impl Worker {
         self: &Arc<Self>,
         from: PeerId,
         offer_sdp: &str,
+        replace: Replace,
     ) -> Result<String, WorkerError> {
         // Glare: when both sides dialled, the lower id's offer wins.
         let replaced = {
@@ -308,6 +319,9 @@ impl Worker {
                     return Err(WorkerError::Glare {
                         winner: self.id().clone(),
                     });
+                }
+                Some(_) if replace == Replace::No => {
+                    return Err(WorkerError::LinkExists(from));
                 }
                 // A verified, fresh offer from a peer we think we are linked with means it lost
                 // the old connection (it restarted): the new one replaces it.
