@@ -19,3 +19,10 @@ pub fn install_crypto_provider() {
     // Err means a provider is already installed, which is what we want.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
+
+/// Locks a mutex, ignoring poisoning. For the short critical sections services keep (a map
+/// insert, a counter update) that leave the data consistent even if a panic interrupted the
+/// holder; refusing every later request over one panic would be worse.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -245,7 +245,7 @@ async fn connect(
     let step = Mutex::new(Step::Dial);
     let deadline = proxy.connect_timeout;
     let outcome = tokio::time::timeout(deadline, proxy.connect(&req.a, &req.b, &step)).await;
-    let reached = *step.lock().unwrap_or_else(|p| p.into_inner());
+    let reached = *mesh_service::lock(&step);
     let result = match outcome {
         Ok(result) => result,
         Err(_) => Err(ApiError::new(
@@ -342,7 +342,7 @@ impl Proxy {
     }
 
     async fn connect(&self, a: &PeerId, b: &PeerId, step: &Mutex<Step>) -> ApiResult<Link> {
-        let at = |s: Step| *step.lock().unwrap_or_else(|p| p.into_inner()) = s;
+        let at = |s: Step| *mesh_service::lock(step) = s;
         let offer = self.dial(a, b).await?;
         at(Step::Offer);
         let answer = self.forward_offer(&offer).await?;

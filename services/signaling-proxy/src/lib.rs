@@ -70,7 +70,7 @@ impl Proxy {
 
     /// Signature by `key`, freshness and no replay.
     pub fn verify<T: Signed>(&self, msg: &T, key: &PublicKey) -> Result<(), ApiError> {
-        let mut verifier = self.verifier.lock().unwrap_or_else(|p| p.into_inner());
+        let mut verifier = mesh_service::lock(&self.verifier);
         Ok(verifier.verify(msg, key, now_ms())?)
     }
 }

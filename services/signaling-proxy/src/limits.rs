@@ -11,7 +11,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use mesh_service::ApiError;
+use mesh_service::{ApiError, lock};
 
 use crate::auth::Principal;
 
@@ -114,11 +114,6 @@ pub struct RateLimits {
     per_credential: Mutex<Keyed<String>>,
     client_ip_header: Option<String>,
     start: Instant,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A bucket update cannot be left half-done by a panic elsewhere.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn retry_secs(wait: Duration) -> u64 {

@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
-use mesh_service::ApiError;
+use mesh_service::{ApiError, lock};
 use mesh_types::PeerId;
 use mesh_types::signaling::{ClientMessage, RegisterProof, ServerMessage, WsLimits};
 use std::time::Duration;
@@ -109,11 +109,6 @@ pub struct Hub {
     sessions: Mutex<HashMap<PeerId, Session>>,
     connections: AtomicUsize,
     next_conn: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Critical sections are single map operations; a panic cannot leave the map half-changed.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Hub {

@@ -28,11 +28,7 @@ pub use worker::Worker;
 use crate::transport::{Transport, TransportConfig};
 use crate::worker::Timings;
 
-/// Locks a mutex, ignoring poisoning: every critical section in this crate is a few map or slot
-/// operations that leave the data consistent even if a panic interrupts the holder.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+pub(crate) use mesh_service::lock;
 
 /// The worker's whole HTTP surface with the shared layers.
 pub fn app(worker: Arc<Worker>, limits: &HttpLimits) -> Router {
