@@ -4,6 +4,8 @@
 //!
 //! Invariant: no IO, no tasks, no clock, no OS randomness (as in mesh-types).
 
+pub mod hlc;
+pub mod merge;
 pub mod select;
 
 pub use select::{Candidate, Selection, SelectionConfig, select};
