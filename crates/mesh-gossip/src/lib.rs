@@ -7,5 +7,6 @@
 pub mod hlc;
 pub mod merge;
 pub mod select;
+pub mod trust;
 
 pub use select::{Candidate, Selection, SelectionConfig, select};
