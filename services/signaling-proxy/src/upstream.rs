@@ -196,23 +196,17 @@ impl Upstream {
         // The worker's own JSON error keeps its code (it says what was wrong, e.g.
         // `link_exists`); the status is always the gateway's, 502, so a worker's 401 or 404 is
         // never mistaken for the proxy's own.
-        let code = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| Some(v.get("error")?.get("code")?.as_str()?.to_string()))
+        let refusal = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+        let field = |name: &str| {
+            refusal
+                .as_ref()
+                .and_then(|v| v.get("error")?.get(name)?.as_str().map(str::to_string))
+        };
+        let code = field("code")
             .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
             .unwrap_or_else(|| "upstream_error".into());
-        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| {
-                Some(
-                    v.get("error")?
-                        .get("message")?
-                        .as_str()?
-                        .chars()
-                        .take(500)
-                        .collect::<String>(),
-                )
-            })
+        let message = field("message")
+            .map(|m| m.chars().take(500).collect::<String>())
             .unwrap_or_else(|| format!("HTTP {status}"));
         Err(fail(
             StatusCode::BAD_GATEWAY,
