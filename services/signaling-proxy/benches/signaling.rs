@@ -67,7 +67,7 @@ impl Server {
 
 fn proxy() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let token = hex::encode(signaling_proxy::auth::sha256("bench"));
+    let token = signaling_proxy::auth::sha256_hex("bench");
     let mut child = Command::new(env!("CARGO_BIN_EXE_signaling-proxy"))
         .env("PORT", "0")
         .env("MESH_LOG_FORMAT", "json")

@@ -17,8 +17,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::Proxy;
-use crate::auth::{Caller, Role};
 use crate::upstream::Step;
+use mesh_auth::{Caller, Role};
 
 type ApiResult<T> = Result<T, ApiError>;
 

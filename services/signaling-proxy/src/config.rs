@@ -1,7 +1,6 @@
 //! The proxy's configuration, read once from the environment and validated: credentials, the
 //! peer allowlist, CORS, rate limits, upstream time-outs and WebSocket limits.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::http::HeaderValue;
@@ -9,15 +8,8 @@ use mesh_service::config::{Env, ProcessEnv, Source};
 use mesh_service::{ConfigError, ServiceConfig};
 use mesh_types::{PeerId, PublicKey};
 
-use crate::auth::{Role, TokenEntry};
-use crate::oidc::{GOOGLE_ISSUER, GOOGLE_JWKS_URL, OidcConfig};
+use mesh_auth::AuthConfig;
 
-pub const MESH_API_TOKENS: &str = "MESH_API_TOKENS";
-pub const MESH_API_TOKENS_FILE: &str = "MESH_API_TOKENS_FILE";
-pub const MESH_OIDC_AUDIENCE: &str = "MESH_OIDC_AUDIENCE";
-pub const MESH_OIDC_ISSUER: &str = "MESH_OIDC_ISSUER";
-pub const MESH_OIDC_JWKS_URL: &str = "MESH_OIDC_JWKS_URL";
-pub const MESH_OIDC_PRINCIPALS: &str = "MESH_OIDC_PRINCIPALS";
 pub const MESH_PEER_ALLOWLIST: &str = "MESH_PEER_ALLOWLIST";
 pub const MESH_CORS_ORIGINS: &str = "MESH_CORS_ORIGINS";
 pub const MESH_RATE_PER_IP: &str = "MESH_RATE_PER_IP";
@@ -30,9 +22,6 @@ pub const MESH_WS_MAX_MESSAGE_BYTES: &str = "MESH_WS_MAX_MESSAGE_BYTES";
 pub const MESH_WS_MESSAGES_PER_SEC: &str = "MESH_WS_MESSAGES_PER_SEC";
 pub const MESH_WS_IDLE_SECS: &str = "MESH_WS_IDLE_SECS";
 pub const MESH_WS_ANONYMOUS: &str = "MESH_WS_ANONYMOUS";
-
-const TOKEN_FORMAT: &str =
-    "entries `name:role:sha256-hex` (role read, peer or operator), comma- or newline-separated";
 
 /// Who may register: peer ids and/or public keys. Empty: everyone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,9 +56,8 @@ pub struct WsConfig {
 #[derive(Debug)]
 pub struct ProxyConfig {
     pub service: ServiceConfig,
-    pub tokens: Vec<TokenEntry>,
-    /// OIDC ID tokens as credentials (on when `MESH_OIDC_AUDIENCE` is set).
-    pub oidc: Option<OidcConfig>,
+    /// API tokens and OIDC.
+    pub auth: AuthConfig,
     pub allowlist: Allowlist,
     /// Origins allowed to call from a browser (exact `scheme://host[:port]`, as browsers send).
     pub cors_origins: Vec<HeaderValue>,
@@ -95,69 +83,7 @@ impl ProxyConfig {
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let service = ServiceConfig::from_source("signaling-proxy", source)?;
         let env = Env::new(source);
-        let mut tokens = Vec::new();
-        if let Some(list) = env.optional(MESH_API_TOKENS) {
-            tokens.extend(
-                parse_tokens(&list).map_err(|_| env.invalid(MESH_API_TOKENS, TOKEN_FORMAT))?,
-            );
-        }
-        if let Some(path) = env.optional(MESH_API_TOKENS_FILE) {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                env.invalid(
-                    MESH_API_TOKENS_FILE,
-                    format!("a readable file ({path}: {e})"),
-                )
-            })?;
-            tokens.extend(
-                parse_tokens(&text).map_err(|_| env.invalid(MESH_API_TOKENS_FILE, TOKEN_FORMAT))?,
-            );
-        }
-        let mut names = std::collections::HashSet::new();
-        for t in &tokens {
-            if !names.insert(t.name.clone()) {
-                return Err(
-                    env.invalid(MESH_API_TOKENS, format!("unique names ({} twice)", t.name))
-                );
-            }
-        }
-        let oidc = match env.optional(MESH_OIDC_AUDIENCE) {
-            None => None,
-            Some(audience) => {
-                const PRINCIPALS: &str =
-                    "`email=role` entries (role read, peer or operator), comma-separated";
-                let list = env.required(MESH_OIDC_PRINCIPALS, PRINCIPALS)?;
-                let mut principals = HashMap::new();
-                for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-                    let (who, role) = entry
-                        .split_once('=')
-                        .ok_or_else(|| env.invalid(MESH_OIDC_PRINCIPALS, PRINCIPALS))?;
-                    let role: Role = role
-                        .parse()
-                        .map_err(|()| env.invalid(MESH_OIDC_PRINCIPALS, PRINCIPALS))?;
-                    principals.insert(who.to_string(), role);
-                }
-                Some(OidcConfig {
-                    issuer: env
-                        .optional(MESH_OIDC_ISSUER)
-                        .unwrap_or_else(|| GOOGLE_ISSUER.into()),
-                    audience,
-                    jwks_url: env
-                        .http_url(MESH_OIDC_JWKS_URL)?
-                        .unwrap_or_else(|| GOOGLE_JWKS_URL.into()),
-                    principals,
-                })
-            }
-        };
-        if tokens.is_empty() && oidc.is_none() {
-            return Err(ConfigError::Missing {
-                key: MESH_API_TOKENS,
-                expected: format!(
-                    "at least one API credential ({TOKEN_FORMAT}), here or in \
-                     {MESH_API_TOKENS_FILE}, or OIDC ({MESH_OIDC_AUDIENCE} and \
-                     {MESH_OIDC_PRINCIPALS})"
-                ),
-            });
-        }
+        let auth = AuthConfig::from_env(&env)?;
         let allowlist = match env.optional(MESH_PEER_ALLOWLIST) {
             None => Allowlist::default(),
             Some(list) => parse_allowlist(&list).map_err(|_| {
@@ -218,8 +144,7 @@ impl ProxyConfig {
             ));
         }
         Ok(ProxyConfig {
-            tokens,
-            oidc,
+            auth,
             allowlist,
             cors_origins,
             rate_per_ip: rate(MESH_RATE_PER_IP, 100)?,
@@ -256,32 +181,6 @@ fn parse_origin(origin: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(origin).ok()
 }
 
-/// Parses `name:role:sha256-hex` entries; `#` starts a comment line.
-fn parse_tokens(text: &str) -> Result<Vec<TokenEntry>, ()> {
-    text.split([',', '\n'])
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|entry| {
-            let mut parts = entry.splitn(3, ':');
-            let (Some(name), Some(role), Some(hash)) = (parts.next(), parts.next(), parts.next())
-            else {
-                return Err(());
-            };
-            let role: Role = role.parse()?;
-            let hash = hex::decode(hash.strip_prefix("sha256-").unwrap_or(hash)).map_err(|_| ())?;
-            let sha256: [u8; 32] = hash.try_into().map_err(|_| ())?;
-            if name.is_empty() {
-                return Err(());
-            }
-            Ok(TokenEntry {
-                name: name.to_string(),
-                role,
-                sha256,
-            })
-        })
-        .collect()
-}
-
 fn parse_allowlist(list: &str) -> Result<Allowlist, ()> {
     let mut allow = Allowlist::default();
     for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -298,6 +197,8 @@ fn parse_allowlist(list: &str) -> Result<Allowlist, ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_auth::config::MESH_API_TOKENS;
+    use std::collections::HashMap;
 
     fn config(vars: &[(&str, &str)]) -> Result<ProxyConfig, ConfigError> {
         let map: HashMap<&str, &str> = vars.iter().copied().collect();
@@ -311,7 +212,7 @@ mod tests {
         let err = config(&[]).unwrap_err().to_string();
         assert!(err.contains(MESH_API_TOKENS), "{err}");
         let ok = config(&[(MESH_API_TOKENS, &format!("ops:operator:{HASH}"))]).unwrap();
-        assert_eq!(ok.tokens[0].role, Role::Operator);
+        assert_eq!(ok.auth.tokens[0].role, mesh_auth::Role::Operator);
         assert_eq!(ok.ws.max_message_bytes, 65_536);
     }
 
@@ -338,13 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn token_lists_and_allowlists_parse() {
-        let t = parse_tokens(&format!(
-            "# ops\nops:operator:{HASH}\n, dash:read:sha256-{HASH}"
-        ))
-        .unwrap();
-        assert_eq!(t.len(), 2);
-        assert_eq!(t[1].role, Role::Read);
+    fn allowlists_parse() {
         let a = parse_allowlist("peer-1, peer-2").unwrap();
         assert_eq!(a.ids.len(), 2);
         assert!(!a.is_open());

@@ -5,10 +5,9 @@
 //! `app` builds the router (tests call it without a socket); `run` is what `main` calls.
 
 pub mod api;
-pub mod auth;
+pub use mesh_auth as auth;
 pub mod config;
 pub mod limits;
-pub mod oidc;
 pub mod upstream;
 pub mod ws;
 
@@ -30,11 +29,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use config::ProxyConfig;
 
-use crate::auth::Credentials;
 use crate::config::Allowlist;
 use crate::limits::RateLimits;
 use crate::upstream::Upstream;
 use crate::ws::Hub;
+use mesh_auth::Credentials;
 
 /// Wall-clock milliseconds: the proxy's one clock read (a driver may).
 #[allow(clippy::disallowed_methods)]
@@ -86,12 +85,8 @@ pub struct Gate {
 
 impl Gate {
     pub fn new(config: &ProxyConfig) -> anyhow::Result<Self> {
-        let oidc = match &config.oidc {
-            Some(c) => Some(oidc::Oidc::new(c.clone(), config.upstream_timeout)?),
-            None => None,
-        };
         Ok(Gate {
-            credentials: Arc::new(Credentials::with_oidc(&config.tokens, oidc)),
+            credentials: Arc::new(config.auth.credentials(config.upstream_timeout)?),
             limits: Arc::new(RateLimits::new(
                 config.rate_per_ip,
                 config.rate_per_credential,
@@ -117,7 +112,7 @@ pub fn app(proxy: Arc<Proxy>, gate: &Gate) -> Router {
         .layer(from_fn_with_state(gate.limits.clone(), limits::rate_limit))
         .layer(from_fn_with_state(
             gate.credentials.clone(),
-            auth::authenticate,
+            mesh_auth::authenticate,
         ));
     if !gate.cors_origins.is_empty() {
         routes = routes.layer(
@@ -141,7 +136,7 @@ pub async fn run(
     let proxy = Arc::new(Proxy::new(&config, store)?);
     let gate = Gate::new(&config)?;
     let local = listener.local_addr()?;
-    tracing::info!(%local, credentials = config.tokens.len(), "signaling-proxy serving");
+    tracing::info!(%local, credentials = config.auth.tokens.len(), "signaling-proxy serving");
     serve(
         listener,
         app(proxy, &gate),

@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mesh_service::{ApiError, lock};
 
-use crate::auth::Principal;
+use mesh_auth::Principal;
 
 /// `rate` tokens a second, at most `burst` saved up. Sans-IO: every call takes `now` (time since
 /// any fixed start), so the rules are tested with a manual clock.
@@ -232,7 +232,7 @@ pub async fn rate_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Role;
+    use mesh_auth::Role;
 
     const S: Duration = Duration::from_secs(1);
 

@@ -4,52 +4,19 @@
 
 mod common;
 
-use base64::Engine as _;
 use common::Mesh;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-const ISSUER: &str = "https://issuer.test";
+use mesh_testkit::oidc::{ISSUER, jwk, jwks_server};
+
 const AUDIENCE: &str = "https://proxy.test";
 
-/// PKCS#8 v1 DER of an Ed25519 private key: a fixed prefix (RFC 8410) and the 32-byte seed.
-fn pkcs8(seed: [u8; 32]) -> Vec<u8> {
-    let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
-    der.extend_from_slice(&seed);
-    der
-}
-
-fn jwk(kid: &str, seed: [u8; 32]) -> Value {
-    let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
-    json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid,
-           "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public.as_bytes())})
-}
-
 fn token(kid: &str, seed: [u8; 32], claims: Value) -> String {
-    let mut header = Header::new(Algorithm::EdDSA);
-    header.kid = Some(kid.into());
-    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&pkcs8(seed))).unwrap()
+    mesh_testkit::oidc::token(kid, seed, &claims)
 }
 
 fn claims(email: &str, aud: &str, exp_from_now: i64) -> Value {
-    let now = (common::now_ms() / 1000) as i64;
-    json!({"iss": ISSUER, "aud": aud, "sub": format!("sub-{email}"), "email": email,
-           "email_verified": true, "iat": now, "exp": now + exp_from_now})
-}
-
-/// Serves `jwks` at `/certs` on a free loopback port; returns its URL.
-async fn jwks_server(jwks: Value) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/certs", listener.local_addr().unwrap());
-    let app = axum::Router::new().route(
-        "/certs",
-        axum::routing::get(move || {
-            let jwks = jwks.clone();
-            async move { axum::Json(jwks) }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    mesh_testkit::oidc::claims(email, aud, exp_from_now)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,7 @@ pub const READER: &str = "test-read-token";
 pub const PEER: &str = "test-peer-token";
 
 pub fn tokens_env() -> String {
-    let h = |t: &str| hex::encode(signaling_proxy::auth::sha256(t));
+    let h = |t: &str| signaling_proxy::auth::sha256_hex(t);
     format!(
         "ops:operator:{},dash:read:{},worker:peer:{}",
         h(OPERATOR),

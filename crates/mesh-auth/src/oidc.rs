@@ -40,7 +40,7 @@ pub enum OidcError {
     #[error("{0}")]
     Invalid(String),
     /// Valid, but its subject has no role here.
-    #[error("{0} has no role on this proxy")]
+    #[error("{0} has no role on this service")]
     Unmapped(String),
     /// The keys could not be fetched.
     #[error("fetching the issuer's keys: {0}")]

@@ -126,6 +126,11 @@ pub fn sha256(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The hash as configuration holds it (`name:role:<this>`).
+pub fn sha256_hex(token: &str) -> String {
+    hex::encode(sha256(token))
+}
+
 /// Resolves the `Authorization` header into a [`Principal`] extension; refuses a malformed or
 /// unknown credential with 401, and lets a request without one through to the routes that
 /// decide.
