@@ -109,7 +109,7 @@ fn oidc_config(env: &Env<'_>, audience: String) -> Result<OidcConfig, ConfigErro
 }
 
 /// Parses `name:role:sha256-hex` entries; `#` starts a comment line.
-pub fn parse_tokens(text: &str) -> Result<Vec<TokenEntry>, ()> {
+fn parse_tokens(text: &str) -> Result<Vec<TokenEntry>, ()> {
     text.split([',', '\n'])
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
