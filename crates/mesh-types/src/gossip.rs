@@ -1,5 +1,6 @@
-//! Gossip wire shapes: the signed envelope `{id, ts, kind, payload, from, hlc, ttl, hops, sig}`,
-//! its hybrid logical clock stamp, and the audit record each gossip run leaves behind.
+//! Gossip wire shapes (proto/GOSSIP.md): the signed envelope `{id, ts, kind, payload, from, hlc,
+//! ttl, hops, sig}`, the signed state entries a telemetry payload carries, the signed delivery
+//! that carries an envelope over HTTPS, the DataChannel frames, and the audit record.
 //! The selection, HLC and merge rules live in mesh-gossip; these are only the shapes.
 
 use serde::{Deserialize, Serialize};
@@ -102,6 +103,192 @@ impl Signed for Envelope {
     }
 }
 
+/// The envelope kind whose payload is a [`TelemetryPayload`].
+pub const TELEMETRY: &str = "telemetry";
+
+/// One key of the gossiped state, as its origin signed it: relayed verbatim by everyone who
+/// learns it, so a relay can pass on what it heard but never forge or alter it. An origin may
+/// write only keys that end in `/<origin>` (see [`GossipEntry::validate`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GossipEntry {
+    pub key: String,
+    pub origin: PeerId,
+    pub hlc: Hlc,
+    pub value: serde_json::Value,
+    #[serde(default)]
+    pub sig: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<KeyId>,
+}
+
+impl GossipEntry {
+    /// The key an origin's telemetry lives under.
+    pub fn telemetry_key(origin: &PeerId) -> String {
+        format!("telemetry/{origin}")
+    }
+
+    /// Checks what serde cannot: the key is at most 128 bytes and belongs to its origin.
+    pub fn validate(&self) -> Result<(), Error> {
+        let owned = self
+            .key
+            .rsplit_once('/')
+            .is_some_and(|(_, owner)| owner == self.origin.as_str());
+        if self.key.len() > 128 || !owned {
+            return Err(Error::InvalidField {
+                field: "key",
+                reason: format!(
+                    "{:?} must end in /{} (an origin writes only its own keys), at most 128 bytes",
+                    self.key, self.origin
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Signed for GossipEntry {
+    const DOMAIN: &'static str = "gossip-entry";
+
+    fn signer(&self) -> &PeerId {
+        &self.origin
+    }
+    fn ts(&self) -> UnixMillis {
+        self.hlc.wall_ms
+    }
+    fn signing_bytes(&self) -> Result<Vec<u8>, Error> {
+        let value =
+            serde_jcs::to_vec(&self.value).map_err(|e| Error::Canonicalisation(e.to_string()))?;
+        Ok(CanonicalWriter::new(Self::DOMAIN)
+            .str(&self.key)
+            .str(self.origin.as_str())
+            .u64(self.hlc.wall_ms)
+            .u64(u64::from(self.hlc.counter))
+            .bytes(&value)
+            .finish())
+    }
+    fn sig(&self) -> &str {
+        &self.sig
+    }
+    fn kid(&self) -> Option<&KeyId> {
+        self.kid.as_ref()
+    }
+    fn set_signature(&mut self, sig: Signature, kid: KeyId) {
+        self.sig = sig.to_base64();
+        self.kid = Some(kid);
+    }
+}
+
+/// The payload of a `telemetry` envelope: the origin's own entry first, then what it has
+/// learned, newest first, within the envelope's size budget.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TelemetryPayload {
+    pub entries: Vec<GossipEntry>,
+}
+
+/// One link in a telemetry entry's value: the origin's view of its link to `peer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkSummary {
+    pub peer: PeerId,
+    pub health: crate::Health,
+    #[serde(flatten)]
+    pub qos: crate::LinkQos,
+}
+
+/// The value of a `telemetry/<origin>` entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Telemetry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    pub links: Vec<LinkSummary>,
+}
+
+/// An envelope handed from one peer to the next over HTTPS, signed by the sender (not the
+/// origin): it says who passes the envelope on, to whom and when, so the receiver can apply
+/// that sender's rate limit and refuse a replayed request. Over a DataChannel the link itself
+/// (DTLS, keyed by signed offers) says who is sending.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    pub sender: PeerId,
+    pub to: PeerId,
+    pub ts: UnixMillis,
+    pub envelope: Envelope,
+    #[serde(default)]
+    pub sig: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<KeyId>,
+}
+
+impl Signed for Delivery {
+    const DOMAIN: &'static str = "gossip-delivery";
+
+    fn signer(&self) -> &PeerId {
+        &self.sender
+    }
+    fn ts(&self) -> UnixMillis {
+        self.ts
+    }
+    fn signing_bytes(&self) -> Result<Vec<u8>, Error> {
+        // The envelope is bound by its origin's signature and its hop count.
+        Ok(CanonicalWriter::new(Self::DOMAIN)
+            .str(self.sender.as_str())
+            .str(self.to.as_str())
+            .u64(self.ts)
+            .str(self.envelope.from.as_str())
+            .str(&self.envelope.id)
+            .u64(u64::from(self.envelope.hops))
+            .str(&self.envelope.sig)
+            .finish())
+    }
+    fn sig(&self) -> &str {
+        &self.sig
+    }
+    fn kid(&self) -> Option<&KeyId> {
+        self.kid.as_ref()
+    }
+    fn set_signature(&mut self, sig: Signature, kid: KeyId) {
+        self.sig = sig.to_base64();
+        self.kid = Some(kid);
+    }
+}
+
+/// What a receiver made of an envelope: the body of `POST /gossip`'s answer and of an ack frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// New: verified, merged (and forwarded while its ttl lasts).
+    Accepted,
+    /// Already seen by another path: nothing to do, and not an error.
+    Duplicate,
+    /// Refused; the ack's `code` says why.
+    Rejected,
+}
+
+/// A message on a link's `gossip` DataChannel (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum GossipFrame {
+    Envelope {
+        envelope: Envelope,
+    },
+    /// The receiver's answer to an envelope from this link.
+    #[serde(rename_all = "camelCase")]
+    Ack {
+        /// The envelope's origin and id.
+        from: PeerId,
+        id: String,
+        outcome: Outcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+}
+
 /// How a gossip target was reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -133,7 +320,11 @@ pub struct AuditRecord {
     pub ts: UnixMillis,
     /// What is audited: `push` (a gossip run), `reject` (an envelope refused), `drop` (rate limit).
     pub kind: String,
+    /// The pushing peer (`push`), or the peer that handed over the refused envelope.
     pub from: PeerId,
+    /// The peer that refused or dropped the envelope (`reject`, `drop`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_by: Option<PeerId>,
     pub fanout: u32,
     pub succeeded: u32,
     pub failed: u32,

@@ -11,12 +11,16 @@ mod identity;
 mod link;
 pub mod peer;
 mod peer_id;
+pub mod rate;
 mod sdp;
 pub mod signaling;
 pub mod signing;
 
 pub use error::{Error, VerifyError};
-pub use gossip::{AuditRecord, AuditTarget, Envelope, Hlc, Transport};
+pub use gossip::{
+    AuditRecord, AuditTarget, Delivery, Envelope, GossipEntry, GossipFrame, Hlc, LinkSummary,
+    Outcome, TELEMETRY, Telemetry, TelemetryPayload, Transport,
+};
 pub use identity::{Identity, KeyId, PublicKey, Signature};
 pub use link::{Health, Link, LinkId, LinkQos};
 pub use peer::{Endpoints, Peer, PeerRegistration};

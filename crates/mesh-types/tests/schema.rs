@@ -163,6 +163,7 @@ fn schemas_match_the_types() {
         id: "r".into(),
         ts: 1,
         kind: "push".into(),
+        recorded_by: Some(PeerId::new("r").unwrap()),
         from: p("a"),
         fanout: 1,
         succeeded: 0,
@@ -172,6 +173,7 @@ fn schemas_match_the_types() {
         reason: Some("x".into()),
     };
     let minimal_audit = AuditRecord {
+        recorded_by: None,
         envelope_id: None,
         targets: vec![],
         reason: None,

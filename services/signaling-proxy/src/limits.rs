@@ -1,8 +1,6 @@
 //! Per-client-address and per-credential request rate limits (sans-IO token buckets):
 //! an over-limit request gets 429 with `Retry-After`, before any work is done for it.
 
-use std::collections::HashMap;
-use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,101 +10,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mesh_service::{ApiError, lock};
+use mesh_types::rate::{Keyed, Quota};
 
 use mesh_auth::Principal;
-
-/// `rate` tokens a second, at most `burst` saved up. Sans-IO: every call takes `now` (time since
-/// any fixed start), so the rules are tested with a manual clock.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Quota {
-    rate: f64,
-    burst: f64,
-}
-
-impl Quota {
-    /// `per_second` a second, with bursts of twice that.
-    pub fn per_second(per_second: u32) -> Self {
-        let rate = f64::from(per_second.max(1));
-        Quota {
-            rate,
-            burst: 2.0 * rate,
-        }
-    }
-
-    /// A full bucket, as of `now`.
-    pub fn bucket(&self, now: Duration) -> Bucket {
-        Bucket {
-            tokens: self.burst,
-            at: now,
-        }
-    }
-
-    /// Takes a token from `bucket`, or says how long until one is there.
-    pub fn take(&self, bucket: &mut Bucket, now: Duration) -> Result<(), Duration> {
-        let elapsed = now.saturating_sub(bucket.at).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
-        bucket.at = now.max(bucket.at);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
-        }
-    }
-
-    /// Whether `bucket` would be full by `now`: it then says nothing a new bucket would not.
-    fn is_full(&self, bucket: &Bucket, now: Duration) -> bool {
-        bucket.tokens + now.saturating_sub(bucket.at).as_secs_f64() * self.rate >= self.burst
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Bucket {
-    tokens: f64,
-    at: Duration,
-}
-
-/// One bucket per key. Buckets that have refilled are dropped (a new one would be the same), so
-/// memory follows the clients active in the last few seconds, not every client ever seen.
-#[derive(Debug)]
-pub struct Keyed<K> {
-    quota: Quota,
-    buckets: HashMap<K, Bucket>,
-    /// Prune when the map reaches this size (doubled after each prune that frees little).
-    prune_at: usize,
-}
-
-impl<K: Hash + Eq + Clone> Keyed<K> {
-    pub fn new(quota: Quota) -> Self {
-        Keyed {
-            quota,
-            buckets: HashMap::new(),
-            prune_at: 1024,
-        }
-    }
-
-    pub fn check(&mut self, key: &K, now: Duration) -> Result<(), Duration> {
-        if self.buckets.len() >= self.prune_at {
-            let quota = self.quota;
-            self.buckets.retain(|_, b| !quota.is_full(b, now));
-            self.prune_at = (self.buckets.len() * 2).max(1024);
-        }
-        let quota = self.quota;
-        let bucket = self
-            .buckets
-            .entry(key.clone())
-            .or_insert_with(|| quota.bucket(now));
-        quota.take(bucket, now)
-    }
-
-    pub fn len(&self) -> usize {
-        self.buckets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
-    }
-}
 
 #[derive(Debug)]
 pub struct RateLimits {
@@ -235,46 +141,6 @@ mod tests {
     use mesh_auth::Role;
 
     const S: Duration = Duration::from_secs(1);
-
-    #[test]
-    fn a_bucket_refills_at_its_rate_up_to_its_burst() {
-        let q = Quota::per_second(2);
-        let mut b = q.bucket(Duration::ZERO);
-        for _ in 0..4 {
-            assert!(
-                q.take(&mut b, Duration::ZERO).is_ok(),
-                "burst of twice the rate"
-            );
-        }
-        assert_eq!(
-            q.take(&mut b, Duration::ZERO),
-            Err(Duration::from_millis(500))
-        );
-        assert!(q.take(&mut b, Duration::from_millis(500)).is_ok());
-        assert!(q.take(&mut b, Duration::from_millis(500)).is_err());
-        // A long rest saves up no more than the burst.
-        let later = Duration::from_secs(60);
-        let taken = (0..10).filter(|_| q.take(&mut b, later).is_ok()).count();
-        assert_eq!(taken, 4);
-    }
-
-    #[test]
-    fn idle_keys_are_forgotten_only_once_refilled() {
-        let mut k = Keyed::new(Quota::per_second(1));
-        for i in 0..1024u32 {
-            assert!(k.check(&i, Duration::ZERO).is_ok());
-        }
-        assert_eq!(k.len(), 1024);
-        // Every bucket has one of two tokens left: not full yet, nothing is dropped.
-        assert!(k.check(&5000, Duration::ZERO).is_ok());
-        assert_eq!(k.len(), 1025);
-        // A second later they are full again and go; only the live one stays.
-        for i in 0..2048u32 {
-            let _ = k.check(&(10_000 + i), 3 * S);
-        }
-        assert!(k.len() < 2048 + 1, "{}", k.len());
-        assert!(k.check(&10_000, 3 * S).is_ok());
-    }
 
     #[test]
     fn a_burst_passes_then_the_address_is_refused() {

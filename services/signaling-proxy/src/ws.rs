@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::Proxy;
 use crate::config::WsConfig;
-use crate::limits::{Bucket, Quota};
+use mesh_types::rate::{Bucket, Quota};
 
 /// Ids the server assigns to anonymous clients start with this; no peer may register one, so no
 /// registered key can take over an anonymous client's id (they are listed to everyone).

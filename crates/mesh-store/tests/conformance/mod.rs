@@ -66,6 +66,7 @@ fn audit(id: &str, ts: u64) -> AuditRecord {
         id: id.into(),
         ts,
         kind: "push".into(),
+        recorded_by: None,
         from: peer_id("a"),
         fanout: 2,
         succeeded: 1,
