@@ -1,31 +1,23 @@
-//! The gossiped state: a last-writer-wins map. Each key keeps the entry with the greatest
-//! `(hlc, origin, value)`, a total order, so merging is commutative, associative and idempotent:
-//! replicas that have seen the same entries agree, whatever order they arrived in.
+//! The gossiped state: a last-writer-wins map of signed entries. Each key keeps the entry with
+//! the greatest `(hlc, origin, value, sig)`, a total order, so merging is commutative,
+//! associative and idempotent: replicas that have seen the same entries agree, whatever order
+//! they arrived in. (Signatures are checked before entries get here: see `node`.)
 
 use std::collections::BTreeMap;
 
-use mesh_types::{Hlc, PeerId};
+pub use mesh_types::GossipEntry as Entry;
 
-/// One observation: what `origin` said about a key, stamped by its clock.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
-    pub hlc: Hlc,
-    pub origin: PeerId,
-    pub value: serde_json::Value,
-}
-
-impl Entry {
-    /// Whether `self` wins over `other` for the same key.
-    fn beats(&self, other: &Entry) -> bool {
-        (self.hlc, &self.origin)
-            .cmp(&(other.hlc, &other.origin))
-            .then_with(|| {
-                // Same stamp and origin but different values (a buggy or lying origin): still a
-                // total order, so replicas agree on one of them.
-                self.value.to_string().cmp(&other.value.to_string())
-            })
-            == std::cmp::Ordering::Greater
-    }
+/// Whether `a` wins over `b` for the same key.
+fn beats(a: &Entry, b: &Entry) -> bool {
+    (a.hlc, &a.origin)
+        .cmp(&(b.hlc, &b.origin))
+        .then_with(|| {
+            // Same stamp and origin but different values (a buggy or lying origin): still a
+            // total order, so replicas agree on one of them.
+            a.value.to_string().cmp(&b.value.to_string())
+        })
+        .then_with(|| a.sig.cmp(&b.sig))
+        == std::cmp::Ordering::Greater
 }
 
 /// Keys to their winning entries.
@@ -51,12 +43,12 @@ impl State {
         self.entries.iter()
     }
 
-    /// Applies one entry; returns whether it changed the state.
-    pub fn apply(&mut self, key: &str, entry: Entry) -> bool {
-        match self.entries.get(key) {
-            Some(current) if !entry.beats(current) => false,
+    /// Applies one entry under its key; returns whether it changed the state.
+    pub fn apply(&mut self, entry: Entry) -> bool {
+        match self.entries.get(&entry.key) {
+            Some(current) if !beats(&entry, current) => false,
             _ => {
-                self.entries.insert(key.to_string(), entry);
+                self.entries.insert(entry.key.clone(), entry);
                 true
             }
         }
@@ -66,9 +58,17 @@ impl State {
     pub fn merge(&mut self, other: &State) -> usize {
         other
             .entries
-            .iter()
-            .filter(|(k, e)| self.apply(k, (*e).clone()))
+            .values()
+            .filter(|e| self.apply((*e).clone()))
             .count()
+    }
+
+    /// Forgets entries stamped before `cutoff_ms` (telemetry nobody has refreshed): bounds the
+    /// state by the peers alive recently. Returns how many went.
+    pub fn expire(&mut self, cutoff_ms: mesh_types::UnixMillis) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, e| e.hlc.wall_ms >= cutoff_ms);
+        before - self.entries.len()
     }
 }
 
@@ -80,18 +80,36 @@ mod tests {
     use rand::{RngExt as _, SeedableRng};
     use serde_json::json;
 
-    fn entry(wall_ms: u64, counter: u32, origin: &str, value: serde_json::Value) -> Entry {
+    use mesh_types::{Hlc, PeerId};
+
+    fn keyed(
+        key: &str,
+        wall_ms: u64,
+        counter: u32,
+        origin: &str,
+        value: serde_json::Value,
+    ) -> Entry {
         Entry {
+            key: key.to_string(),
             hlc: Hlc { wall_ms, counter },
             origin: PeerId::new(origin).unwrap(),
             value,
+            sig: String::new(),
+            kid: None,
         }
+    }
+
+    fn entry(wall_ms: u64, counter: u32, origin: &str, value: serde_json::Value) -> Entry {
+        keyed("k", wall_ms, counter, origin, value)
     }
 
     fn state(entries: &[(&str, Entry)]) -> State {
         let mut s = State::default();
         for (k, e) in entries {
-            s.apply(k, e.clone());
+            s.apply(Entry {
+                key: (*k).to_string(),
+                ..e.clone()
+            });
         }
         s
     }
@@ -99,14 +117,17 @@ mod tests {
     #[test]
     fn the_latest_stamp_wins_and_ties_break_by_origin() {
         let mut s = State::default();
-        assert!(s.apply("k", entry(10, 0, "b", json!(1))));
-        assert!(!s.apply("k", entry(9, 5, "z", json!(2))), "older");
+        assert!(s.apply(entry(10, 0, "b", json!(1))));
+        assert!(!s.apply(entry(9, 5, "z", json!(2))), "older");
         assert!(
-            s.apply("k", entry(10, 0, "c", json!(3))),
+            s.apply(entry(10, 0, "c", json!(3))),
             "same stamp, greater origin"
         );
-        assert!(!s.apply("k", entry(10, 0, "c", json!(3))), "idempotent");
+        assert!(!s.apply(entry(10, 0, "c", json!(3))), "idempotent");
         assert_eq!(s.get("k").unwrap().value, json!(3));
+        assert!(s.apply(keyed("j", 1, 0, "a", json!(0))));
+        assert_eq!(s.expire(5), 1, "the old key goes");
+        assert_eq!(s.len(), 1);
     }
 
     #[test]

@@ -1,0 +1,674 @@
+//! One peer's gossip state machine, sans-IO: it stamps and signs what this peer originates, and
+//! decides what to make of each envelope that arrives (verify, refuse, deduplicate, merge,
+//! forward). The worker is its driver: it looks up keys, passes the time and moves the bytes.
+//!
+//! An envelope is accepted once: its signature by the origin's registered key checks, it is no
+//! older than `max_age_ms` and no further ahead than `max_skew_ms`, and every entry it carries
+//! is signed by that entry's own origin (a relay can pass on what it learned, never forge it).
+//! The seen-cache remembers `(origin, id)` until the age limit itself refuses the envelope, so
+//! no copy can slip in between; when full of live entries it refuses new envelopes (`busy`)
+//! rather than forget one.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use mesh_types::signing::{Signed, verify_signature};
+use mesh_types::{
+    Envelope, GossipEntry, Hlc, Identity, PeerId, PublicKey, TELEMETRY, TelemetryPayload,
+    UnixMillis, VerifyError,
+};
+use rand::{Rng, RngExt as _};
+
+use crate::hlc::{self, HlcError};
+use crate::merge::State;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Envelopes older than this are refused as stale; far longer than an envelope takes to
+    /// spread (its forwards follow within seconds).
+    pub max_age_ms: u64,
+    /// How far ahead of our clock an envelope or entry may be.
+    pub max_skew_ms: u64,
+    /// Most envelopes remembered at once.
+    pub seen_capacity: usize,
+    /// Most entries one envelope may carry.
+    pub max_entries: usize,
+    /// Budget for the entries of an envelope we originate (bytes of JSON).
+    pub max_payload_bytes: usize,
+    /// Entries not refreshed for this long are dropped from the state and not passed on.
+    pub entry_max_age_ms: u64,
+    /// Hops an envelope we originate may take beyond its first.
+    pub ttl: u8,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            max_age_ms: 10 * 60 * 1000,
+            max_skew_ms: 10_000,
+            seen_capacity: 100_000,
+            max_entries: 64,
+            max_payload_bytes: 48 * 1024,
+            entry_max_age_ms: 60 * 60 * 1000,
+            ttl: 1,
+        }
+    }
+}
+
+/// Why an envelope was refused. Each kind has a stable [`Rejection::code`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    #[error("invalid envelope: {0}")]
+    Invalid(String),
+    #[error("origin {0} is not a registered peer")]
+    UnknownOrigin(PeerId),
+    #[error("envelope signature: {0}")]
+    Signature(VerifyError),
+    #[error("envelope is {age_ms} ms old, older than the {max_age_ms} ms limit")]
+    Stale { age_ms: u64, max_age_ms: u64 },
+    #[error("envelope is {ahead_ms} ms ahead of this peer's clock (limit {max_skew_ms} ms)")]
+    FromFuture { ahead_ms: u64, max_skew_ms: u64 },
+    #[error("a different envelope {id} from {from} was accepted before: same id, other content")]
+    Tampered { from: PeerId, id: String },
+    #[error("entry {key:?}: {reason}")]
+    BadEntry { key: String, reason: String },
+    #[error("too many envelopes in flight ({0} remembered); try again shortly")]
+    Busy(usize),
+}
+
+impl Rejection {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::Invalid(_) => "invalid_envelope",
+            Rejection::UnknownOrigin(_) => "unknown_peer",
+            Rejection::Signature(e) => e.code(),
+            Rejection::Stale { .. } => "stale_timestamp",
+            Rejection::FromFuture { .. } => "future_timestamp",
+            Rejection::Tampered { .. } => "tampered",
+            Rejection::BadEntry { .. } => "bad_entry",
+            Rejection::Busy(_) => "busy",
+        }
+    }
+}
+
+/// What an accepted envelope did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    Accepted {
+        /// Keys whose entry changed.
+        changed: usize,
+        /// Entries left out: their origin is unknown here, or they have expired.
+        skipped: usize,
+        /// The copy to pass on (one more hop), while the ttl lasts.
+        forward: Option<Envelope>,
+    },
+    /// Seen before (another path brought it first): nothing to do.
+    Duplicate,
+}
+
+/// Expiring `(origin, id)` → signature.
+#[derive(Debug, Default)]
+struct Seen {
+    sigs: HashMap<(PeerId, String), String>,
+    by_expiry: BinaryHeap<Reverse<(UnixMillis, PeerId, String)>>,
+}
+
+impl Seen {
+    fn purge(&mut self, now_ms: UnixMillis) {
+        while let Some(Reverse((expires, _, _))) = self.by_expiry.peek() {
+            if *expires >= now_ms {
+                break;
+            }
+            if let Some(Reverse((_, from, id))) = self.by_expiry.pop() {
+                self.sigs.remove(&(from, id));
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Node {
+    me: PeerId,
+    config: NodeConfig,
+    hlc: Hlc,
+    state: State,
+    seen: Seen,
+}
+
+impl Node {
+    pub fn new(me: PeerId, config: NodeConfig) -> Self {
+        Node {
+            me,
+            config,
+            hlc: Hlc::default(),
+            state: State::default(),
+            seen: Seen::default(),
+        }
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn clock(&self) -> Hlc {
+        self.hlc
+    }
+
+    /// Envelopes remembered by the seen-cache.
+    pub fn seen(&self) -> usize {
+        self.seen.sigs.len()
+    }
+
+    /// Restores entries kept from before a restart (already verified when they first came);
+    /// returns how many changed the state.
+    pub fn restore(&mut self, entries: impl IntoIterator<Item = GossipEntry>) -> usize {
+        let mut changed = 0;
+        for e in entries {
+            self.hlc = self.hlc.max(e.hlc);
+            changed += usize::from(self.state.apply(e));
+        }
+        changed
+    }
+
+    /// Stamps, signs and remembers a telemetry envelope carrying `own` (this peer's telemetry)
+    /// and, within the budget, the newest entries it has learned.
+    pub fn originate(
+        &mut self,
+        identity: &Identity,
+        own: serde_json::Value,
+        now_ms: UnixMillis,
+        rng: &mut impl Rng,
+    ) -> Result<Envelope, OriginateError> {
+        self.hlc = hlc::tick(self.hlc, now_ms)?;
+        self.state
+            .expire(now_ms.saturating_sub(self.config.entry_max_age_ms));
+        let mut mine = GossipEntry {
+            key: GossipEntry::telemetry_key(&self.me),
+            origin: self.me.clone(),
+            hlc: self.hlc,
+            value: own,
+            sig: String::new(),
+            kid: None,
+        };
+        mine.sign(identity)?;
+        self.state.apply(mine.clone());
+        let mut budget = self
+            .config
+            .max_payload_bytes
+            .saturating_sub(serde_json::to_vec(&mine).map_or(0, |b| b.len()));
+        let mut learned: Vec<&GossipEntry> = self
+            .state
+            .iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.key != mine.key)
+            .collect();
+        learned.sort_by(|a, b| b.hlc.cmp(&a.hlc).then_with(|| a.key.cmp(&b.key)));
+        let mut entries = vec![mine];
+        for e in learned {
+            if entries.len() >= self.config.max_entries {
+                break;
+            }
+            let size = serde_json::to_vec(e).map_or(usize::MAX, |b| b.len());
+            if size <= budget {
+                budget -= size;
+                entries.push(e.clone());
+            }
+        }
+        let payload = serde_json::to_value(TelemetryPayload { entries })
+            .map_err(|e| OriginateError::Encode(e.to_string()))?;
+        let id: String = (0..16)
+            .map(|_| format!("{:02x}", rng.random::<u8>()))
+            .collect();
+        let mut envelope = Envelope {
+            id,
+            ts: now_ms,
+            kind: TELEMETRY.to_string(),
+            payload,
+            from: self.me.clone(),
+            hlc: self.hlc,
+            ttl: self.config.ttl,
+            hops: 0,
+            sig: String::new(),
+            kid: None,
+        };
+        envelope.sign(identity)?;
+        // Our own envelope coming back through the mesh is a duplicate, not news.
+        self.remember(&envelope);
+        Ok(envelope)
+    }
+
+    fn remember(&mut self, envelope: &Envelope) {
+        let expires = envelope
+            .ts
+            .saturating_add(self.config.max_age_ms)
+            .saturating_add(self.config.max_skew_ms);
+        let key = (envelope.from.clone(), envelope.id.clone());
+        self.seen.sigs.insert(key.clone(), envelope.sig.clone());
+        self.seen.by_expiry.push(Reverse((expires, key.0, key.1)));
+    }
+
+    /// Decides what to make of an envelope. `key_of` returns the registered key of a peer
+    /// (the driver reads them from the store).
+    pub fn receive(
+        &mut self,
+        envelope: &Envelope,
+        key_of: &dyn Fn(&PeerId) -> Option<PublicKey>,
+        now_ms: UnixMillis,
+    ) -> Result<Received, Rejection> {
+        let config = self.config;
+        envelope
+            .validate()
+            .map_err(|e| Rejection::Invalid(e.to_string()))?;
+        let key = key_of(&envelope.from)
+            .ok_or_else(|| Rejection::UnknownOrigin(envelope.from.clone()))?;
+        verify_signature(envelope, &key).map_err(Rejection::Signature)?;
+        let age = now_ms.saturating_sub(envelope.ts);
+        if age > config.max_age_ms {
+            return Err(Rejection::Stale {
+                age_ms: age,
+                max_age_ms: config.max_age_ms,
+            });
+        }
+        let ahead = envelope.ts.max(envelope.hlc.wall_ms).saturating_sub(now_ms);
+        if ahead > config.max_skew_ms {
+            return Err(Rejection::FromFuture {
+                ahead_ms: ahead,
+                max_skew_ms: config.max_skew_ms,
+            });
+        }
+        self.seen.purge(now_ms);
+        if let Some(sig) = self
+            .seen
+            .sigs
+            .get(&(envelope.from.clone(), envelope.id.clone()))
+        {
+            return if *sig == envelope.sig {
+                Ok(Received::Duplicate)
+            } else {
+                Err(Rejection::Tampered {
+                    from: envelope.from.clone(),
+                    id: envelope.id.clone(),
+                })
+            };
+        }
+        if self.seen.sigs.len() >= config.seen_capacity {
+            return Err(Rejection::Busy(config.seen_capacity));
+        }
+        // Check every entry before applying any: an envelope is taken whole or not at all.
+        let (entries, skipped) = if envelope.kind == TELEMETRY {
+            self.check_entries(envelope, key_of, now_ms)?
+        } else {
+            // A kind this version does not know: still deduplicated and passed on.
+            (Vec::new(), 0)
+        };
+        self.hlc = hlc::receive(self.hlc, envelope.hlc, now_ms, config.max_skew_ms).map_err(
+            |e| match e {
+                HlcError::TooFarAhead {
+                    ahead_ms,
+                    max_skew_ms,
+                    ..
+                } => Rejection::FromFuture {
+                    ahead_ms,
+                    max_skew_ms,
+                },
+                HlcError::CounterExhausted => Rejection::Busy(config.seen_capacity),
+            },
+        )?;
+        self.remember(envelope);
+        let changed = entries
+            .into_iter()
+            .filter(|e| self.state.apply(e.clone()))
+            .count();
+        let forward = (envelope.hops < envelope.ttl).then(|| Envelope {
+            hops: envelope.hops + 1,
+            ..envelope.clone()
+        });
+        Ok(Received::Accepted {
+            changed,
+            skipped,
+            forward,
+        })
+    }
+
+    fn check_entries(
+        &self,
+        envelope: &Envelope,
+        key_of: &dyn Fn(&PeerId) -> Option<PublicKey>,
+        now_ms: UnixMillis,
+    ) -> Result<(Vec<GossipEntry>, usize), Rejection> {
+        let payload: TelemetryPayload = serde_json::from_value(envelope.payload.clone())
+            .map_err(|e| Rejection::Invalid(format!("telemetry payload: {e}")))?;
+        if payload.entries.len() > self.config.max_entries {
+            return Err(Rejection::Invalid(format!(
+                "{} entries, more than {}",
+                payload.entries.len(),
+                self.config.max_entries
+            )));
+        }
+        let mut kept = Vec::with_capacity(payload.entries.len());
+        let mut skipped = 0;
+        for e in payload.entries {
+            let bad = |reason: String| Rejection::BadEntry {
+                key: e.key.clone(),
+                reason,
+            };
+            e.validate().map_err(|err| bad(err.to_string()))?;
+            if e.hlc.wall_ms > now_ms.saturating_add(self.config.max_skew_ms) {
+                return Err(bad(format!(
+                    "stamped {} ms ahead of this peer's clock",
+                    e.hlc.wall_ms - now_ms
+                )));
+            }
+            let Some(key) = key_of(&e.origin) else {
+                skipped += 1;
+                continue;
+            };
+            // The envelope's signer vouched for this entry: a forged one refuses it whole.
+            verify_signature(&e, &key).map_err(|err| bad(err.to_string()))?;
+            if e.hlc.wall_ms + self.config.entry_max_age_ms < now_ms {
+                skipped += 1;
+                continue;
+            }
+            kept.push(e);
+        }
+        Ok((kept, skipped))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OriginateError {
+    #[error(transparent)]
+    Clock(#[from] HlcError),
+    #[error("signing: {0}")]
+    Signing(#[from] mesh_types::Error),
+    #[error("encoding the payload: {0}")]
+    Encode(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+    use serde_json::json;
+
+    const NOW: UnixMillis = 1_800_000_000_000;
+
+    fn identity(name: &str, seed: u64) -> Identity {
+        Identity::generate(PeerId::new(name).unwrap(), &mut StdRng::seed_from_u64(seed))
+    }
+
+    struct Fixture {
+        a: Identity,
+        b: Identity,
+        c: Identity,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                a: identity("a", 1),
+                b: identity("b", 2),
+                c: identity("c", 3),
+            }
+        }
+
+        fn keys(&self) -> impl Fn(&PeerId) -> Option<PublicKey> + '_ {
+            move |p: &PeerId| {
+                [&self.a, &self.b, &self.c]
+                    .into_iter()
+                    .find(|i| i.id() == p)
+                    .map(Identity::public_key)
+            }
+        }
+
+        fn node(&self, who: &Identity) -> Node {
+            Node::new(who.id().clone(), NodeConfig::default())
+        }
+    }
+
+    fn changes(r: &Received) -> usize {
+        match r {
+            Received::Accepted { changed, .. } => *changed,
+            Received::Duplicate => 0,
+        }
+    }
+
+    #[test]
+    fn state_spreads_through_a_relay_and_duplicates_are_not_news() {
+        let f = Fixture::new();
+        let mut rng = StdRng::seed_from_u64(7);
+        let (mut a, mut b, mut c) = (f.node(&f.a), f.node(&f.b), f.node(&f.c));
+        let from_a = a
+            .originate(&f.a, json!({"links": []}), NOW, &mut rng)
+            .unwrap();
+        let got = b.receive(&from_a, &f.keys(), NOW + 5).unwrap();
+        let Received::Accepted {
+            changed, forward, ..
+        } = &got
+        else {
+            panic!("{got:?}")
+        };
+        assert_eq!(*changed, 1);
+        let forward = forward.as_ref().expect("ttl 1 allows one forward");
+        assert_eq!(forward.hops, 1);
+        assert_eq!(
+            b.receive(&from_a, &f.keys(), NOW + 6),
+            Ok(Received::Duplicate)
+        );
+        // The forwarded copy reached c: it has a's entry, and cannot be forwarded again.
+        match c.receive(forward, &f.keys(), NOW + 7).unwrap() {
+            Received::Accepted {
+                changed, forward, ..
+            } => {
+                assert_eq!(changed, 1);
+                assert!(forward.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        // b's own envelope carries what it learned from a: a push of more than its own news.
+        let from_b = b
+            .originate(&f.b, json!({"links": []}), NOW + 10, &mut rng)
+            .unwrap();
+        let mut fresh = f.node(&f.c);
+        let r = fresh.receive(&from_b, &f.keys(), NOW + 11).unwrap();
+        assert_eq!(changes(&r), 2);
+        assert!(fresh.state().get("telemetry/a").is_some());
+        // An origin's own envelope coming back is a duplicate.
+        assert_eq!(
+            a.receive(forward, &f.keys(), NOW + 12),
+            Ok(Received::Duplicate)
+        );
+    }
+
+    #[test]
+    fn tampered_forged_stale_and_future_envelopes_are_refused() {
+        let f = Fixture::new();
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut a = f.node(&f.a);
+        let env = a
+            .originate(&f.a, json!({"links": []}), NOW, &mut rng)
+            .unwrap();
+        let keys = f.keys();
+        let code = |r: Result<Received, Rejection>| r.unwrap_err().code();
+
+        let mut tampered = env.clone();
+        tampered.ttl = 5;
+        assert_eq!(
+            code(f.node(&f.b).receive(&tampered, &keys, NOW)),
+            "bad_signature"
+        );
+        let mut renamed = env.clone();
+        renamed.from = f.c.id().clone();
+        assert_eq!(
+            code(f.node(&f.b).receive(&renamed, &keys, NOW)),
+            "wrong_signer"
+        );
+        let nobody = |_: &PeerId| None;
+        assert_eq!(
+            code(f.node(&f.b).receive(&env, &nobody, NOW)),
+            "unknown_peer"
+        );
+        let late = NOW + NodeConfig::default().max_age_ms + 1;
+        assert_eq!(
+            code(f.node(&f.b).receive(&env, &keys, late)),
+            "stale_timestamp"
+        );
+        let early = NOW - NodeConfig::default().max_skew_ms - 1;
+        assert_eq!(
+            code(f.node(&f.b).receive(&env, &keys, early)),
+            "future_timestamp"
+        );
+        let mut hops = env.clone();
+        hops.hops = 9;
+        assert_eq!(
+            code(f.node(&f.b).receive(&hops, &keys, NOW)),
+            "invalid_envelope"
+        );
+
+        // Same id, different content, both properly signed: equivocation.
+        let mut b = f.node(&f.b);
+        assert!(b.receive(&env, &keys, NOW).is_ok());
+        let mut other = env.clone();
+        other.payload = json!({"entries": []});
+        other.sign(&f.a).unwrap();
+        assert_eq!(code(b.receive(&other, &keys, NOW)), "tampered");
+    }
+
+    #[test]
+    fn a_relay_cannot_forge_or_claim_another_peers_entry() {
+        let f = Fixture::new();
+        let keys = f.keys();
+        // b signs an envelope carrying an entry that claims to be a's but is signed by b.
+        let mut forged = GossipEntry {
+            key: "telemetry/a".into(),
+            origin: f.a.id().clone(),
+            hlc: Hlc {
+                wall_ms: NOW,
+                counter: 0,
+            },
+            value: json!({"links": []}),
+            sig: String::new(),
+            kid: None,
+        };
+        let mut as_b = forged.clone();
+        as_b.origin = f.b.id().clone();
+        as_b.sign(&f.b).unwrap();
+        forged.sig = as_b.sig.clone();
+        let env = |entries: Vec<GossipEntry>, id: &str| {
+            let mut e = Envelope {
+                id: id.into(),
+                ts: NOW,
+                kind: TELEMETRY.into(),
+                payload: serde_json::to_value(TelemetryPayload { entries }).unwrap(),
+                from: f.b.id().clone(),
+                hlc: Hlc {
+                    wall_ms: NOW,
+                    counter: 0,
+                },
+                ttl: 1,
+                hops: 0,
+                sig: String::new(),
+                kid: None,
+            };
+            e.sign(&f.b).unwrap();
+            e
+        };
+        let r = f.node(&f.c).receive(&env(vec![forged], "e1"), &keys, NOW);
+        assert_eq!(r.unwrap_err().code(), "bad_entry");
+        // b writing a key that belongs to a, signed by b: refused by the key rule.
+        let mut claim = GossipEntry {
+            key: "telemetry/a".into(),
+            origin: f.b.id().clone(),
+            hlc: Hlc {
+                wall_ms: NOW,
+                counter: 0,
+            },
+            value: json!(1),
+            sig: String::new(),
+            kid: None,
+        };
+        claim.sign(&f.b).unwrap();
+        let r = f.node(&f.c).receive(&env(vec![claim], "e2"), &keys, NOW);
+        assert_eq!(r.unwrap_err().code(), "bad_entry");
+        // Nothing was applied from either refused envelope.
+        let mut c = f.node(&f.c);
+        let _ = c.receive(&env(vec![], "e3"), &keys, NOW);
+        assert!(c.state().is_empty());
+    }
+
+    #[test]
+    fn the_seen_cache_refuses_rather_than_forgets() {
+        let f = Fixture::new();
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut a = f.node(&f.a);
+        let mut b = Node::new(
+            f.b.id().clone(),
+            NodeConfig {
+                seen_capacity: 2,
+                ..NodeConfig::default()
+            },
+        );
+        let keys = f.keys();
+        for i in 0..2 {
+            let e = a
+                .originate(&f.a, json!({"links": []}), NOW + i, &mut rng)
+                .unwrap();
+            assert!(b.receive(&e, &keys, NOW + i).is_ok());
+        }
+        let e = a
+            .originate(&f.a, json!({"links": []}), NOW + 2, &mut rng)
+            .unwrap();
+        assert_eq!(b.receive(&e, &keys, NOW + 2).unwrap_err().code(), "busy");
+        // Once the first two are past the age limit (and so refused as stale anyway), there is
+        // room again.
+        let later = NOW + NodeConfig::default().max_age_ms + NodeConfig::default().max_skew_ms + 5;
+        let e = a
+            .originate(&f.a, json!({"links": []}), later, &mut rng)
+            .unwrap();
+        assert!(b.receive(&e, &keys, later).is_ok());
+        assert_eq!(b.seen(), 1);
+    }
+
+    #[test]
+    fn originated_payloads_stay_within_their_budget_newest_first() {
+        let f = Fixture::new();
+        let mut rng = StdRng::seed_from_u64(7);
+        let config = NodeConfig {
+            max_entries: 3,
+            ..NodeConfig::default()
+        };
+        let mut a = Node::new(f.a.id().clone(), config);
+        let mut b = f.node(&f.b);
+        let mut c = f.node(&f.c);
+        let keys = f.keys();
+        let eb = b.originate(&f.b, json!({"n": 1}), NOW, &mut rng).unwrap();
+        let ec = c
+            .originate(&f.c, json!({"n": 2}), NOW + 1, &mut rng)
+            .unwrap();
+        a.receive(&eb, &keys, NOW + 2).unwrap();
+        a.receive(&ec, &keys, NOW + 2).unwrap();
+        let mine = a
+            .originate(&f.a, json!({"n": 0}), NOW + 3, &mut rng)
+            .unwrap();
+        let payload: TelemetryPayload = serde_json::from_value(mine.payload).unwrap();
+        let keys_in: Vec<&str> = payload.entries.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys_in, ["telemetry/a", "telemetry/c", "telemetry/b"]);
+        assert!(mine.hlc > ec.hlc, "the clock moved past what it received");
+        let small = NodeConfig {
+            max_entries: 2,
+            ..NodeConfig::default()
+        };
+        let mut a2 = Node::new(f.a.id().clone(), small);
+        a2.restore(a.state().iter().map(|(_, e)| e.clone()));
+        let e = a2
+            .originate(&f.a, json!({"n": 0}), NOW + 4, &mut rng)
+            .unwrap();
+        let payload: TelemetryPayload = serde_json::from_value(e.payload).unwrap();
+        assert_eq!(payload.entries.len(), 2);
+    }
+}
