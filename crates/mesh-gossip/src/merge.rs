@@ -7,19 +7,6 @@ use std::collections::BTreeMap;
 
 pub use mesh_types::GossipEntry as Entry;
 
-/// Whether `a` wins over `b` for the same key.
-fn beats(a: &Entry, b: &Entry) -> bool {
-    (a.hlc, &a.origin)
-        .cmp(&(b.hlc, &b.origin))
-        .then_with(|| {
-            // Same stamp and origin but different values (a buggy or lying origin): still a
-            // total order, so replicas agree on one of them.
-            a.value.to_string().cmp(&b.value.to_string())
-        })
-        .then_with(|| a.sig.cmp(&b.sig))
-        == std::cmp::Ordering::Greater
-}
-
 /// Keys to their winning entries.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
@@ -46,7 +33,7 @@ impl State {
     /// Applies one entry under its key; returns whether it changed the state.
     pub fn apply(&mut self, entry: Entry) -> bool {
         match self.entries.get(&entry.key) {
-            Some(current) if !beats(&entry, current) => false,
+            Some(current) if !entry.supersedes(current) => false,
             _ => {
                 self.entries.insert(entry.key.clone(), entry);
                 true

@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mesh_types::{AuditRecord, Link, LinkId, Peer, PeerId, PublicKey};
+use mesh_types::{AuditRecord, GossipEntry, Link, LinkId, Peer, PeerId, PublicKey};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    AUDIT, LINKS, LinkQuery, LinkWrite, PEERS, PeerUpsert, Result, Store, StoreError, rules,
+    AUDIT, GOSSIP_STATE, LINKS, LinkQuery, LinkWrite, PEERS, PeerUpsert, Result, Store, StoreError,
+    rules,
 };
 
 /// The database file inside the data directory.
@@ -27,7 +28,7 @@ pub const DB_FILE: &str = "meshrtc.sqlite3";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Schema version in `PRAGMA user_version`; migrations step from one to the next.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedStore {
@@ -113,6 +114,18 @@ fn migrate(conn: &Connection) -> Result<()> {
              CREATE TABLE IF NOT EXISTS {AUDIT} (id TEXT PRIMARY KEY, ts INTEGER NOT NULL, doc TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS audit_by_ts ON {AUDIT} (ts DESC, id DESC);
              PRAGMA user_version = 1;
+             COMMIT;"
+        ))
+        .map_err(sql)?;
+    }
+    if version < 2 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE IF NOT EXISTS {GOSSIP_STATE} (
+                 id TEXT PRIMARY KEY, wall_ms INTEGER NOT NULL, counter INTEGER NOT NULL,
+                 doc TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS gossip_by_hlc ON {GOSSIP_STATE} (wall_ms DESC, counter DESC, id DESC);
+             PRAGMA user_version = 2;
              COMMIT;"
         ))
         .map_err(sql)?;
@@ -347,6 +360,66 @@ impl Store for EmbeddedStore {
                 .query_map([limit as i64], |r| r.get::<_, String>(0))
                 .map_err(sql)?;
             docs.map(|d| from_doc(&d.map_err(sql)?)).collect()
+        })
+        .await
+    }
+
+    async fn merge_gossip(&self, entries: &[GossipEntry]) -> Result<usize> {
+        for e in entries {
+            e.validate()?;
+        }
+        let entries = entries.to_vec();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            let mut written = 0;
+            for entry in &entries {
+                let id = entry.doc_id();
+                let existing: Option<GossipEntry> = tx
+                    .query_row(&format!("SELECT doc FROM {GOSSIP_STATE} WHERE id = ?1"), [&id], |r| {
+                        r.get::<_, String>(0)
+                    })
+                    .optional()
+                    .map_err(sql)?
+                    .as_deref()
+                    .map(from_doc)
+                    .transpose()?;
+                if existing.as_ref().is_some_and(|old| !entry.supersedes(old)) {
+                    continue;
+                }
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {GOSSIP_STATE} (id, wall_ms, counter, doc) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(id) DO UPDATE SET wall_ms = excluded.wall_ms,
+                             counter = excluded.counter, doc = excluded.doc"
+                    ),
+                    params![
+                        id,
+                        i64::try_from(entry.hlc.wall_ms).unwrap_or(i64::MAX),
+                        i64::from(entry.hlc.counter),
+                        to_doc(entry)?
+                    ],
+                )
+                .map_err(sql)?;
+                written += 1;
+            }
+            tx.commit().map_err(sql)?;
+            Ok(written)
+        })
+        .await
+    }
+
+    async fn list_gossip(&self, limit: usize) -> Result<Vec<GossipEntry>> {
+        let limit = rules::limit(limit)?;
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT doc FROM {GOSSIP_STATE} ORDER BY wall_ms DESC, counter DESC, id DESC LIMIT ?1"
+                ))
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| r.get::<_, String>(0))
+                .map_err(sql)?;
+            rows.map(|r| from_doc(&r.map_err(sql)?)).collect()
         })
         .await
     }

@@ -13,11 +13,12 @@ use firestore::errors::{BackoffError, FirestoreError};
 use firestore::{
     FirestoreDb, FirestoreDbOptions, FirestoreTransaction, FirestoreWritePrecondition,
 };
-use mesh_types::{AuditRecord, Link, LinkId, Peer, PeerId, PublicKey};
+use mesh_types::{AuditRecord, GossipEntry, Link, LinkId, Peer, PeerId, PublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AUDIT, LINKS, LinkQuery, LinkWrite, PEERS, PeerUpsert, Result, Store, StoreError, rules,
+    AUDIT, GOSSIP_STATE, LINKS, LinkQuery, LinkWrite, PEERS, PeerUpsert, Result, Store, StoreError,
+    rules,
 };
 
 /// Firestore commits at most this many writes at once.
@@ -296,6 +297,49 @@ impl Store for FirestoreStore {
             .select()
             .from(AUDIT)
             .order(|o| o.fields([o.field("ts").desc()]))
+            .limit(limit as u32)
+            .obj()
+            .query()
+            .await
+            .map_err(map_err)
+    }
+
+    async fn merge_gossip(&self, entries: &[GossipEntry]) -> Result<usize> {
+        for e in entries {
+            e.validate()?;
+        }
+        self.db
+            .run_transaction(|db, tx| -> TxFuture<'_, usize> {
+                let entries = entries.to_vec();
+                Box::pin(async move {
+                    // Firestore transactions read everything before they write.
+                    let mut winners = Vec::new();
+                    for entry in entries {
+                        let existing = read::<GossipEntry>(&db, GOSSIP_STATE, &entry.doc_id())
+                            .await
+                            .map_err(permanent)?;
+                        if existing.is_none_or(|old| entry.supersedes(&old)) {
+                            winners.push(entry);
+                        }
+                    }
+                    for entry in &winners {
+                        write(tx, &db, GOSSIP_STATE, &entry.doc_id(), entry).map_err(permanent)?;
+                    }
+                    Ok(winners.len())
+                })
+            })
+            .await
+            .map_err(map_err)
+    }
+
+    async fn list_gossip(&self, limit: usize) -> Result<Vec<GossipEntry>> {
+        let limit = rules::limit(limit)?;
+        // Ordered by stamp (a composite index in production: deploy/firestore.indexes.json).
+        self.db
+            .fluent()
+            .select()
+            .from(GOSSIP_STATE)
+            .order(|o| o.fields([o.field("hlc.wallMs").desc(), o.field("hlc.counter").desc()]))
             .limit(limit as u32)
             .obj()
             .query()

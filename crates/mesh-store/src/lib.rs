@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use mesh_types::{
-    AuditRecord, Endpoints, Health, Link, LinkId, Peer, PeerId, PublicKey, UnixMillis,
+    AuditRecord, Endpoints, GossipEntry, Health, Link, LinkId, Peer, PeerId, PublicKey, UnixMillis,
 };
 
 pub use config::{StoreConfig, open};
@@ -31,6 +31,7 @@ pub const MAX_LIST_LIMIT: usize = 1000;
 pub const PEERS: &str = "mesh_peers";
 pub const LINKS: &str = "mesh_links";
 pub const AUDIT: &str = "mesh_gossip_audit";
+pub const GOSSIP_STATE: &str = "mesh_gossip_state";
 
 /// A peer registering or refreshing itself: everything but trust, which registration never sets.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +98,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn append_audit(&self, record: &AuditRecord) -> Result<()>;
     /// Audit records, newest `ts` first (ties by id, descending).
     async fn list_audit(&self, limit: usize) -> Result<Vec<AuditRecord>>;
+    /// Merges gossiped entries into the mesh-wide state: each is written under its key unless
+    /// the stored one supersedes it ([`GossipEntry::supersedes`]). Returns how many were written.
+    async fn merge_gossip(&self, entries: &[GossipEntry]) -> Result<usize>;
+    /// The gossiped state, newest stamp first.
+    async fn list_gossip(&self, limit: usize) -> Result<Vec<GossipEntry>>;
     /// Cheap round trip for readiness probes.
     async fn ping(&self) -> Result<()>;
 }

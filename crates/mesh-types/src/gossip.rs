@@ -115,6 +115,8 @@ pub struct GossipEntry {
     pub key: String,
     pub origin: PeerId,
     pub hlc: Hlc,
+    /// Any JSON; `null` may be stored as an absent field (Firestore drops nulls).
+    #[serde(default)]
     pub value: serde_json::Value,
     #[serde(default)]
     pub sig: String,
@@ -128,22 +130,46 @@ impl GossipEntry {
         format!("telemetry/{origin}")
     }
 
-    /// Checks what serde cannot: the key is at most 128 bytes and belongs to its origin.
+    /// Checks what serde cannot: the key is `<kind>/<origin>`, a kind of 1 to 32 lowercase
+    /// letters, digits or `-`, and the entry's own origin (an origin writes only its own keys).
     pub fn validate(&self) -> Result<(), Error> {
-        let owned = self
-            .key
-            .rsplit_once('/')
-            .is_some_and(|(_, owner)| owner == self.origin.as_str());
-        if self.key.len() > 128 || !owned {
+        let ok = self.key.split_once('/').is_some_and(|(kind, owner)| {
+            owner == self.origin.as_str()
+                && (1..=32).contains(&kind.len())
+                && kind
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+        if !ok {
             return Err(Error::InvalidField {
                 field: "key",
                 reason: format!(
-                    "{:?} must end in /{} (an origin writes only its own keys), at most 128 bytes",
+                    "{:?} must be <kind>/{} (an origin writes only its own keys)",
                     self.key, self.origin
                 ),
             });
         }
         Ok(())
+    }
+
+    /// The entry's document id in the store: the key with `:` for `/` (which Firestore ids
+    /// cannot hold; neither kinds nor peer ids contain `:`).
+    pub fn doc_id(&self) -> String {
+        self.key.replace('/', ":")
+    }
+
+    /// Whether this entry wins over `other` for the same key: the greatest
+    /// `(hlc, origin, value, sig)`, a total order, so every replica and the store keep the same
+    /// one whatever order entries arrive in.
+    pub fn supersedes(&self, other: &GossipEntry) -> bool {
+        (self.hlc, &self.origin)
+            .cmp(&(other.hlc, &other.origin))
+            .then_with(|| {
+                // Same stamp and origin, different values (a buggy or lying origin): still ordered.
+                self.value.to_string().cmp(&other.value.to_string())
+            })
+            .then_with(|| self.sig.cmp(&other.sig))
+            == std::cmp::Ordering::Greater
     }
 }
 

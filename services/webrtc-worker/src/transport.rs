@@ -3,8 +3,10 @@
 //! turns the library's callbacks into one stream of [`ConnEvent`]s per connection, so that a
 //! version change of the library stays in this file.
 //!
-//! Every link has a `mesh` channel (reliable, ordered) for gossip and application messages and a
-//! `probe` channel (unordered, no retransmits) for QoS probes. The offerer opens both in band
+//! Every link has a `mesh` channel (reliable, ordered) for application messages, a `gossip`
+//! channel (reliable, ordered) for gossip envelopes and their acks, kept apart so that no
+//! application payload can ever be read as an envelope, and a `probe` channel (unordered, no
+//! retransmits) for QoS probes. The offerer opens all three in band
 //! (DCEP); the answerer accepts them by label. They are not negotiated out of band: webrtc 0.21.1
 //! drops a message that arrives on a negotiated stream before its own side has registered that
 //! stream ("data channel not existed"), which loses the first message a fast peer sends. In band,
@@ -98,6 +100,7 @@ fn lib(e: impl std::fmt::Display) -> TransportError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
     Mesh,
+    Gossip,
     Probe,
 }
 
@@ -138,10 +141,22 @@ pub struct PathStats {
 #[derive(Default)]
 struct Channels {
     mesh: Option<Arc<dyn DataChannel>>,
+    gossip: Option<Arc<dyn DataChannel>>,
     probe: Option<Arc<dyn DataChannel>>,
 }
 
+impl Channels {
+    fn slot(&mut self, channel: Channel) -> &mut Option<Arc<dyn DataChannel>> {
+        match channel {
+            Channel::Mesh => &mut self.mesh,
+            Channel::Gossip => &mut self.gossip,
+            Channel::Probe => &mut self.probe,
+        }
+    }
+}
+
 const MESH_LABEL: &str = "mesh";
+const GOSSIP_LABEL: &str = "gossip";
 const PROBE_LABEL: &str = "probe";
 
 /// Forwards the library's callbacks; holds no handle to the connection (upstream issue 906).
@@ -179,6 +194,7 @@ impl PeerConnectionEventHandler for Events {
         let label = dc.label().await.unwrap_or_default();
         let channel = match label.as_str() {
             MESH_LABEL => Channel::Mesh,
+            GOSSIP_LABEL => Channel::Gossip,
             PROBE_LABEL => Channel::Probe,
             other => {
                 tracing::warn!(
@@ -209,10 +225,7 @@ fn adopt(
 ) {
     {
         let mut slots = lock(channels);
-        let slot = match channel {
-            Channel::Mesh => &mut slots.mesh,
-            Channel::Probe => &mut slots.probe,
-        };
+        let slot = slots.slot(channel);
         if slot.is_some() {
             tracing::warn!(
                 ?channel,
@@ -370,7 +383,8 @@ impl Connection {
             ..Default::default()
         };
         for (channel, label, init) in [
-            (Channel::Mesh, MESH_LABEL, reliable),
+            (Channel::Mesh, MESH_LABEL, reliable.clone()),
+            (Channel::Gossip, GOSSIP_LABEL, reliable),
             (Channel::Probe, PROBE_LABEL, lossy),
         ] {
             let dc = self
@@ -431,14 +445,10 @@ impl Connection {
         data: &[u8],
         text: bool,
     ) -> Result<(), TransportError> {
-        let dc = {
-            let slots = lock(&self.channels);
-            match channel {
-                Channel::Mesh => slots.mesh.clone(),
-                Channel::Probe => slots.probe.clone(),
-            }
-        }
-        .ok_or(TransportError::NotOpen)?;
+        let dc = lock(&self.channels)
+            .slot(channel)
+            .clone()
+            .ok_or(TransportError::NotOpen)?;
         // Our write is queued in the core; make sure the driver sends it now (see prompt_runtime).
         self.activity.mark();
         let result = if text {

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use mesh_store::{ErrorKind, LinkQuery, LinkWrite, PeerUpsert, SharedStore};
 use mesh_testkit::{identity, peer_id};
-use mesh_types::{AuditRecord, AuditTarget, Endpoints, Health, Link, LinkQos, Transport};
+use mesh_types::signing::Signed;
+use mesh_types::{
+    AuditRecord, AuditTarget, Endpoints, GossipEntry, Health, Hlc, Link, LinkQos, Transport,
+};
 
 /// Generates one `#[tokio::test]` per case, each on a store made by `$make().await`, which
 /// returns `(store, guard)`; the guard lives as long as the test (a temp dir, say).
@@ -23,6 +26,7 @@ macro_rules! conformance {
             documents_keep_their_shape,
             concurrent_link_writes_keep_the_newest,
             zero_limits_are_refused,
+            gossip_state_keeps_the_superseding_entry,
             ping_answers
         );
     };
@@ -349,6 +353,54 @@ pub async fn zero_limits_are_refused(store: SharedStore) {
     assert_eq!(
         store.list_audit(0).await.unwrap_err().kind(),
         ErrorKind::InvalidInput
+    );
+}
+
+fn entry(origin: &str, wall_ms: u64, value: serde_json::Value) -> GossipEntry {
+    let mut e = GossipEntry {
+        key: GossipEntry::telemetry_key(&peer_id(origin)),
+        origin: peer_id(origin),
+        hlc: Hlc {
+            wall_ms,
+            counter: 0,
+        },
+        value,
+        sig: String::new(),
+        kid: None,
+    };
+    e.sign(&identity(origin, 1)).unwrap();
+    e
+}
+
+pub async fn gossip_state_keeps_the_superseding_entry(store: SharedStore) {
+    let a1 = entry("a", 10, serde_json::json!({"links": []}));
+    let a2 = entry("a", 20, serde_json::json!({"links": [1]}));
+    let b1 = entry("b", 15, serde_json::json!(null));
+    assert_eq!(
+        store.merge_gossip(&[a2.clone(), b1.clone()]).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store.merge_gossip(&[a1.clone()]).await.unwrap(),
+        0,
+        "older loses"
+    );
+    assert_eq!(
+        store.merge_gossip(&[a2.clone()]).await.unwrap(),
+        0,
+        "same is no change"
+    );
+    assert_eq!(
+        store.list_gossip(10).await.unwrap(),
+        vec![a2.clone(), b1.clone()]
+    );
+    assert_eq!(store.list_gossip(1).await.unwrap(), vec![a2]);
+    let mut foreign = b1;
+    foreign.key = "telemetry/a".into();
+    assert_eq!(
+        store.merge_gossip(&[foreign]).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput,
+        "a key that is not its origin's"
     );
 }
 
