@@ -3,7 +3,7 @@
 //! receives in a round, uniform and trust-weighted, without and with 10 % loss and 10 % dead
 //! peers, pushing only (ttl 0) and with the deployed one forward (ttl 1). Deterministic: the same
 //! seeds give the same table. Prints Markdown for docs/BENCHMARKS.md and checks the targets.
-#![allow(clippy::print_stdout, clippy::unwrap_used)]
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::disallowed_methods)]
 
 use mesh_gossip::sim::{SimConfig, Summary, Weighting, summarise};
 

@@ -95,12 +95,12 @@ impl Rejection {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Received {
     Accepted {
-        /// Keys whose entry changed.
-        changed: usize,
+        /// The entries that changed the state (to persist).
+        changed: Vec<GossipEntry>,
         /// Entries left out: their origin is unknown here, or they have expired.
         skipped: usize,
         /// The copy to pass on (one more hop), while the ttl lasts.
-        forward: Option<Envelope>,
+        forward: Option<Box<Envelope>>,
     },
     /// Seen before (another path brought it first): nothing to do.
     Duplicate,
@@ -319,13 +319,15 @@ impl Node {
             },
         )?;
         self.remember(envelope);
-        let changed = entries
+        let changed: Vec<GossipEntry> = entries
             .into_iter()
             .filter(|e| self.state.apply(e.clone()))
-            .count();
-        let forward = (envelope.hops < envelope.ttl).then(|| Envelope {
-            hops: envelope.hops + 1,
-            ..envelope.clone()
+            .collect();
+        let forward = (envelope.hops < envelope.ttl).then(|| {
+            Box::new(Envelope {
+                hops: envelope.hops + 1,
+                ..envelope.clone()
+            })
         });
         Ok(Received::Accepted {
             changed,
@@ -433,7 +435,7 @@ mod tests {
 
     fn changes(r: &Received) -> usize {
         match r {
-            Received::Accepted { changed, .. } => *changed,
+            Received::Accepted { changed, .. } => changed.len(),
             Received::Duplicate => 0,
         }
     }
@@ -453,7 +455,7 @@ mod tests {
         else {
             panic!("{got:?}")
         };
-        assert_eq!(*changed, 1);
+        assert_eq!(changed.len(), 1);
         let forward = forward.as_ref().expect("ttl 1 allows one forward");
         assert_eq!(forward.hops, 1);
         assert_eq!(
@@ -465,7 +467,7 @@ mod tests {
             Received::Accepted {
                 changed, forward, ..
             } => {
-                assert_eq!(changed, 1);
+                assert_eq!(changed.len(), 1);
                 assert!(forward.is_none());
             }
             other => panic!("{other:?}"),

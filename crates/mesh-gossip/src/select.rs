@@ -19,7 +19,8 @@ pub struct Candidate {
     /// In [0, 1]; anything else (NaN, negative) counts as 0.
     pub trust: f64,
     pub last_seen_ms: UnixMillis,
-    /// The health of our link to it, if we have one (`down` excludes it).
+    /// The peer's health as far as the link graph knows: its best link's (`down` only when
+    /// every link it has is down; that excludes it), `None` when it has no link yet.
     pub link: Option<Health>,
 }
 

@@ -178,6 +178,8 @@ pub struct TelemetryConfig {
     pub log_filter: String,
     /// Names traces in logs (`projects/<p>/traces/<id>`) so Cloud Logging links them.
     pub gcp_project: Option<String>,
+    /// Logs go to stderr instead of stdout: for a command whose stdout is its result.
+    pub log_to_stderr: bool,
 }
 
 /// What every service reads at start-up.
@@ -243,6 +245,7 @@ impl ServiceConfig {
                 log_format,
                 log_filter: env.optional(RUST_LOG).unwrap_or_else(|| "info".into()),
                 gcp_project,
+                log_to_stderr: false,
             },
         })
     }

@@ -18,6 +18,7 @@ use tracing::dispatcher::WeakDispatch;
 use tracing::{Dispatch, Event, Level, Subscriber};
 use tracing_opentelemetry::get_otel_context;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -61,9 +62,17 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
     // is continued, passed on to the services we call, and stamped on every log line.
     let otel =
         tracing_opentelemetry::layer().with_tracer(provider.tracer(config.service_name.clone()));
+    let writer = if config.log_to_stderr {
+        BoxMakeWriter::new(std::io::stderr)
+    } else {
+        BoxMakeWriter::new(std::io::stdout)
+    };
     let logs = match config.log_format {
-        LogFormat::Json => cloud_logging_layer(config.gcp_project.clone(), std::io::stdout).boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).boxed(),
+        LogFormat::Json => cloud_logging_layer(config.gcp_project.clone(), writer).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_writer(writer)
+            .boxed(),
     };
     tracing_subscriber::registry()
         .with(filter)

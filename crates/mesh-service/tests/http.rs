@@ -177,6 +177,12 @@ impl mesh_store::Store for Unreachable {
     async fn list_audit(&self, _: usize) -> mesh_store::Result<Vec<mesh_types::AuditRecord>> {
         down()
     }
+    async fn merge_gossip(&self, _: &[mesh_types::GossipEntry]) -> mesh_store::Result<usize> {
+        down()
+    }
+    async fn list_gossip(&self, _: usize) -> mesh_store::Result<Vec<mesh_types::GossipEntry>> {
+        down()
+    }
     async fn ping(&self) -> mesh_store::Result<()> {
         down()
     }

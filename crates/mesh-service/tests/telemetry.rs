@@ -46,6 +46,7 @@ fn config(endpoint: Option<String>) -> TelemetryConfig {
         log_format: LogFormat::Json,
         log_filter: "info".into(),
         gcp_project: Some("proj".into()),
+        log_to_stderr: false,
     }
 }
 

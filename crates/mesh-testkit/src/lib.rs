@@ -11,6 +11,7 @@ pub mod browser;
 pub mod oidc;
 pub mod process;
 pub mod turn;
+pub mod workers;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -335,6 +335,9 @@ pub struct AuditTarget {
     /// Why it failed; omitted on success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why the DataChannel was not used, when the envelope went (or was tried) over HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// An append-only audit record: one per gossip run, and one per envelope refused or dropped.

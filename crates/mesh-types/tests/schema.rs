@@ -158,6 +158,7 @@ fn schemas_match_the_types() {
         transport: Transport::Https,
         ok: false,
         error: Some("timeout".into()),
+        fallback: Some("no up link".into()),
     };
     let audit = AuditRecord {
         id: "r".into(),

@@ -1,5 +1,5 @@
 //! The worker's HTTP API (documented in docs/ARCHITECTURE.md): signaling (`/dial`, `/offer`,
-//! `/answer`), links, and mesh-channel messages. Handlers are thin: they parse, call the
+//! `/answer`), links, mesh-channel messages and gossip (`/gossip`, proto/GOSSIP.md). Handlers are thin: they parse, call the
 //! [`Worker`], and map its errors to the JSON error shape.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{delete, get, post};
 use base64::Engine as _;
 use mesh_service::{ApiError, ApiJson};
-use mesh_types::{Answer, Offer, PeerId};
+use mesh_types::{Answer, Delivery, Offer, PeerId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -59,6 +59,9 @@ pub fn routes(worker: Arc<Worker>) -> Router {
         .route("/links/{peer}", delete(hang_up))
         .route("/links/{peer}/messages", post(send))
         .route("/messages", get(messages))
+        .route("/gossip", post(gossip_receive))
+        .route("/gossip/push", post(gossip_push))
+        .route("/gossip/state", get(gossip_state))
         .with_state(worker)
 }
 
@@ -185,4 +188,47 @@ async fn messages(
     Ok(ApiJson(
         json!({"count": messages.len(), "dropped": dropped, "messages": messages}),
     ))
+}
+
+/// An envelope handed over HTTPS (the fallback transport), in a delivery its sender signed.
+async fn gossip_receive(
+    State(w): State<Arc<Worker>>,
+    ApiJson(delivery): ApiJson<Delivery>,
+) -> ApiResult<ApiJson<crate::gossip::Taken>> {
+    Ok(ApiJson(w.gossip_receive_https(delivery).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushRequest {
+    targets: Vec<PeerId>,
+}
+
+/// Originates a telemetry envelope and delivers it to `targets` (what a gossip run asks).
+async fn gossip_push(
+    State(w): State<Arc<Worker>>,
+    ApiJson(req): ApiJson<PushRequest>,
+) -> ApiResult<ApiJson<crate::gossip::PushReport>> {
+    if req.targets.is_empty() || req.targets.len() > 16 {
+        return Err(ApiError::bad_request(
+            "invalid_input",
+            "targets: 1 to 16 peer ids",
+        ));
+    }
+    let mut unique = req.targets.clone();
+    unique.sort();
+    unique.dedup();
+    if unique.len() != req.targets.len() {
+        return Err(ApiError::bad_request(
+            "invalid_input",
+            "targets: each peer once",
+        ));
+    }
+    Ok(ApiJson(w.gossip_push(req.targets).await?))
+}
+
+/// The gossiped state as this peer sees it, newest first.
+async fn gossip_state(State(w): State<Arc<Worker>>) -> ApiJson<Value> {
+    let entries = w.gossip_state();
+    ApiJson(json!({"peer": w.id(), "count": entries.len(), "entries": entries}))
 }

@@ -26,6 +26,7 @@ pub const MESH_PROMPT_DRIVER: &str = "MESH_PROMPT_DRIVER";
 pub const MESH_SEND_BUFFER_BYTES: &str = "MESH_SEND_BUFFER_BYTES";
 pub const MESH_RECEIVE_WINDOW_BYTES: &str = "MESH_RECEIVE_WINDOW_BYTES";
 pub const MESH_SIGNALING_URL: &str = "MESH_SIGNALING_URL";
+pub const MESH_GOSSIP_TTL: &str = "MESH_GOSSIP_TTL";
 
 #[derive(Debug)]
 pub struct WorkerConfig {
@@ -52,6 +53,8 @@ pub struct WorkerConfig {
     pub receive_window: u32,
     /// The proxy's WebSocket signaling (`ws://…/ws` or `wss://…/ws`) to join as a native peer.
     pub signaling_url: Option<String>,
+    /// Gossip: hops an envelope this peer originates may take beyond the first (default 1).
+    pub gossip: crate::gossip::GossipSettings,
 }
 
 impl WorkerConfig {
@@ -192,6 +195,14 @@ impl WorkerConfig {
                     ));
                 }
                 url => url,
+            },
+            gossip: {
+                let mut g = crate::gossip::GossipSettings::default();
+                g.node.ttl = match env.parse_or(MESH_GOSSIP_TTL, 1u8, "hops from 0 to 4")? {
+                    n if n <= 4 => n,
+                    _ => return Err(env.invalid(MESH_GOSSIP_TTL, "hops from 0 to 4")),
+                };
+                g
             },
             service,
         })

@@ -7,6 +7,7 @@
 pub mod api;
 mod clock;
 pub mod config;
+pub mod gossip;
 pub mod inbox;
 pub mod prompt_runtime;
 pub mod qos;
@@ -63,20 +64,45 @@ pub async fn run(
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://127.0.0.1:{}", local.port()));
-    let worker = Worker::new(config.identity, store, transport, timings);
+    let worker = Worker::new(config.identity, store, transport, timings, config.gossip);
     worker
         .register_self(config.region.clone(), public_url.clone())
         .await?;
+    match worker.restore_gossip().await {
+        Ok(n) => tracing::debug!(entries = n, "gossiped state restored"),
+        // Not fatal: the state comes back with the next envelopes.
+        Err(e) => tracing::warn!("gossiped state not restored: {e}"),
+    }
     tracing::info!(peer = %worker.id(), %local, %public_url, "webrtc-worker serving");
     let signaling = config
         .signaling_url
         .clone()
         .map(|url| tokio::spawn(signaling::run(worker.clone(), url)));
+    // Registration doubles as the liveness beacon the gossip job reads (`lastSeenAt`): peers
+    // not seen for 10 minutes are stale and skipped, so refresh well within that.
+    let beacon = {
+        let worker = worker.clone();
+        let region = config.region.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if let Err(e) = worker
+                    .register_self(region.clone(), public_url.clone())
+                    .await
+                {
+                    tracing::warn!("registration not refreshed: {e}");
+                }
+            }
+        })
+    };
     let router = app(worker.clone(), &config.service.http);
     let served = serve(listener, router, shutdown, config.service.shutdown_grace).await;
     if let Some(task) = signaling {
         task.abort();
     }
+    beacon.abort();
     served?;
     // Links are written `down` as their drivers finish; bounded so shutdown is too.
     worker.hang_up_all(std::time::Duration::from_secs(2)).await;

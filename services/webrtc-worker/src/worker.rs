@@ -131,6 +131,8 @@ pub struct Timings {
 
 pub struct Worker {
     identity: Identity,
+    region: Mutex<Option<String>>,
+    pub(crate) gossip: crate::gossip::Gossip,
     store: SharedStore,
     transport: Transport,
     timings: Timings,
@@ -157,8 +159,11 @@ impl Worker {
         store: SharedStore,
         transport: Transport,
         timings: Timings,
+        gossip: crate::gossip::GossipSettings,
     ) -> Arc<Self> {
         Arc::new(Worker {
+            gossip: crate::gossip::Gossip::new(identity.id().clone(), gossip),
+            region: Mutex::new(None),
             identity,
             store,
             transport,
@@ -189,6 +194,19 @@ impl Worker {
         &self.store
     }
 
+    /// The region this worker registered with.
+    pub fn region(&self) -> Option<String> {
+        lock(&self.region).clone()
+    }
+
+    /// The connection to `peer`, if it is connected (its channels usable).
+    pub(crate) fn connected(&self, peer: &PeerId) -> Option<Arc<Connection>> {
+        lock(&self.links)
+            .get(peer)
+            .filter(|e| e.phase == Phase::Connected)
+            .map(|e| e.conn.clone())
+    }
+
     /// Registers (or refreshes) this worker's peer record, keeping its trust, so peers sharing
     /// the store can verify what it signs.
     pub async fn register_self(
@@ -196,6 +214,7 @@ impl Worker {
         region: Option<String>,
         https: String,
     ) -> Result<(), StoreError> {
+        lock(&self.region).clone_from(&region);
         self.store
             .upsert_peer(&PeerUpsert {
                 id: self.id().clone(),
@@ -625,6 +644,13 @@ impl LinkDriver {
                         tracing::debug!(peer = %self.peer, bytes = data.len(), text, "mesh message");
                         lock(&self.worker.inbox).push(self.peer.clone(), clock.now_ms(), &data, text);
                     }
+                    Some(ConnEvent::Message { channel: Channel::Gossip, data, .. }) => {
+                        // Off the driver's loop: a store write must not hold up probes.
+                        let worker = self.worker.clone();
+                        let peer = self.peer.clone();
+                        tokio::spawn(async move { worker.gossip_frame(peer, data).await });
+                    }
+                    Some(ConnEvent::Open(Channel::Gossip) | ConnEvent::Closed(Channel::Gossip)) => {}
                     Some(ConnEvent::Closed(Channel::Mesh)) => break End::PeerClosed,
                     Some(ConnEvent::Closed(Channel::Probe)) => probe_open = false,
                 },

@@ -82,12 +82,14 @@ fn audit(id: &str, ts: u64) -> AuditRecord {
                 transport: Transport::Datachannel,
                 ok: true,
                 error: None,
+                fallback: None,
             },
             AuditTarget {
                 peer: peer_id("c"),
                 transport: Transport::Https,
                 ok: false,
                 error: Some("timeout".into()),
+                fallback: Some("no up link".into()),
             },
         ],
         reason: None,
@@ -381,12 +383,12 @@ pub async fn gossip_state_keeps_the_superseding_entry(store: SharedStore) {
         2
     );
     assert_eq!(
-        store.merge_gossip(&[a1.clone()]).await.unwrap(),
+        store.merge_gossip(std::slice::from_ref(&a1)).await.unwrap(),
         0,
         "older loses"
     );
     assert_eq!(
-        store.merge_gossip(&[a2.clone()]).await.unwrap(),
+        store.merge_gossip(std::slice::from_ref(&a2)).await.unwrap(),
         0,
         "same is no change"
     );

@@ -1,0 +1,687 @@
+//! The worker's gossip driver (protocol in proto/GOSSIP.md): it pushes signed telemetry
+//! envelopes to the peers a gossip run names, receives envelopes on its links' `gossip`
+//! DataChannels and on `POST /gossip`, and forwards what is new. The decisions are
+//! mesh-gossip's (`Node`, `Sampler`, trust quotas); this file owns the IO: the store, the
+//! channels, HTTPS, the clock and the RNG.
+//!
+//! Transport per target: the `gossip` channel of a connected link, the envelope acknowledged by
+//! the receiver within [`ACK_TIMEOUT`]; otherwise HTTPS to the target's worker, carried in a
+//! [`Delivery`] signed by this peer. A refusal by the receiver is final (the other path would
+//! get the same answer); only a missing link, a failed send or a lost ack fall back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use mesh_gossip::limits::{RateConfig, quota};
+use mesh_gossip::node::{Node, NodeConfig, Received, Rejection};
+use mesh_gossip::select::{Candidate, Sampler, SelectionConfig};
+use mesh_service::ApiError;
+use mesh_types::rate::{Keyed, Quota};
+use mesh_types::signing::Signed;
+use mesh_types::{
+    AuditRecord, AuditTarget, Delivery, Envelope, GossipEntry, GossipFrame, LinkSummary, Outcome,
+    PeerId, PublicKey, Telemetry, TelemetryPayload, Transport, UnixMillis, Verifier,
+    VerifierConfig,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::lock;
+use crate::transport::Channel;
+use crate::worker::{Worker, WorkerError};
+
+/// How long a DataChannel delivery waits for the receiver's ack before trying HTTPS.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// One HTTPS delivery.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Least time between two reloads of the peer list caused by an unknown peer.
+const RELOAD_AFTER: Duration = Duration::from_secs(2);
+/// The peer list is reloaded at least this often anyway (trust and endpoints change).
+const MAX_PEER_AGE: Duration = Duration::from_secs(30);
+/// Refusals audited per sender: 1 a second, bursts of 10; the rest are counted into the next
+/// record, so a flood of garbage cannot turn into a flood of store writes.
+const AUDIT_PER_SECOND: f64 = 1.0;
+const AUDIT_BURST: f64 = 10.0;
+
+/// Gossip settings of a worker.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GossipSettings {
+    pub node: NodeConfig,
+    pub rate: RateConfig,
+    pub selection: SelectionConfig,
+}
+
+#[derive(Debug, Clone)]
+struct PeerInfo {
+    key: PublicKey,
+    trust: f64,
+    https: Option<String>,
+    last_seen_ms: UnixMillis,
+}
+
+#[derive(Debug, Default)]
+struct PeerCache {
+    peers: HashMap<PeerId, PeerInfo>,
+    loaded: Option<Instant>,
+}
+
+type AckKey = (PeerId, PeerId, String);
+
+#[derive(Debug)]
+struct Ack {
+    outcome: Outcome,
+    code: Option<String>,
+    message: Option<String>,
+}
+
+/// The gossip state a worker holds.
+pub(crate) struct Gossip {
+    settings: GossipSettings,
+    node: Mutex<Node>,
+    peers: Mutex<PeerCache>,
+    reload: tokio::sync::Mutex<()>,
+    inbound: Mutex<Keyed<PeerId>>,
+    outbound: Mutex<Keyed<PeerId>>,
+    audit_budget: Mutex<(Keyed<PeerId>, HashMap<PeerId, u64>)>,
+    acks: Mutex<HashMap<AckKey, oneshot::Sender<Ack>>>,
+    deliveries: Mutex<Verifier>,
+    http: reqwest::Client,
+    rng: Mutex<StdRng>,
+    start: Instant,
+}
+
+impl Gossip {
+    // The driver seeds its RNG from the OS and starts its rate-limit clock here.
+    #[allow(clippy::disallowed_methods)]
+    pub(crate) fn new(me: PeerId, settings: GossipSettings) -> Self {
+        let any = Quota::new(1.0, 1.0);
+        Gossip {
+            settings,
+            node: Mutex::new(Node::new(me, settings.node)),
+            peers: Mutex::new(PeerCache::default()),
+            reload: tokio::sync::Mutex::new(()),
+            inbound: Mutex::new(Keyed::new(any)),
+            outbound: Mutex::new(Keyed::new(any)),
+            audit_budget: Mutex::new((
+                Keyed::new(Quota::new(AUDIT_PER_SECOND, AUDIT_BURST)),
+                HashMap::new(),
+            )),
+            acks: Mutex::new(HashMap::new()),
+            deliveries: Mutex::new(Verifier::new(VerifierConfig::default())),
+            // No redirects: a worker URL from the registry is called as registered.
+            http: reqwest::Client::builder()
+                .timeout(HTTP_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
+            rng: Mutex::new(StdRng::from_rng(&mut rand::rng())),
+            start: Instant::now(),
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// The driver's monotonic clock.
+    #[allow(clippy::disallowed_methods)]
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// What one push did: the envelope and each target's transport and result.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushReport {
+    pub envelope_id: String,
+    pub targets: Vec<AuditTarget>,
+}
+
+/// What `POST /gossip` answers for an envelope it took.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Taken {
+    pub outcome: Outcome,
+    /// Entries that changed this peer's state.
+    pub changed: usize,
+}
+
+/// A refused envelope: the status and code the sender gets.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        ApiError::new(r.status, r.code, r.message)
+    }
+}
+
+fn refusal_of(r: &Rejection) -> Refusal {
+    let status = match r {
+        Rejection::Signature(v) => ApiError::from(v.clone()).status,
+        Rejection::UnknownOrigin(_) => StatusCode::FORBIDDEN,
+        Rejection::Stale { .. } | Rejection::FromFuture { .. } => StatusCode::UNAUTHORIZED,
+        Rejection::Tampered { .. } => StatusCode::CONFLICT,
+        Rejection::Invalid(_) | Rejection::BadEntry { .. } => StatusCode::BAD_REQUEST,
+        Rejection::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    Refusal {
+        status,
+        code: r.code().to_string(),
+        message: r.to_string(),
+    }
+}
+
+fn target(peer: &PeerId, transport: Transport, error: Option<String>) -> AuditTarget {
+    AuditTarget {
+        peer: peer.clone(),
+        transport,
+        ok: error.is_none(),
+        error,
+        fallback: None,
+    }
+}
+
+impl Worker {
+    fn gossip(&self) -> &Gossip {
+        &self.gossip
+    }
+
+    /// This peer's telemetry: its links' health and QoS as its drivers last measured them.
+    fn telemetry(&self) -> Telemetry {
+        Telemetry {
+            region: self.region(),
+            links: self
+                .links()
+                .into_iter()
+                .filter_map(|v| {
+                    Some(LinkSummary {
+                        peer: v.peer,
+                        health: v.health?,
+                        qos: v.qos?,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Loads the gossiped state kept in the store (what this peer learned before a restart).
+    pub async fn restore_gossip(&self) -> Result<usize, WorkerError> {
+        let entries = self.store().list_gossip(mesh_store::MAX_LIST_LIMIT).await?;
+        Ok(lock(&self.gossip().node).restore(entries))
+    }
+
+    /// The state as this peer sees it, newest stamp first.
+    pub fn gossip_state(&self) -> Vec<GossipEntry> {
+        let node = lock(&self.gossip().node);
+        let mut entries: Vec<GossipEntry> = node.state().iter().map(|(_, e)| e.clone()).collect();
+        entries.sort_by(|a, b| b.hlc.cmp(&a.hlc).then_with(|| a.key.cmp(&b.key)));
+        entries
+    }
+
+    /// Reloads the peer list from the store when `force`d (an unknown peer; at most every
+    /// [`RELOAD_AFTER`]) or when it is older than [`MAX_PEER_AGE`].
+    async fn refresh_peers(&self, force: bool) -> Result<(), WorkerError> {
+        let due = |cache: &PeerCache| match cache.loaded {
+            None => true,
+            Some(at) => {
+                let age = at.elapsed();
+                age > MAX_PEER_AGE || (force && age > RELOAD_AFTER)
+            }
+        };
+        if !due(&lock(&self.gossip().peers)) {
+            return Ok(());
+        }
+        let _one = self.gossip().reload.lock().await;
+        if !due(&lock(&self.gossip().peers)) {
+            return Ok(());
+        }
+        let peers = self.store().list_peers().await?;
+        let mut cache = lock(&self.gossip().peers);
+        cache.peers = peers
+            .into_iter()
+            .map(|p| {
+                let info = PeerInfo {
+                    key: p.pub_key,
+                    trust: p.trust,
+                    https: p.endpoints.https,
+                    last_seen_ms: p.last_seen_at,
+                };
+                (p.id, info)
+            })
+            .collect();
+        cache.loaded = Some(self.gossip().now());
+        Ok(())
+    }
+
+    fn peer_info(&self, peer: &PeerId) -> Option<PeerInfo> {
+        lock(&self.gossip().peers).peers.get(peer).cloned()
+    }
+
+    /// `POST /gossip/push`: originates an envelope and delivers it to each of `targets`.
+    pub async fn gossip_push(
+        self: &Arc<Self>,
+        targets: Vec<PeerId>,
+    ) -> Result<PushReport, WorkerError> {
+        self.refresh_peers(false).await?;
+        let own = serde_json::to_value(self.telemetry()).map_err(|e| {
+            WorkerError::Signing(mesh_types::Error::Canonicalisation(e.to_string()))
+        })?;
+        let envelope = {
+            let mut rng = lock(&self.gossip().rng);
+            lock(&self.gossip().node)
+                .originate(self.identity(), own, self.now_ms(), &mut *rng)
+                .map_err(|e| {
+                    WorkerError::Signing(mesh_types::Error::Canonicalisation(e.to_string()))
+                })?
+        };
+        // Our own entry is part of the mesh-wide state too.
+        if let Ok(payload) = serde_json::from_value::<TelemetryPayload>(envelope.payload.clone())
+            && let Some(mine) = payload.entries.first()
+            && let Err(e) = self.store().merge_gossip(std::slice::from_ref(mine)).await
+        {
+            tracing::warn!("own gossip entry not stored: {e}");
+        }
+        let deliveries = targets.iter().map(|t| self.deliver(t, &envelope));
+        let targets = futures_util::future::join_all(deliveries).await;
+        tracing::info!(
+            envelope = %envelope.id,
+            ok = targets.iter().filter(|t| t.ok).count(),
+            failed = targets.iter().filter(|t| !t.ok).count(),
+            "gossip pushed"
+        );
+        Ok(PushReport {
+            envelope_id: envelope.id,
+            targets,
+        })
+    }
+
+    /// Delivers `envelope` to `peer`: over the link's gossip channel, else HTTPS.
+    async fn deliver(self: &Arc<Self>, peer: &PeerId, envelope: &Envelope) -> AuditTarget {
+        if peer == self.id() {
+            return target(
+                peer,
+                Transport::None,
+                Some("a peer does not gossip to itself".into()),
+            );
+        }
+        let trust = self.peer_info(peer).map_or(0.0, |p| p.trust);
+        let q = quota(trust, &self.gossip().settings.rate);
+        let now = self.gossip().elapsed();
+        let allowed = lock(&self.gossip().outbound).check_with(peer, q, now);
+        if let Err(wait) = allowed {
+            return target(
+                peer,
+                Transport::None,
+                Some(format!(
+                    "rate_limited: this peer's quota for {peer} is spent; next in {} ms",
+                    wait.as_millis()
+                )),
+            );
+        }
+        let fallback = match self.deliver_datachannel(peer, envelope).await {
+            Ok(ack) => {
+                return match ack.outcome {
+                    Outcome::Accepted | Outcome::Duplicate => {
+                        target(peer, Transport::Datachannel, None)
+                    }
+                    Outcome::Rejected => target(
+                        peer,
+                        Transport::Datachannel,
+                        Some(format!(
+                            "{}: {}",
+                            ack.code.as_deref().unwrap_or("rejected"),
+                            ack.message.as_deref().unwrap_or("refused by the receiver")
+                        )),
+                    ),
+                };
+            }
+            Err(why) => why,
+        };
+        let mut result = match self.deliver_https(peer, envelope).await {
+            Ok(()) => target(peer, Transport::Https, None),
+            Err(e) => target(peer, Transport::Https, Some(e)),
+        };
+        result.fallback = Some(fallback);
+        result
+    }
+
+    /// Sends on the gossip channel and waits for the ack; `Err` says why HTTPS should be tried.
+    async fn deliver_datachannel(&self, peer: &PeerId, envelope: &Envelope) -> Result<Ack, String> {
+        let conn = self
+            .connected(peer)
+            .ok_or_else(|| format!("no connected link to {peer}"))?;
+        let frame = serde_json::to_vec(&GossipFrame::Envelope {
+            envelope: envelope.clone(),
+        })
+        .map_err(|e| format!("encoding: {e}"))?;
+        let key: AckKey = (peer.clone(), envelope.from.clone(), envelope.id.clone());
+        let (tx, rx) = oneshot::channel();
+        lock(&self.gossip().acks).insert(key.clone(), tx);
+        let result = async {
+            conn.send(Channel::Gossip, &frame, false)
+                .await
+                .map_err(|e| format!("gossip channel: {e}"))?;
+            match tokio::time::timeout(ACK_TIMEOUT, rx).await {
+                Ok(Ok(ack)) => Ok(ack),
+                Ok(Err(_)) => Err("the link closed before the ack".to_string()),
+                Err(_) => Err(format!("no ack within {} s", ACK_TIMEOUT.as_secs())),
+            }
+        }
+        .await;
+        lock(&self.gossip().acks).remove(&key);
+        result
+    }
+
+    async fn deliver_https(&self, peer: &PeerId, envelope: &Envelope) -> Result<(), String> {
+        if self.peer_info(peer).and_then(|p| p.https).is_none() {
+            self.refresh_peers(true).await.map_err(|e| e.to_string())?;
+        }
+        let base = self
+            .peer_info(peer)
+            .and_then(|p| p.https)
+            .ok_or_else(|| format!("{peer} has no registered HTTPS endpoint"))?;
+        let mut delivery = Delivery {
+            sender: self.id().clone(),
+            to: peer.clone(),
+            ts: self.now_ms(),
+            envelope: envelope.clone(),
+            sig: String::new(),
+            kid: None,
+        };
+        delivery
+            .sign(self.identity())
+            .map_err(|e| format!("signing the delivery: {e}"))?;
+        let url = format!("{}/gossip", base.trim_end_matches('/'));
+        let res = self
+            .gossip()
+            .http
+            .post(&url)
+            .json(&delivery)
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        if res.status().is_success() {
+            return Ok(());
+        }
+        let status = res.status().as_u16();
+        let body: serde_json::Value = res.json().await.unwrap_or_default();
+        Err(format!(
+            "{}: {} (HTTP {status})",
+            body["error"]["code"].as_str().unwrap_or("http_error"),
+            body["error"]["message"].as_str().unwrap_or("no message")
+        ))
+    }
+
+    /// `POST /gossip`: an envelope handed over HTTPS, in a delivery signed by its sender.
+    pub async fn gossip_receive_https(
+        self: &Arc<Self>,
+        delivery: Delivery,
+    ) -> Result<Taken, Refusal> {
+        let sender = delivery.sender.clone();
+        let envelope_id = delivery.envelope.id.clone();
+        let refuse = |code: &str, status: StatusCode, message: String| Refusal {
+            status,
+            code: code.to_string(),
+            message,
+        };
+        let checked = async {
+            if &delivery.to != self.id() {
+                return Err(refuse(
+                    "wrong_addressee",
+                    StatusCode::FORBIDDEN,
+                    format!("this delivery is for {}, not {}", delivery.to, self.id()),
+                ));
+            }
+            if self.peer_info(&sender).is_none() {
+                let _ = self.refresh_peers(true).await;
+            }
+            let key = self.peer_info(&sender).map(|p| p.key).ok_or_else(|| {
+                refuse(
+                    "unknown_peer",
+                    StatusCode::FORBIDDEN,
+                    format!("sender {sender} is not a registered peer"),
+                )
+            })?;
+            lock(&self.gossip().deliveries)
+                .verify(&delivery, &key, self.now_ms())
+                .map_err(|e| {
+                    let api = ApiError::from(e);
+                    refuse(&api.code, api.status, api.message)
+                })
+        }
+        .await;
+        if let Err(r) = checked {
+            self.audit_refusal(&sender, &envelope_id, "reject", &r)
+                .await;
+            return Err(r);
+        }
+        self.take(&sender, delivery.envelope).await
+    }
+
+    /// A frame on `from`'s gossip channel (the link says who sent it).
+    pub(crate) async fn gossip_frame(self: &Arc<Self>, from: PeerId, data: Bytes) {
+        let frame: GossipFrame = match serde_json::from_slice(&data) {
+            Ok(f) => f,
+            Err(e) => {
+                let r = Refusal {
+                    status: StatusCode::BAD_REQUEST,
+                    code: "bad_json".into(),
+                    message: format!("gossip frame: {e}"),
+                };
+                self.audit_refusal(&from, "", "reject", &r).await;
+                return;
+            }
+        };
+        match frame {
+            GossipFrame::Ack {
+                from: origin,
+                id,
+                outcome,
+                code,
+                message,
+            } => {
+                let waiting = lock(&self.gossip().acks).remove(&(from.clone(), origin, id));
+                match waiting {
+                    Some(tx) => {
+                        let _ = tx.send(Ack {
+                            outcome,
+                            code,
+                            message,
+                        });
+                    }
+                    // Late (after its time-out, when HTTPS was tried): nothing waits for it.
+                    None => tracing::debug!(peer = %from, "an ack nobody waits for"),
+                }
+            }
+            GossipFrame::Envelope { envelope } => {
+                let (origin, id) = (envelope.from.clone(), envelope.id.clone());
+                let ack = match self.take(&from, envelope).await {
+                    Ok(t) => GossipFrame::Ack {
+                        from: origin,
+                        id,
+                        outcome: t.outcome,
+                        code: None,
+                        message: None,
+                    },
+                    Err(r) => GossipFrame::Ack {
+                        from: origin,
+                        id,
+                        outcome: Outcome::Rejected,
+                        code: Some(r.code),
+                        message: Some(r.message),
+                    },
+                };
+                if let (Some(conn), Ok(bytes)) = (self.connected(&from), serde_json::to_vec(&ack)) {
+                    // A lost ack makes the sender try HTTPS, where the envelope is a duplicate.
+                    if let Err(e) = conn.send(Channel::Gossip, &bytes, false).await {
+                        tracing::debug!(peer = %from, "gossip ack not sent: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The receive path both transports share: the sender's rate limit, then the node's
+    /// verdict; new state is stored and the envelope forwarded while its ttl lasts.
+    async fn take(self: &Arc<Self>, sender: &PeerId, envelope: Envelope) -> Result<Taken, Refusal> {
+        let _ = self.refresh_peers(false).await;
+        let trust = self.peer_info(sender).map_or(0.0, |p| p.trust);
+        let q = quota(trust, &self.gossip().settings.rate);
+        let now = self.gossip().elapsed();
+        let allowed = lock(&self.gossip().inbound).check_with(sender, q, now);
+        if let Err(wait) = allowed {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let r = Refusal {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: "rate_limited".into(),
+                message: format!(
+                    "{sender} is over its gossip quota ({:.0} a minute at trust {trust:.2}); retry after {secs} s",
+                    q.rate() * 60.0
+                ),
+            };
+            self.audit_refusal(sender, &envelope.id, "drop", &r).await;
+            return Err(r);
+        }
+        let unknown = |w: &Worker| {
+            let cache = lock(&w.gossip().peers);
+            let mut origins = vec![envelope.from.clone()];
+            if let Ok(p) = serde_json::from_value::<TelemetryPayload>(envelope.payload.clone()) {
+                origins.extend(p.entries.into_iter().map(|e| e.origin));
+            }
+            origins.iter().any(|o| !cache.peers.contains_key(o))
+        };
+        if unknown(self) {
+            let _ = self.refresh_peers(true).await;
+        }
+        let verdict = {
+            let cache = lock(&self.gossip().peers);
+            let key_of = |p: &PeerId| cache.peers.get(p).map(|i| i.key);
+            lock(&self.gossip().node).receive(&envelope, &key_of, self.now_ms())
+        };
+        match verdict {
+            Ok(Received::Duplicate) => Ok(Taken {
+                outcome: Outcome::Duplicate,
+                changed: 0,
+            }),
+            Ok(Received::Accepted {
+                changed,
+                skipped,
+                forward,
+            }) => {
+                tracing::info!(
+                    peer = %sender, origin = %envelope.from, envelope = %envelope.id,
+                    changed = changed.len(), skipped, "gossip envelope accepted"
+                );
+                if !changed.is_empty()
+                    && let Err(e) = self.store().merge_gossip(&changed).await
+                {
+                    tracing::warn!("gossiped state not stored: {e}");
+                }
+                if let Some(forward) = forward {
+                    let worker = self.clone();
+                    let sender = sender.clone();
+                    tokio::spawn(async move { worker.forward(&sender, *forward).await });
+                }
+                Ok(Taken {
+                    outcome: Outcome::Accepted,
+                    changed: changed.len(),
+                })
+            }
+            Err(rejection) => {
+                let r = refusal_of(&rejection);
+                self.audit_refusal(sender, &envelope.id, "reject", &r).await;
+                Err(r)
+            }
+        }
+    }
+
+    /// Passes an accepted envelope on to `fanout` peers other than its sender and origin.
+    /// A worker knows only its own links, so a peer's health is not judged here (a peer whose
+    /// link to us is down may be up elsewhere, and gets the envelope over HTTPS); stale peers
+    /// are skipped.
+    async fn forward(self: &Arc<Self>, sender: &PeerId, envelope: Envelope) {
+        let candidates: Vec<Candidate> = lock(&self.gossip().peers)
+            .peers
+            .iter()
+            .map(|(id, p)| Candidate {
+                id: id.clone(),
+                trust: p.trust,
+                last_seen_ms: p.last_seen_ms,
+                link: None,
+            })
+            .collect();
+        let settings = self.gossip().settings.selection;
+        let sampler = Sampler::new(&candidates, self.id(), self.now_ms(), &settings);
+        let chosen = {
+            let mut rng = lock(&self.gossip().rng);
+            sampler
+                .draw(settings.fanout, &[sender, &envelope.from], &mut *rng)
+                .chosen
+        };
+        for peer in chosen {
+            let result = self.deliver(&peer, &envelope).await;
+            if result.ok {
+                tracing::debug!(%peer, envelope = %envelope.id, "gossip forwarded");
+            } else {
+                tracing::warn!(
+                    %peer, envelope = %envelope.id, error = result.error.as_deref().unwrap_or(""),
+                    "gossip forward failed"
+                );
+            }
+        }
+    }
+
+    /// Writes a `reject` or `drop` audit record, within the sender's audit budget; what is over
+    /// the budget is counted and named in the next record (and logged), never lost silently.
+    async fn audit_refusal(&self, sender: &PeerId, envelope_id: &str, kind: &str, r: &Refusal) {
+        tracing::warn!(peer = %sender, envelope = envelope_id, code = %r.code, "gossip refused: {}", r.message);
+        let now = self.gossip().elapsed();
+        let suppressed = {
+            let mut budget = lock(&self.gossip().audit_budget);
+            let (buckets, counts) = &mut *budget;
+            if buckets.check(sender, now).is_err() {
+                *counts.entry(sender.clone()).or_default() += 1;
+                return;
+            }
+            counts.remove(sender).unwrap_or(0)
+        };
+        let mut reason = format!("{}: {}", r.code, r.message);
+        if suppressed > 0 {
+            reason.push_str(&format!(
+                " (and {suppressed} earlier refusals of this sender, over the audit budget, not recorded one by one)"
+            ));
+        }
+        let ts = self.now_ms();
+        let suffix: u64 = {
+            let mut rng = lock(&self.gossip().rng);
+            rand::RngExt::random(&mut *rng)
+        };
+        let record = AuditRecord {
+            id: format!("{ts}-{kind}-{}-{suffix:016x}", self.id()),
+            ts,
+            kind: kind.to_string(),
+            from: sender.clone(),
+            recorded_by: Some(self.id().clone()),
+            fanout: 0,
+            succeeded: 0,
+            failed: 1,
+            envelope_id: (!envelope_id.is_empty()).then(|| envelope_id.to_string()),
+            targets: Vec::new(),
+            reason: Some(reason),
+        };
+        if let Err(e) = self.store().append_audit(&record).await {
+            tracing::error!(peer = %sender, "gossip refusal not audited: {e}");
+        }
+    }
+}
