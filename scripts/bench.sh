@@ -2,9 +2,10 @@
 # Runs the benchmarks and writes their JSON reports under target/bench/. Numbers belong in
 # docs/BENCHMARKS.md with the machine they came from; tests never assert them.
 #
-# Usage: scripts/bench.sh [transport|signaling]   (default: both)
+# Usage: scripts/bench.sh [transport|signaling|gossip]   (default: all three)
 #   transport: webrtc-worker connections against Chromium's libwebrtc (needs chromium)
 #   signaling: the proxy's WebSocket signaling against a Node.js `ws` relay (needs node, npm)
+#   gossip:    the seeded gossip simulation, N = 1000 (MESH_BENCH_SEEDS, default 100; ~8 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p target/bench
@@ -21,4 +22,8 @@ if [[ "$which" == all || "$which" == signaling ]]; then
   # 10,000 client connections in this process and in each server: lift the descriptor limit.
   ulimit -n "$(ulimit -Hn)"
   cargo bench -p signaling-proxy --bench signaling -- --bench | tee target/bench/signaling.json
+fi
+
+if [[ "$which" == all || "$which" == gossip ]]; then
+  MESH_BENCH_SEEDS="${MESH_BENCH_SEEDS:-100}" cargo bench -p mesh-gossip --bench spread | tee target/bench/gossip.md
 fi

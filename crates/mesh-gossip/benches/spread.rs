@@ -19,7 +19,7 @@ fn main() {
     let seeds: u64 = std::env::var("MESH_BENCH_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(100);
     println!("N = {peers}, fanout 3, {seeds} seeds each\n");
     println!(
         "| weighting | loss / dead | ttl | 99 %: p50 / p95 / worst | 100 %: p50 / p95 / worst | max load / round | max ÷ mean |"
