@@ -173,6 +173,21 @@ fn put_peer_tx(tx: &Connection, peer: &Peer) -> Result<()> {
     Ok(())
 }
 
+/// The documents a `SELECT doc ... LIMIT ?1` query returns.
+fn newest_docs<T: DeserializeOwned>(
+    conn: &Connection,
+    query: &str,
+    limit: usize,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare(query).map_err(sql)?;
+    let docs = stmt
+        .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            r.get::<_, String>(0)
+        })
+        .map_err(sql)?;
+    docs.map(|d| from_doc(&d.map_err(sql)?)).collect()
+}
+
 fn not_found(what: &'static str, id: impl ToString) -> StoreError {
     StoreError::NotFound {
         what,
@@ -351,15 +366,11 @@ impl Store for EmbeddedStore {
     async fn list_audit(&self, limit: usize) -> Result<Vec<AuditRecord>> {
         let limit = rules::limit(limit)?;
         self.with(move |conn| {
-            let mut stmt = conn
-                .prepare(&format!(
-                    "SELECT doc FROM {AUDIT} ORDER BY ts DESC, id DESC LIMIT ?1"
-                ))
-                .map_err(sql)?;
-            let docs = stmt
-                .query_map([limit as i64], |r| r.get::<_, String>(0))
-                .map_err(sql)?;
-            docs.map(|d| from_doc(&d.map_err(sql)?)).collect()
+            newest_docs(
+                conn,
+                &format!("SELECT doc FROM {AUDIT} ORDER BY ts DESC, id DESC LIMIT ?1"),
+                limit,
+            )
         })
         .await
     }
@@ -411,15 +422,13 @@ impl Store for EmbeddedStore {
     async fn list_gossip(&self, limit: usize) -> Result<Vec<GossipEntry>> {
         let limit = rules::limit(limit)?;
         self.with(move |conn| {
-            let mut stmt = conn
-                .prepare(&format!(
+            newest_docs(
+                conn,
+                &format!(
                     "SELECT doc FROM {GOSSIP_STATE} ORDER BY wall_ms DESC, counter DESC, id DESC LIMIT ?1"
-                ))
-                .map_err(sql)?;
-            let rows = stmt
-                .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| r.get::<_, String>(0))
-                .map_err(sql)?;
-            rows.map(|r| from_doc(&r.map_err(sql)?)).collect()
+                ),
+                limit,
+            )
         })
         .await
     }

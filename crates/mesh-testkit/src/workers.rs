@@ -94,6 +94,17 @@ impl Mesh {
         .await
     }
 
+    /// `DELETE /links/{peer}` on `p`; returns the status.
+    pub async fn hang_up(&self, p: &Peer, peer: &str) -> u16 {
+        self.http
+            .delete(format!("{}/links/{peer}", p.proc.url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DELETE /links/{peer}: {e}\nworker log:\n{}", p.proc.log()))
+            .status()
+            .as_u16()
+    }
+
     pub async fn link_count(&self, p: &Peer) -> u64 {
         self.get(p, "/links").await["count"].as_u64().unwrap()
     }

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::signing::{CanonicalWriter, Signed};
-use crate::{Error, KeyId, PeerId, Signature, UnixMillis};
+use crate::{Error, KeyId, PeerId, UnixMillis};
 
 /// A hybrid logical clock stamp: wall time in ms and a counter that orders events within a ms.
 #[derive(
@@ -91,16 +91,7 @@ impl Signed for Envelope {
             .bytes(&payload)
             .finish())
     }
-    fn sig(&self) -> &str {
-        &self.sig
-    }
-    fn kid(&self) -> Option<&KeyId> {
-        self.kid.as_ref()
-    }
-    fn set_signature(&mut self, sig: Signature, kid: KeyId) {
-        self.sig = sig.to_base64();
-        self.kid = Some(kid);
-    }
+    crate::signing::signature_fields!();
 }
 
 /// The envelope kind whose payload is a [`TelemetryPayload`].
@@ -193,16 +184,7 @@ impl Signed for GossipEntry {
             .bytes(&value)
             .finish())
     }
-    fn sig(&self) -> &str {
-        &self.sig
-    }
-    fn kid(&self) -> Option<&KeyId> {
-        self.kid.as_ref()
-    }
-    fn set_signature(&mut self, sig: Signature, kid: KeyId) {
-        self.sig = sig.to_base64();
-        self.kid = Some(kid);
-    }
+    crate::signing::signature_fields!();
 }
 
 /// The payload of a `telemetry` envelope: the origin's own entry first, then what it has
@@ -270,16 +252,7 @@ impl Signed for Delivery {
             .str(&self.envelope.sig)
             .finish())
     }
-    fn sig(&self) -> &str {
-        &self.sig
-    }
-    fn kid(&self) -> Option<&KeyId> {
-        self.kid.as_ref()
-    }
-    fn set_signature(&mut self, sig: Signature, kid: KeyId) {
-        self.sig = sig.to_base64();
-        self.kid = Some(kid);
-    }
+    crate::signing::signature_fields!();
 }
 
 /// What a receiver made of an envelope: the body of `POST /gossip`'s answer and of an ack frame.

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::signing::{CanonicalWriter, Signed};
-use crate::{Error, KeyId, PeerId, PublicKey, Signature, UnixMillis};
+use crate::{Error, KeyId, PeerId, PublicKey, UnixMillis};
 
 /// Trust a newly registered peer starts with, until the trust model (docs/TRUST.md) recomputes
 /// it from the link graph. Above zero so a new peer can be chosen at all.
@@ -113,16 +113,7 @@ impl Signed for PeerRegistration {
             .u64(self.ts)
             .finish())
     }
-    fn sig(&self) -> &str {
-        &self.sig
-    }
-    fn kid(&self) -> Option<&KeyId> {
-        self.kid.as_ref()
-    }
-    fn set_signature(&mut self, sig: Signature, kid: KeyId) {
-        self.sig = sig.to_base64();
-        self.kid = Some(kid);
-    }
+    crate::signing::signature_fields!();
 }
 
 #[cfg(test)]

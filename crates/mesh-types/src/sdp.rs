@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use serde::{Deserialize, Serialize};
 
 use crate::signing::{CanonicalWriter, Signed};
-use crate::{Error, KeyId, PeerId, Signature, UnixMillis};
+use crate::{Error, KeyId, PeerId, UnixMillis};
 
 /// Names the signing domain of an [`SdpMessage`].
 pub trait SdpKind {
@@ -81,16 +81,7 @@ impl<K: SdpKind> Signed for SdpMessage<K> {
             .u64(self.ts)
             .finish())
     }
-    fn sig(&self) -> &str {
-        &self.sig
-    }
-    fn kid(&self) -> Option<&KeyId> {
-        self.kid.as_ref()
-    }
-    fn set_signature(&mut self, sig: Signature, kid: KeyId) {
-        self.sig = sig.to_base64();
-        self.kid = Some(kid);
-    }
+    crate::signing::signature_fields!();
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::signing::{CanonicalWriter, Signed};
-use crate::{Error, KeyId, PeerId, Signature, UnixMillis};
+use crate::{Error, KeyId, PeerId, UnixMillis};
 
 /// A client's proof of its identity: the server's per-connection nonce and the time, signed with
 /// the key registered for `id`. The nonce makes it good for one connection only.
@@ -49,16 +49,7 @@ impl Signed for RegisterProof {
             .u64(self.ts)
             .finish())
     }
-    fn sig(&self) -> &str {
-        &self.sig
-    }
-    fn kid(&self) -> Option<&KeyId> {
-        self.kid.as_ref()
-    }
-    fn set_signature(&mut self, sig: Signature, kid: KeyId) {
-        self.sig = sig.to_base64();
-        self.kid = Some(kid);
-    }
+    crate::signing::signature_fields!();
 }
 
 /// An ICE candidate as browsers hand it over (`RTCIceCandidateInit`).

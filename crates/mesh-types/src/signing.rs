@@ -12,6 +12,24 @@ use std::collections::{BinaryHeap, HashSet};
 
 use crate::{Error, Identity, KeyId, PeerId, PublicKey, Signature, UnixMillis, VerifyError};
 
+/// The three [`Signed`] methods every signed shape implements the same way, over its
+/// `sig: String` and `kid: Option<KeyId>` fields.
+macro_rules! signature_fields {
+    () => {
+        fn sig(&self) -> &str {
+            &self.sig
+        }
+        fn kid(&self) -> Option<&$crate::KeyId> {
+            self.kid.as_ref()
+        }
+        fn set_signature(&mut self, sig: $crate::Signature, kid: $crate::KeyId) {
+            self.sig = sig.to_base64();
+            self.kid = Some(kid);
+        }
+    };
+}
+pub(crate) use signature_fields;
+
 /// Prefix of every domain tag; the version bumps if the layout ever changes.
 pub const DOMAIN_PREFIX: &str = "meshrtc/v1/";
 

@@ -153,14 +153,7 @@ async fn envelopes_ride_datachannels_fall_back_to_https_and_bad_ones_are_audited
 
     // Run 2: a's link to d is gone (d is still up through b): d gets the envelope over HTTPS,
     // and the audit says why the DataChannel was not used.
-    let (s, _) = mesh
-        .http
-        .delete(format!("{}/links/d", a.proc.url))
-        .send()
-        .await
-        .map(|r| (r.status().as_u16(), ()))
-        .unwrap();
-    assert_eq!(s, 200);
+    assert_eq!(mesh.hang_up(&a, "d").await, 200);
     eventually(
         Duration::from_secs(10),
         "a to drop its link to d",

@@ -78,14 +78,7 @@ async fn two_workers_connect_exchange_messages_and_store_one_measured_link() {
     );
 
     // Hanging up writes the link down at once, on both sides' registries.
-    let (s, _) = mesh
-        .http
-        .delete(format!("{}/links/bravo", a.proc.url))
-        .send()
-        .await
-        .map(|r| (r.status().as_u16(), ()))
-        .unwrap();
-    assert_eq!(s, 200);
+    assert_eq!(mesh.hang_up(&a, "bravo").await, 200);
     eventually(
         Duration::from_secs(10),
         "the link down in the store",
