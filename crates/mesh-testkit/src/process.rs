@@ -21,8 +21,19 @@ impl ServiceProcess {
     /// Starts `bin` with `env` (plus `PORT=0` and JSON logs) and waits up to 30 s for the log line
     /// whose message is `ready_message` and whose `fields.local` names the bound address.
     pub fn start(bin: impl AsRef<Path>, env: &[(&str, String)], ready_message: &str) -> Self {
+        Self::start_with_args(bin, &[], env, ready_message)
+    }
+
+    /// [`start`](Self::start) with command-line arguments (a subcommand, say).
+    pub fn start_with_args(
+        bin: impl AsRef<Path>,
+        args: &[&str],
+        env: &[(&str, String)],
+        ready_message: &str,
+    ) -> Self {
         let mut cmd = Command::new(bin.as_ref());
-        cmd.env("PORT", "0")
+        cmd.args(args)
+            .env("PORT", "0")
             .env("MESH_LOG_FORMAT", "json")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -247,6 +247,34 @@ async fn envelopes_ride_datachannels_fall_back_to_https_and_bad_ones_are_audited
         "{v}"
     );
 
+    // c keeps handing b envelopes: past its quota (from its trust) b refuses with 429 and
+    // records the drop.
+    let mut limited = None;
+    for i in 0..200 {
+        let e = envelope(&c.identity, &format!("burst-{i}"), now_ms());
+        let (s, v) = post(delivery(&c.identity, &b, e)).await;
+        if s == 429 {
+            limited = Some(v);
+            break;
+        }
+        assert_eq!(s, 200, "{v}");
+    }
+    let limited = limited.expect("c's quota ran out within 200 envelopes");
+    assert_eq!(limited["error"]["code"], "rate_limited", "{limited}");
+
+    let drops: Vec<AuditRecord> = audit(&store)
+        .await
+        .into_iter()
+        .filter(|r| r.kind == "drop")
+        .collect();
+    assert!(
+        drops
+            .iter()
+            .any(|r| r.from.as_str() == "c"
+                && r.recorded_by.as_ref().map(|p| p.as_str()) == Some("b")),
+        "{drops:#?}"
+    );
+
     let rejects: Vec<AuditRecord> = audit(&store)
         .await
         .into_iter()
