@@ -19,7 +19,7 @@ use mesh_gossip::limits::{RateConfig, quota};
 use mesh_gossip::node::{Node, NodeConfig, Received, Rejection};
 use mesh_gossip::select::{Candidate, Sampler, SelectionConfig};
 use mesh_service::ApiError;
-use mesh_types::rate::{Keyed, Quota};
+use mesh_types::rate::{Bucket, Keyed, Quota};
 use mesh_types::signing::Signed;
 use mesh_types::{
     AuditRecord, AuditTarget, Delivery, Envelope, GossipEntry, GossipFrame, LinkSummary, Outcome,
@@ -43,10 +43,15 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 const RELOAD_AFTER: Duration = Duration::from_secs(2);
 /// The peer list is reloaded at least this often anyway (trust and endpoints change).
 const MAX_PEER_AGE: Duration = Duration::from_secs(30);
-/// Refusals audited per sender: 1 a second, bursts of 10; the rest are counted into the next
-/// record, so a flood of garbage cannot turn into a flood of store writes.
+/// Refusals audited per sender: 1 a second, bursts of 10, and 20 a second (bursts of 100) in
+/// all; the rest are counted into the sender's next record, so a flood of garbage cannot turn
+/// into a flood of store writes. Senders that are not registered peers share one budget (and
+/// one count), or inventing names would get round it.
 const AUDIT_PER_SECOND: f64 = 1.0;
 const AUDIT_BURST: f64 = 10.0;
+const AUDIT_ALL_PER_SECOND: f64 = 20.0;
+const AUDIT_ALL_BURST: f64 = 100.0;
+const UNREGISTERED: &str = "unregistered";
 
 /// Gossip settings of a worker.
 #[derive(Debug, Clone, Copy, Default)]
@@ -87,7 +92,7 @@ pub(crate) struct Gossip {
     reload: tokio::sync::Mutex<()>,
     inbound: Mutex<Keyed<PeerId>>,
     outbound: Mutex<Keyed<PeerId>>,
-    audit_budget: Mutex<(Keyed<PeerId>, HashMap<PeerId, u64>)>,
+    audit_budget: Mutex<AuditBudget>,
     acks: Mutex<HashMap<AckKey, oneshot::Sender<Ack>>>,
     deliveries: Mutex<Verifier>,
     http: reqwest::Client,
@@ -107,10 +112,7 @@ impl Gossip {
             reload: tokio::sync::Mutex::new(()),
             inbound: Mutex::new(Keyed::new(any)),
             outbound: Mutex::new(Keyed::new(any)),
-            audit_budget: Mutex::new((
-                Keyed::new(Quota::new(AUDIT_PER_SECOND, AUDIT_BURST)),
-                HashMap::new(),
-            )),
+            audit_budget: Mutex::new(AuditBudget::new()),
             acks: Mutex::new(HashMap::new()),
             deliveries: Mutex::new(Verifier::new(VerifierConfig::default())),
             // No redirects: a worker URL from the registry is called as registered.
@@ -132,6 +134,40 @@ impl Gossip {
     #[allow(clippy::disallowed_methods)]
     fn now(&self) -> Instant {
         Instant::now()
+    }
+}
+
+/// How many refusals may still be written to the store (see [`AUDIT_PER_SECOND`]).
+struct AuditBudget {
+    per_sender: Keyed<PeerId>,
+    all: Quota,
+    all_bucket: Bucket,
+    /// Refusals not written one by one, per sender (registered peers and [`UNREGISTERED`]).
+    suppressed: HashMap<PeerId, u64>,
+}
+
+impl AuditBudget {
+    fn new() -> Self {
+        let all = Quota::new(AUDIT_ALL_PER_SECOND, AUDIT_ALL_BURST);
+        AuditBudget {
+            per_sender: Keyed::new(Quota::new(AUDIT_PER_SECOND, AUDIT_BURST)),
+            all,
+            all_bucket: all.bucket(Duration::ZERO),
+            suppressed: HashMap::new(),
+        }
+    }
+
+    /// Whether a record for `key` may be written at `now`; if so, how many were suppressed
+    /// before it.
+    fn take(&mut self, key: &PeerId, now: Duration) -> Option<u64> {
+        let allowed = self.per_sender.check(key, now).is_ok()
+            && self.all.take(&mut self.all_bucket, now).is_ok();
+        if allowed {
+            Some(self.suppressed.remove(key).unwrap_or(0))
+        } else {
+            *self.suppressed.entry(key.clone()).or_default() += 1;
+            None
+        }
     }
 }
 
@@ -647,19 +683,18 @@ impl Worker {
     async fn audit_refusal(&self, sender: &PeerId, envelope_id: &str, kind: &str, r: &Refusal) {
         tracing::warn!(peer = %sender, envelope = envelope_id, code = %r.code, "gossip refused: {}", r.message);
         let now = self.gossip().elapsed();
-        let suppressed = {
-            let mut budget = lock(&self.gossip().audit_budget);
-            let (buckets, counts) = &mut *budget;
-            if buckets.check(sender, now).is_err() {
-                *counts.entry(sender.clone()).or_default() += 1;
-                return;
-            }
-            counts.remove(sender).unwrap_or(0)
+        let key = if self.peer_info(sender).is_some() {
+            sender.clone()
+        } else {
+            PeerId::new(UNREGISTERED).unwrap_or_else(|_| sender.clone())
+        };
+        let Some(suppressed) = lock(&self.gossip().audit_budget).take(&key, now) else {
+            return;
         };
         let mut reason = format!("{}: {}", r.code, r.message);
         if suppressed > 0 {
             reason.push_str(&format!(
-                " (and {suppressed} earlier refusals of this sender, over the audit budget, not recorded one by one)"
+                " (and {suppressed} earlier refusals of {key}, over the audit budget, not recorded one by one)"
             ));
         }
         let ts = self.now_ms();
@@ -683,5 +718,34 @@ impl Worker {
         if let Err(e) = self.store().append_audit(&record).await {
             tracing::error!(peer = %sender, "gossip refusal not audited: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PeerId {
+        PeerId::new(s).unwrap_or_else(|_| unreachable!())
+    }
+
+    #[test]
+    fn the_audit_budget_counts_what_it_does_not_write() {
+        let mut budget = AuditBudget::new();
+        let at = Duration::from_secs(1);
+        for _ in 0..10 {
+            assert_eq!(budget.take(&p("x"), at), Some(0));
+        }
+        assert_eq!(budget.take(&p("x"), at), None);
+        assert_eq!(budget.take(&p("x"), at), None);
+        // Another sender has its own budget; a second later x writes again, naming the two.
+        assert_eq!(budget.take(&p("y"), at), Some(0));
+        assert_eq!(budget.take(&p("x"), at + Duration::from_secs(1)), Some(2));
+        // In all, at most the global burst gets through at once, however many senders.
+        let mut budget = AuditBudget::new();
+        let written = (0..500)
+            .filter(|i| budget.take(&p(&format!("s{i}")), at).is_some())
+            .count();
+        assert_eq!(written, 100);
     }
 }
