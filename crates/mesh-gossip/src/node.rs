@@ -37,7 +37,7 @@ pub struct NodeConfig {
     pub max_payload_bytes: usize,
     /// Entries not refreshed for this long are dropped from the state and not passed on.
     pub entry_max_age_ms: u64,
-    /// Hops an envelope we originate may take beyond its first.
+    /// Hops an envelope we originate may take beyond its first, and the most we forward anyone's.
     pub ttl: u8,
 }
 
@@ -163,6 +163,12 @@ impl Node {
         self.seen.sigs.len()
     }
 
+    /// Forgets that an envelope was seen (its effects could not be kept, so it must be taken
+    /// again when it comes back).
+    pub fn forget(&mut self, from: &PeerId, id: &str) {
+        self.seen.sigs.remove(&(from.clone(), id.to_string()));
+    }
+
     /// Restores entries kept from before a restart (already verified when they first came);
     /// returns how many changed the state.
     pub fn restore(&mut self, entries: impl IntoIterator<Item = GossipEntry>) -> usize {
@@ -183,6 +189,10 @@ impl Node {
         now_ms: UnixMillis,
         rng: &mut impl Rng,
     ) -> Result<Envelope, OriginateError> {
+        self.seen.purge(now_ms);
+        if self.seen.sigs.len() >= self.config.seen_capacity {
+            return Err(OriginateError::Busy(self.config.seen_capacity));
+        }
         self.hlc = hlc::tick(self.hlc, now_ms)?;
         self.state
             .expire(now_ms.saturating_sub(self.config.entry_max_age_ms));
@@ -323,7 +333,9 @@ impl Node {
             .into_iter()
             .filter(|e| self.state.apply(e.clone()))
             .collect();
-        let forward = (envelope.hops < envelope.ttl).then(|| {
+        // The origin's ttl, but never more hops than this peer allows its own envelopes: an
+        // origin cannot make its envelope flood the mesh by asking for 255.
+        let forward = (envelope.hops < envelope.ttl.min(config.ttl)).then(|| {
             Box::new(Envelope {
                 hops: envelope.hops + 1,
                 ..envelope.clone()
@@ -359,6 +371,14 @@ impl Node {
                 reason,
             };
             e.validate().map_err(|err| bad(err.to_string()))?;
+            // The one kind of key this version knows: one entry per origin, so no peer can grow
+            // everyone's state (and the store) by inventing keys.
+            if e.key != GossipEntry::telemetry_key(&e.origin) {
+                return Err(bad(format!(
+                    "only telemetry/{} is accepted from {}",
+                    e.origin, e.origin
+                )));
+            }
             if e.hlc.wall_ms > now_ms.saturating_add(self.config.max_skew_ms) {
                 return Err(bad(format!(
                     "stamped {} ms ahead of this peer's clock",
@@ -389,6 +409,9 @@ pub enum OriginateError {
     Signing(#[from] mesh_types::Error),
     #[error("encoding the payload: {0}")]
     Encode(String),
+    /// The seen-cache is full: an envelope we could not remember would come back as news.
+    #[error("too many envelopes in flight ({0} remembered); try again shortly")]
+    Busy(usize),
 }
 
 #[cfg(test)]
@@ -525,6 +548,16 @@ mod tests {
             code(f.node(&f.b).receive(&env, &keys, early)),
             "future_timestamp"
         );
+        // An origin asking for many hops gets only as many as the receiver allows (1).
+        let mut greedy = env.clone();
+        greedy.id = "greedy".into();
+        greedy.ttl = 200;
+        greedy.hops = 1;
+        greedy.sign(&f.a).unwrap();
+        match f.node(&f.b).receive(&greedy, &keys, NOW).unwrap() {
+            Received::Accepted { forward, .. } => assert!(forward.is_none()),
+            other => panic!("{other:?}"),
+        }
         let mut hops = env.clone();
         hops.hops = 9;
         assert_eq!(
@@ -597,6 +630,21 @@ mod tests {
         claim.sign(&f.b).unwrap();
         let r = f.node(&f.c).receive(&env(vec![claim], "e2"), &keys, NOW);
         assert_eq!(r.unwrap_err().code(), "bad_entry");
+        // b's own key, but not a kind this version knows: no inventing keys to grow the state.
+        let mut extra = GossipEntry {
+            key: "junk1/b".into(),
+            origin: f.b.id().clone(),
+            hlc: Hlc {
+                wall_ms: NOW,
+                counter: 0,
+            },
+            value: json!(1),
+            sig: String::new(),
+            kid: None,
+        };
+        extra.sign(&f.b).unwrap();
+        let r = f.node(&f.c).receive(&env(vec![extra], "e4"), &keys, NOW);
+        assert_eq!(r.unwrap_err().code(), "bad_entry");
         // Nothing was applied from either refused envelope.
         let mut c = f.node(&f.c);
         let _ = c.receive(&env(vec![], "e3"), &keys, NOW);
@@ -626,6 +674,11 @@ mod tests {
             .originate(&f.a, json!({"links": []}), NOW + 2, &mut rng)
             .unwrap();
         assert_eq!(b.receive(&e, &keys, NOW + 2).unwrap_err().code(), "busy");
+        // Nor does b originate what it could not remember.
+        assert!(matches!(
+            b.originate(&f.b, json!({"links": []}), NOW + 2, &mut rng),
+            Err(OriginateError::Busy(2))
+        ));
         // Once the first two are past the age limit (and so refused as stale anyway), there is
         // room again.
         let later = NOW + NodeConfig::default().max_age_ms + NodeConfig::default().max_skew_ms + 5;
