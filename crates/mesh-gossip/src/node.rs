@@ -163,12 +163,6 @@ impl Node {
         self.seen.sigs.len()
     }
 
-    /// Forgets that an envelope was seen (its effects could not be kept, so it must be taken
-    /// again when it comes back).
-    pub fn forget(&mut self, from: &PeerId, id: &str) {
-        self.seen.sigs.remove(&(from.clone(), id.to_string()));
-    }
-
     /// Restores entries kept from before a restart (already verified when they first came);
     /// returns how many changed the state.
     pub fn restore(&mut self, entries: impl IntoIterator<Item = GossipEntry>) -> usize {

@@ -30,6 +30,16 @@ impl Quota {
         }
     }
 
+    /// `per_second` tokens a second, at most `burst` saved up (each at least 1), for constants.
+    pub const fn per_second_const(per_second: u32, burst: u32) -> Self {
+        let rate = if per_second == 0 { 1 } else { per_second };
+        let burst = if burst == 0 { 1 } else { burst };
+        Quota {
+            rate: rate as f64,
+            burst: burst as f64,
+        }
+    }
+
     pub fn rate(&self) -> f64 {
         self.rate
     }

@@ -56,11 +56,22 @@ impl JobConfig {
         if !(1..=16).contains(&fanout) {
             return Err(env.invalid(MESH_GOSSIP_FANOUT, "peers per origin, 1 to 16"));
         }
+        let worker_timeout = env.secs_or(MESH_WORKER_TIMEOUT_SECS, 20, 1, 300)?;
+        if worker_timeout >= service.http.request_timeout {
+            return Err(env.invalid(
+                MESH_WORKER_TIMEOUT_SECS,
+                format!(
+                    "fewer seconds than the request time-out ({} s, MESH_REQUEST_TIMEOUT_SECS), or \
+                     one slow worker makes POST /run answer with a time-out",
+                    service.http.request_timeout.as_secs()
+                ),
+            ));
+        }
         Ok(JobConfig {
             seeds: peer_list(&env, MESH_TRUST_SEEDS)?,
             from: peer_list(&env, MESH_GOSSIP_FROM)?,
             fanout,
-            worker_timeout: env.secs_or(MESH_WORKER_TIMEOUT_SECS, 30, 1, 300)?,
+            worker_timeout,
             service,
         })
     }
@@ -80,6 +91,7 @@ mod tests {
             (MESH_GOSSIP_FANOUT, "0"),
             (MESH_TRUST_SEEDS, "a, b/c"),
             (MESH_WORKER_TIMEOUT_SECS, "0"),
+            (MESH_WORKER_TIMEOUT_SECS, "30"),
         ] {
             let map: HashMap<&str, &str> = [(key, value)].into_iter().collect();
             let err = JobConfig::from_source(&map).unwrap_err().to_string();

@@ -189,17 +189,18 @@ impl Job {
             let selection = select(&candidates, &origin.id, now_ms, &self.selection, rng);
             plans.push((origin.clone(), selection));
         }
-        let reports: Vec<OriginReport> = futures_util::stream::iter(plans)
+        // Each origin's record is written as soon as its push is done: a run cut short keeps
+        // the records of what it did.
+        let mut pushes = futures_util::stream::iter(plans)
             .map(|(origin, selection)| async move {
                 self.push(&origin, selection.chosen, selection.eligible)
                     .await
             })
-            .buffered(CONCURRENCY)
-            .collect()
-            .await;
-        for (i, r) in reports.iter().enumerate() {
+            .buffer_unordered(CONCURRENCY);
+        let mut reports = Vec::new();
+        while let Some(r) = pushes.next().await {
             let record = AuditRecord {
-                id: format!("{now_ms}-push-{}-{run_id:08x}-{i}", r.from),
+                id: format!("{now_ms}-push-{}-{run_id:08x}", r.from),
                 ts: now_ms,
                 kind: "push".into(),
                 from: r.from.clone(),
@@ -218,7 +219,9 @@ impl Job {
                 tracing::error!(from = %r.from, "gossip run not audited: {e}");
                 return Err(e.into());
             }
+            reports.push(r);
         }
+        reports.sort_by(|a, b| a.from.cmp(&b.from));
         let succeeded = reports
             .iter()
             .flat_map(|r| &r.targets)

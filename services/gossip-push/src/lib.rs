@@ -31,7 +31,7 @@ pub use job::{Job, JobError, RunReport};
 pub struct Runner {
     pub job: Job,
     /// One run at a time: a second trigger while one runs is refused (409), not queued.
-    running: tokio::sync::Mutex<()>,
+    running: Arc<tokio::sync::Mutex<()>>,
     rng: Mutex<StdRng>,
 }
 
@@ -41,14 +41,16 @@ impl Runner {
     pub fn new(job: Job) -> Self {
         Runner {
             job,
-            running: tokio::sync::Mutex::new(()),
+            running: Arc::new(tokio::sync::Mutex::new(())),
             rng: Mutex::new(StdRng::from_rng(&mut rand::rng())),
         }
     }
 
-    /// One run now, unless one is under way.
+    /// One run now, unless one is under way. The run is a task of its own: a request that
+    /// times out or a caller that goes away does not cut it short (its audit records are
+    /// written either way).
     pub async fn run(&self) -> Result<RunReport, ApiError> {
-        let Ok(_running) = self.running.try_lock() else {
+        let Ok(running) = self.running.clone().try_lock_owned() else {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "run_in_progress",
@@ -56,10 +58,15 @@ impl Runner {
             ));
         };
         let mut rng = StdRng::from_rng(&mut *mesh_service::lock(&self.rng));
-        self.job
-            .run_once(job::now_ms(), &mut rng)
-            .await
-            .map_err(|JobError::Store(e)| e.into())
+        let job = self.job.clone();
+        let run = tokio::spawn(async move {
+            let _running = running;
+            job.run_once(job::now_ms(), &mut rng).await
+        });
+        match run.await {
+            Ok(report) => report.map_err(|JobError::Store(e)| e.into()),
+            Err(e) => Err(ApiError::internal(format!("the gossip run failed: {e}"))),
+        }
     }
 }
 

@@ -247,6 +247,22 @@ async fn envelopes_ride_datachannels_fall_back_to_https_and_bad_ones_are_audited
         "{v}"
     );
 
+    // A delivery that claims to be c's but is signed by d: refused, and audited as an
+    // unverified claim, not as c's doing.
+    let mut forged: Delivery = serde_json::from_value(delivery(
+        &d.identity,
+        &b,
+        envelope(&d.identity, "by-hand-4", now_ms()),
+    ))
+    .unwrap();
+    forged.sender = c.identity.id().clone();
+    let (s, v) = post(serde_json::to_value(&forged).unwrap()).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("wrong_signer")),
+        "{v}"
+    );
+
     // c keeps handing b envelopes: past its quota (from its trust) b refuses with 429 and
     // records the drop.
     let mut limited = None;
@@ -280,6 +296,19 @@ async fn envelopes_ride_datachannels_fall_back_to_https_and_bad_ones_are_audited
         .into_iter()
         .filter(|r| r.kind == "reject" && r.recorded_by.as_ref().map(|p| p.as_str()) == Some("b"))
         .collect();
+    let unverified = rejects
+        .iter()
+        .find(|r| {
+            r.reason
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("wrong_signer")
+        })
+        .expect("the forged delivery's record");
+    assert!(
+        unverified.reason.as_deref().unwrap().contains("unverified"),
+        "{unverified:#?}"
+    );
     for code in ["replayed", "bad_signature", "future_timestamp"] {
         assert!(
             rejects

@@ -34,6 +34,8 @@ impl From<WorkerError> for ApiError {
             WorkerError::NoLink(_) => (StatusCode::NOT_FOUND, "no_link"),
             WorkerError::NotConnected(_) => (StatusCode::CONFLICT, "not_connected"),
             WorkerError::MessageTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "message_too_large"),
+            WorkerError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            WorkerError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             WorkerError::Transport(TransportError::BadSdp(_)) => {
                 (StatusCode::BAD_REQUEST, "bad_sdp")
             }

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use mesh_gossip::limits::{RateConfig, quota};
-use mesh_gossip::node::{Node, NodeConfig, Received, Rejection};
+use mesh_gossip::node::{Node, NodeConfig, OriginateError, Received, Rejection};
 use mesh_gossip::select::{Candidate, Sampler, SelectionConfig};
 use mesh_service::ApiError;
 use mesh_types::rate::{Bucket, Keyed, Quota};
-use mesh_types::signing::Signed;
+use mesh_types::signing::{Signed, verify_signature};
 use mesh_types::{
     AuditRecord, AuditTarget, Delivery, Envelope, GossipEntry, GossipFrame, LinkSummary, Outcome,
     PeerId, PublicKey, Telemetry, TelemetryPayload, Transport, UnixMillis, Verifier,
@@ -46,12 +46,16 @@ const MAX_PEER_AGE: Duration = Duration::from_secs(30);
 /// Refusals audited per sender: 1 a second, bursts of 10, and 20 a second (bursts of 100) in
 /// all; the rest are counted into the sender's next record, so a flood of garbage cannot turn
 /// into a flood of store writes. Senders that are not registered peers share one budget (and
-/// one count), or inventing names would get round it.
+/// one count), as do refusals before the sender's signature checks, or inventing or borrowing
+/// names would get round it.
 const AUDIT_PER_SECOND: f64 = 1.0;
 const AUDIT_BURST: f64 = 10.0;
 const AUDIT_ALL_PER_SECOND: f64 = 20.0;
 const AUDIT_ALL_BURST: f64 = 100.0;
 const UNREGISTERED: &str = "unregistered";
+/// Pushes a worker originates: a run asks once per 2 minutes, so 1 a second (bursts of 10)
+/// is generous, and bounds what any caller of `/gossip/push` can make it sign and remember.
+const ORIGINATE: Quota = Quota::per_second_const(1, 10);
 
 /// Gossip settings of a worker.
 #[derive(Debug, Clone, Copy, Default)]
@@ -95,6 +99,11 @@ pub(crate) struct Gossip {
     audit_budget: Mutex<AuditBudget>,
     acks: Mutex<HashMap<AckKey, oneshot::Sender<Ack>>>,
     deliveries: Mutex<Verifier>,
+    /// Envelopes this peer originates: at most [`ORIGINATE_PER_SECOND`].
+    originate: Mutex<Bucket>,
+    /// Accepted entries the store has not taken yet (it failed): written with the next batch,
+    /// the newest per key, so a store outage loses nothing that was acked.
+    unstored: Mutex<HashMap<String, GossipEntry>>,
     http: reqwest::Client,
     rng: Mutex<StdRng>,
     start: Instant,
@@ -115,6 +124,8 @@ impl Gossip {
             audit_budget: Mutex::new(AuditBudget::new()),
             acks: Mutex::new(HashMap::new()),
             deliveries: Mutex::new(Verifier::new(VerifierConfig::default())),
+            originate: Mutex::new(ORIGINATE.bucket(Duration::ZERO)),
+            unstored: Mutex::new(HashMap::new()),
             // No redirects: a worker URL from the registry is called as registered.
             http: reqwest::Client::builder()
                 .timeout(HTTP_TIMEOUT)
@@ -134,6 +145,18 @@ impl Gossip {
     #[allow(clippy::disallowed_methods)]
     fn now(&self) -> Instant {
         Instant::now()
+    }
+}
+
+/// An ack being waited for; dropping it stops the wait.
+struct PendingAck<'a> {
+    acks: &'a Mutex<HashMap<AckKey, oneshot::Sender<Ack>>>,
+    key: AckKey,
+}
+
+impl Drop for PendingAck<'_> {
+    fn drop(&mut self) {
+        lock(self.acks).remove(&self.key);
     }
 }
 
@@ -309,6 +332,14 @@ impl Worker {
         self: &Arc<Self>,
         targets: Vec<PeerId>,
     ) -> Result<PushReport, WorkerError> {
+        let now = self.gossip().elapsed();
+        let allowed = ORIGINATE.take(&mut lock(&self.gossip().originate), now);
+        if let Err(wait) = allowed {
+            return Err(WorkerError::RateLimited(format!(
+                "this worker originates at most 1 envelope a second; next in {} ms",
+                wait.as_millis()
+            )));
+        }
         self.refresh_peers(false).await?;
         let own = serde_json::to_value(self.telemetry()).map_err(|e| {
             WorkerError::Signing(mesh_types::Error::Canonicalisation(e.to_string()))
@@ -317,16 +348,16 @@ impl Worker {
             let mut rng = lock(&self.gossip().rng);
             lock(&self.gossip().node)
                 .originate(self.identity(), own, self.now_ms(), &mut *rng)
-                .map_err(|e| {
-                    WorkerError::Signing(mesh_types::Error::Canonicalisation(e.to_string()))
+                .map_err(|e| match e {
+                    OriginateError::Busy(_) => WorkerError::Busy(e.to_string()),
+                    e => WorkerError::Signing(mesh_types::Error::Canonicalisation(e.to_string())),
                 })?
         };
         // Our own entry is part of the mesh-wide state too.
         if let Ok(payload) = serde_json::from_value::<TelemetryPayload>(envelope.payload.clone())
-            && let Some(mine) = payload.entries.first()
-            && let Err(e) = self.store().merge_gossip(std::slice::from_ref(mine)).await
+            && let Some(mine) = payload.entries.into_iter().next()
         {
-            tracing::warn!("own gossip entry not stored: {e}");
+            self.persist(vec![mine]).await;
         }
         let deliveries = targets.iter().map(|t| self.deliver(t, &envelope));
         let targets = futures_util::future::join_all(deliveries).await;
@@ -404,7 +435,12 @@ impl Worker {
         let key: AckKey = (peer.clone(), envelope.from.clone(), envelope.id.clone());
         let (tx, rx) = oneshot::channel();
         lock(&self.gossip().acks).insert(key.clone(), tx);
-        let result = async {
+        // Removed however this ends, a cancelled request included.
+        let _pending = PendingAck {
+            acks: &self.gossip().acks,
+            key,
+        };
+        async {
             conn.send(Channel::Gossip, &frame, false)
                 .await
                 .map_err(|e| format!("gossip channel: {e}"))?;
@@ -414,9 +450,7 @@ impl Worker {
                 Err(_) => Err(format!("no ack within {} s", ACK_TIMEOUT.as_secs())),
             }
         }
-        .await;
-        lock(&self.gossip().acks).remove(&key);
-        result
+        .await
     }
 
     async fn deliver_https(&self, peer: &PeerId, envelope: &Envelope) -> Result<(), String> {
@@ -471,38 +505,85 @@ impl Worker {
             code: code.to_string(),
             message,
         };
-        let checked = async {
-            if &delivery.to != self.id() {
-                return Err(refuse(
-                    "wrong_addressee",
-                    StatusCode::FORBIDDEN,
-                    format!("this delivery is for {}, not {}", delivery.to, self.id()),
-                ));
-            }
-            if self.peer_info(&sender).is_none() {
-                let _ = self.refresh_peers(true).await;
-            }
-            let key = self.peer_info(&sender).map(|p| p.key).ok_or_else(|| {
-                refuse(
-                    "unknown_peer",
-                    StatusCode::FORBIDDEN,
-                    format!("sender {sender} is not a registered peer"),
-                )
-            })?;
-            lock(&self.gossip().deliveries)
-                .verify(&delivery, &key, self.now_ms())
-                .map_err(|e| {
-                    let api = ApiError::from(e);
-                    refuse(&api.code, api.status, api.message)
-                })
+        // Who is sending is believed only once the delivery's signature checks; refusals
+        // before that are audited as from an unverified sender.
+        if self.peer_info(&sender).is_none() {
+            let _ = self.refresh_peers(true).await;
         }
-        .await;
-        if let Err(r) = checked {
-            self.audit_refusal(&sender, &envelope_id, "reject", &r)
+        let authenticated = match self.peer_info(&sender) {
+            None => Err(refuse(
+                "unknown_peer",
+                StatusCode::FORBIDDEN,
+                format!("sender {sender} is not a registered peer"),
+            )),
+            Some(p) => verify_signature(&delivery, &p.key).map_err(|e| {
+                let api = ApiError::from(e);
+                refuse(&api.code, api.status, api.message)
+            }),
+        };
+        if let Err(r) = authenticated {
+            self.audit_refusal(&sender, false, &envelope_id, "reject", &r)
+                .await;
+            return Err(r);
+        }
+        if &delivery.to != self.id() {
+            let r = refuse(
+                "wrong_addressee",
+                StatusCode::FORBIDDEN,
+                format!("this delivery is for {}, not {}", delivery.to, self.id()),
+            );
+            self.audit_refusal(&sender, true, &envelope_id, "reject", &r)
+                .await;
+            return Err(r);
+        }
+        // The sender's quota before the replay cache takes an entry for it: one peer cannot
+        // fill the cache that every sender's deliveries share.
+        self.check_inbound(&sender, &envelope_id).await?;
+        let fresh = lock(&self.gossip().deliveries)
+            .verify(
+                &delivery,
+                &self.peer_info(&sender).map(|p| p.key).ok_or_else(|| {
+                    refuse(
+                        "unknown_peer",
+                        StatusCode::FORBIDDEN,
+                        format!("sender {sender} is not a registered peer"),
+                    )
+                })?,
+                self.now_ms(),
+            )
+            .map_err(|e| {
+                let api = ApiError::from(e);
+                refuse(&api.code, api.status, api.message)
+            });
+        if let Err(r) = fresh {
+            self.audit_refusal(&sender, true, &envelope_id, "reject", &r)
                 .await;
             return Err(r);
         }
         self.take(&sender, delivery.envelope).await
+    }
+
+    /// Takes one envelope from `sender`'s quota (set by its trust), or refuses and audits a drop.
+    async fn check_inbound(&self, sender: &PeerId, envelope_id: &str) -> Result<(), Refusal> {
+        let trust = self.peer_info(sender).map_or(0.0, |p| p.trust);
+        let q = quota(trust, &self.gossip().settings.rate);
+        let now = self.gossip().elapsed();
+        let allowed = lock(&self.gossip().inbound).check_with(sender, q, now);
+        let Err(wait) = allowed else {
+            return Ok(());
+        };
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let r = Refusal {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "rate_limited".into(),
+            message: format!(
+                "{sender} is over its gossip quota ({:.0} a minute at trust {trust:.2}); retry after {secs} s",
+                q.rate() * 60.0
+            ),
+        };
+        self.audit_refusal(sender, true, envelope_id, "drop", &r)
+            .await;
+        Err(r)
     }
 
     /// A frame on `from`'s gossip channel (the link says who sent it).
@@ -515,7 +596,7 @@ impl Worker {
                     code: "bad_json".into(),
                     message: format!("gossip frame: {e}"),
                 };
-                self.audit_refusal(&from, "", "reject", &r).await;
+                self.audit_refusal(&from, true, "", "reject", &r).await;
                 return;
             }
         };
@@ -542,7 +623,11 @@ impl Worker {
             }
             GossipFrame::Envelope { envelope } => {
                 let (origin, id) = (envelope.from.clone(), envelope.id.clone());
-                let ack = match self.take(&from, envelope).await {
+                let taken = match self.check_inbound(&from, &id).await {
+                    Ok(()) => self.take(&from, envelope).await,
+                    Err(r) => Err(r),
+                };
+                let ack = match taken {
                     Ok(t) => GossipFrame::Ack {
                         from: origin,
                         id,
@@ -568,27 +653,11 @@ impl Worker {
         }
     }
 
-    /// The receive path both transports share: the sender's rate limit, then the node's
-    /// verdict; new state is stored and the envelope forwarded while its ttl lasts.
+    /// The receive path both transports share (the sender authenticated and within its
+    /// quota): the node's verdict; new state is stored and the envelope forwarded while its ttl
+    /// lasts.
     async fn take(self: &Arc<Self>, sender: &PeerId, envelope: Envelope) -> Result<Taken, Refusal> {
         let _ = self.refresh_peers(false).await;
-        let trust = self.peer_info(sender).map_or(0.0, |p| p.trust);
-        let q = quota(trust, &self.gossip().settings.rate);
-        let now = self.gossip().elapsed();
-        let allowed = lock(&self.gossip().inbound).check_with(sender, q, now);
-        if let Err(wait) = allowed {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            let r = Refusal {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                code: "rate_limited".into(),
-                message: format!(
-                    "{sender} is over its gossip quota ({:.0} a minute at trust {trust:.2}); retry after {secs} s",
-                    q.rate() * 60.0
-                ),
-            };
-            self.audit_refusal(sender, &envelope.id, "drop", &r).await;
-            return Err(r);
-        }
         let unknown = |w: &Worker| {
             let cache = lock(&w.gossip().peers);
             let mut origins = vec![envelope.from.clone()];
@@ -619,11 +688,8 @@ impl Worker {
                     peer = %sender, origin = %envelope.from, envelope = %envelope.id,
                     changed = changed.len(), skipped, "gossip envelope accepted"
                 );
-                if !changed.is_empty()
-                    && let Err(e) = self.store().merge_gossip(&changed).await
-                {
-                    tracing::warn!("gossiped state not stored: {e}");
-                }
+                let count = changed.len();
+                self.persist(changed).await;
                 if let Some(forward) = forward {
                     let worker = self.clone();
                     let sender = sender.clone();
@@ -631,13 +697,39 @@ impl Worker {
                 }
                 Ok(Taken {
                     outcome: Outcome::Accepted,
-                    changed: changed.len(),
+                    changed: count,
                 })
             }
             Err(rejection) => {
                 let r = refusal_of(&rejection);
-                self.audit_refusal(sender, &envelope.id, "reject", &r).await;
+                self.audit_refusal(sender, true, &envelope.id, "reject", &r)
+                    .await;
                 Err(r)
+            }
+        }
+    }
+
+    /// Writes `entries` (and any the store refused before) to the store; what it refuses again
+    /// waits for the next write.
+    async fn persist(&self, entries: Vec<GossipEntry>) {
+        let mut batch = entries;
+        batch.extend(lock(&self.gossip().unstored).drain().map(|(_, e)| e));
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store().merge_gossip(&batch).await {
+            tracing::warn!(
+                entries = batch.len(),
+                "gossiped state not stored yet, kept for the next write: {e}"
+            );
+            let mut unstored = lock(&self.gossip().unstored);
+            for entry in batch {
+                match unstored.get(&entry.key) {
+                    Some(kept) if !entry.supersedes(kept) => {}
+                    _ => {
+                        unstored.insert(entry.key.clone(), entry);
+                    }
+                }
             }
         }
     }
@@ -680,10 +772,17 @@ impl Worker {
 
     /// Writes a `reject` or `drop` audit record, within the sender's audit budget; what is over
     /// the budget is counted and named in the next record (and logged), never lost silently.
-    async fn audit_refusal(&self, sender: &PeerId, envelope_id: &str, kind: &str, r: &Refusal) {
+    async fn audit_refusal(
+        &self,
+        sender: &PeerId,
+        verified: bool,
+        envelope_id: &str,
+        kind: &str,
+        r: &Refusal,
+    ) {
         tracing::warn!(peer = %sender, envelope = envelope_id, code = %r.code, "gossip refused: {}", r.message);
         let now = self.gossip().elapsed();
-        let key = if self.peer_info(sender).is_some() {
+        let key = if verified {
             sender.clone()
         } else {
             PeerId::new(UNREGISTERED).unwrap_or_else(|_| sender.clone())
@@ -692,6 +791,11 @@ impl Worker {
             return;
         };
         let mut reason = format!("{}: {}", r.code, r.message);
+        if !verified {
+            reason.push_str(&format!(
+                " (sender {sender} unverified: the name is the caller's claim)"
+            ));
+        }
         if suppressed > 0 {
             reason.push_str(&format!(
                 " (and {suppressed} earlier refusals of {key}, over the audit budget, not recorded one by one)"

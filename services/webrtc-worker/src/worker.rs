@@ -61,6 +61,10 @@ pub enum WorkerError {
     NotConnected(PeerId),
     #[error("message of {0} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")]
     MessageTooLarge(usize),
+    #[error("{0}")]
+    RateLimited(String),
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Transport(#[from] TransportError),
     /// Signing our own offer or answer failed: a bug, not the caller's fault.
