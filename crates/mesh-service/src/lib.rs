@@ -15,6 +15,16 @@ pub use error::{ApiError, ApiJson};
 
 /// Installs the process-wide rustls crypto provider (aws-lc-rs), once. Every TLS client in the
 /// tree (reqwest, tonic for Firestore) then uses the same one; see docs/adr/0002-one-tls-stack.md.
+/// Wall-clock milliseconds since the epoch: for the drivers (services), never for sans-IO code,
+/// which takes the time as an argument.
+#[allow(clippy::disallowed_methods)]
+pub fn now_ms() -> mesh_types::UnixMillis {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
 pub fn install_crypto_provider() {
     // Err means a provider is already installed, which is what we want.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -4,7 +4,6 @@
 //! one audit record per origin. The decisions are sans-IO; this is their driver.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use mesh_gossip::select::{Candidate, SelectionConfig, select};
@@ -321,11 +320,4 @@ fn rank(h: Health) -> u8 {
     }
 }
 
-/// Wall-clock ms: the job's one clock read per run.
-#[allow(clippy::disallowed_methods)]
-pub fn now_ms() -> UnixMillis {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-}
+pub use mesh_service::now_ms;

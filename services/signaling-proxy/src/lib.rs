@@ -23,7 +23,7 @@ use mesh_service::http::{health_routes, serve, with_layers};
 use mesh_service::{ApiError, HttpLimits};
 use mesh_store::SharedStore;
 use mesh_types::signing::Signed;
-use mesh_types::{PublicKey, UnixMillis, Verifier, VerifierConfig};
+use mesh_types::{PublicKey, Verifier, VerifierConfig};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -35,14 +35,7 @@ use crate::upstream::Upstream;
 use crate::ws::Hub;
 use mesh_auth::Credentials;
 
-/// Wall-clock milliseconds: the proxy's one clock read (a driver may).
-#[allow(clippy::disallowed_methods)]
-pub fn now_ms() -> UnixMillis {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-}
+pub use mesh_service::now_ms;
 
 /// What every handler shares.
 #[derive(Debug)]

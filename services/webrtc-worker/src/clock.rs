@@ -1,7 +1,7 @@
 //! The worker's clock: the one place it reads wall and monotonic time (a driver may), handed to
 //! the sans-IO parts as plain numbers.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use mesh_types::UnixMillis;
 
@@ -19,12 +19,8 @@ impl Clock {
     }
 
     /// Wall time, for timestamps others read.
-    #[allow(clippy::disallowed_methods)]
     pub fn now_ms(&self) -> UnixMillis {
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        mesh_service::now_ms()
     }
 
     /// Monotonic microseconds since the worker started, for intervals (RTT, jitter, bitrate).
