@@ -101,6 +101,23 @@ async fn envelopes_ride_datachannels_fall_back_to_https_and_bad_ones_are_audited
         mesh.connect(x, y).await;
         mesh.wait_up(x, y).await;
     }
+    // Up means the mesh channel is open; the gossip channel opens beside it.
+    for p in ["b", "c", "d"] {
+        eventually(
+            Duration::from_secs(10),
+            &format!("a's gossip channel to {p}"),
+            || async {
+                let links = mesh.get(&a, "/links").await;
+                links["links"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l["peer"] == p && l["gossip"] == true)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
     let store = mesh_store::embedded::EmbeddedStore::open(mesh.store_dir())
         .await
         .unwrap();

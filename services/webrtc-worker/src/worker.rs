@@ -114,6 +114,9 @@ pub struct LinkView {
     /// The selected path's local candidate type (`host`, `srflx`, `prflx`, `relay`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub candidate: Option<String>,
+    /// Whether the link's gossip channel is open (a browser peer has none: gossip to it goes
+    /// over HTTPS, if at all).
+    pub gossip: bool,
 }
 
 struct Entry {
@@ -488,6 +491,7 @@ impl Worker {
             qos: None,
             established_at: None,
             candidate: None,
+            gossip: false,
         };
         let (view_tx, view_rx) = watch::channel(initial);
         let stop = Arc::new(Notify::new());
@@ -654,7 +658,8 @@ impl LinkDriver {
                         let peer = self.peer.clone();
                         tokio::spawn(async move { worker.gossip_frame(peer, data).await });
                     }
-                    Some(ConnEvent::Open(Channel::Gossip) | ConnEvent::Closed(Channel::Gossip)) => {}
+                    Some(ConnEvent::Open(Channel::Gossip)) => self.view.send_modify(|v| v.gossip = true),
+                    Some(ConnEvent::Closed(Channel::Gossip)) => self.view.send_modify(|v| v.gossip = false),
                     Some(ConnEvent::Closed(Channel::Mesh)) => break End::PeerClosed,
                     Some(ConnEvent::Closed(Channel::Probe)) => probe_open = false,
                 },
