@@ -572,22 +572,23 @@ mod tests {
     fn a_relay_cannot_forge_or_claim_another_peers_entry() {
         let f = Fixture::new();
         let keys = f.keys();
-        // b signs an envelope carrying an entry that claims to be a's but is signed by b.
-        let mut forged = GossipEntry {
-            key: "telemetry/a".into(),
-            origin: f.a.id().clone(),
-            hlc: Hlc {
-                wall_ms: NOW,
-                counter: 0,
-            },
-            value: json!({"links": []}),
-            sig: String::new(),
-            kid: None,
+        // An entry under `key`, claiming `origin`, signed by b.
+        let by_b = |key: &str, origin: &Identity| {
+            let mut e = GossipEntry {
+                key: key.into(),
+                origin: f.b.id().clone(),
+                hlc: Hlc {
+                    wall_ms: NOW,
+                    counter: 0,
+                },
+                value: json!({"links": []}),
+                sig: String::new(),
+                kid: None,
+            };
+            e.sign(&f.b).unwrap();
+            e.origin = origin.id().clone();
+            e
         };
-        let mut as_b = forged.clone();
-        as_b.origin = f.b.id().clone();
-        as_b.sign(&f.b).unwrap();
-        forged.sig = as_b.sig.clone();
         let env = |entries: Vec<GossipEntry>, id: &str| {
             let mut e = Envelope {
                 id: id.into(),
@@ -607,41 +608,19 @@ mod tests {
             e.sign(&f.b).unwrap();
             e
         };
-        let r = f.node(&f.c).receive(&env(vec![forged], "e1"), &keys, NOW);
-        assert_eq!(r.unwrap_err().code(), "bad_entry");
-        // b writing a key that belongs to a, signed by b: refused by the key rule.
-        let mut claim = GossipEntry {
-            key: "telemetry/a".into(),
-            origin: f.b.id().clone(),
-            hlc: Hlc {
-                wall_ms: NOW,
-                counter: 0,
-            },
-            value: json!(1),
-            sig: String::new(),
-            kid: None,
-        };
-        claim.sign(&f.b).unwrap();
-        let r = f.node(&f.c).receive(&env(vec![claim], "e2"), &keys, NOW);
-        assert_eq!(r.unwrap_err().code(), "bad_entry");
-        // b's own key, but not a kind this version knows: no inventing keys to grow the state.
-        let mut extra = GossipEntry {
-            key: "junk1/b".into(),
-            origin: f.b.id().clone(),
-            hlc: Hlc {
-                wall_ms: NOW,
-                counter: 0,
-            },
-            value: json!(1),
-            sig: String::new(),
-            kid: None,
-        };
-        extra.sign(&f.b).unwrap();
-        let r = f.node(&f.c).receive(&env(vec![extra], "e4"), &keys, NOW);
-        assert_eq!(r.unwrap_err().code(), "bad_entry");
-        // Nothing was applied from either refused envelope.
         let mut c = f.node(&f.c);
-        let _ = c.receive(&env(vec![], "e3"), &keys, NOW);
+        for (what, entry, id) in [
+            // a's entry, but b's signature.
+            ("forged", by_b("telemetry/a", &f.a), "e1"),
+            // b writing a key that belongs to a: refused by the key rule.
+            ("claimed", by_b("telemetry/a", &f.b), "e2"),
+            // b's own key, but not a kind this version knows: no inventing keys to grow the state.
+            ("invented", by_b("junk1/b", &f.b), "e4"),
+        ] {
+            let r = c.receive(&env(vec![entry], id), &keys, NOW);
+            assert_eq!(r.unwrap_err().code(), "bad_entry", "{what}");
+        }
+        // Nothing was applied from any refused envelope.
         assert!(c.state().is_empty());
     }
 

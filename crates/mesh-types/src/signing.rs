@@ -189,6 +189,12 @@ impl Verifier {
         now_ms: UnixMillis,
     ) -> Result<(), VerifyError> {
         verify_signature(msg, key)?;
+        self.admit(msg, now_ms)
+    }
+
+    /// The rest of [`verify`](Self::verify) for a message whose signature the caller has
+    /// already checked with [`verify_signature`]: freshness, then the replay cache.
+    pub fn admit<T: Signed>(&mut self, msg: &T, now_ms: UnixMillis) -> Result<(), VerifyError> {
         self.check_fresh(msg.ts(), now_ms)?;
         let sig =
             Signature::from_base64(msg.sig()).map_err(|e| VerifyError::Malformed(e.to_string()))?;

@@ -225,9 +225,20 @@ impl From<Refusal> for ApiError {
     }
 }
 
+impl From<mesh_types::VerifyError> for Refusal {
+    fn from(e: mesh_types::VerifyError) -> Self {
+        let api = ApiError::from(e);
+        Refusal {
+            status: api.status,
+            code: api.code.to_string(),
+            message: api.message,
+        }
+    }
+}
+
 fn refusal_of(r: &Rejection) -> Refusal {
     let status = match r {
-        Rejection::Signature(v) => ApiError::from(v.clone()).status,
+        Rejection::Signature(v) => Refusal::from(v.clone()).status,
         Rejection::UnknownOrigin(_) => StatusCode::FORBIDDEN,
         Rejection::Stale { .. } | Rejection::FromFuture { .. } => StatusCode::UNAUTHORIZED,
         Rejection::Tampered { .. } => StatusCode::CONFLICT,
@@ -516,10 +527,7 @@ impl Worker {
                 StatusCode::FORBIDDEN,
                 format!("sender {sender} is not a registered peer"),
             )),
-            Some(p) => verify_signature(&delivery, &p.key).map_err(|e| {
-                let api = ApiError::from(e);
-                refuse(&api.code, api.status, api.message)
-            }),
+            Some(p) => verify_signature(&delivery, &p.key).map_err(Refusal::from),
         };
         if let Err(r) = authenticated {
             self.audit_refusal(&sender, false, &envelope_id, "reject", &r)
@@ -540,21 +548,8 @@ impl Worker {
         // fill the cache that every sender's deliveries share.
         self.check_inbound(&sender, &envelope_id).await?;
         let fresh = lock(&self.gossip().deliveries)
-            .verify(
-                &delivery,
-                &self.peer_info(&sender).map(|p| p.key).ok_or_else(|| {
-                    refuse(
-                        "unknown_peer",
-                        StatusCode::FORBIDDEN,
-                        format!("sender {sender} is not a registered peer"),
-                    )
-                })?,
-                self.now_ms(),
-            )
-            .map_err(|e| {
-                let api = ApiError::from(e);
-                refuse(&api.code, api.status, api.message)
-            });
+            .admit(&delivery, self.now_ms())
+            .map_err(Refusal::from);
         if let Err(r) = fresh {
             self.audit_refusal(&sender, true, &envelope_id, "reject", &r)
                 .await;
