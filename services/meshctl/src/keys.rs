@@ -41,12 +41,29 @@ pub fn create(id: &PeerId, path: &Path) -> anyhow::Result<Identity> {
     Ok(identity)
 }
 
-pub fn keygen(id: &str, out: &Path, json: bool) -> anyhow::Result<()> {
+/// `meshctl keygen`: a new identity in `out`; with `register`, also registered with the proxy.
+pub async fn keygen(
+    id: &str,
+    out: &Path,
+    register: Option<(&crate::client::Remote, Option<String>, Option<String>)>,
+    json: bool,
+) -> anyhow::Result<()> {
     let id = PeerId::new(id)?;
     if out.exists() {
         bail!("{} exists; refusing to overwrite a key", out.display());
     }
     let identity = create(&id, out)?;
+    if let Some((remote, region, endpoint)) = register {
+        return crate::commands::register(remote, &identity, region, endpoint, json, out)
+            .await
+            .with_context(|| {
+                format!(
+                    "registering {id} (the key is kept in {}; register it again with the same \
+                     seed once the proxy is reachable)",
+                    out.display()
+                )
+            });
+    }
     let key = identity.public_key();
     let mut stdout = std::io::stdout().lock();
     if json {

@@ -22,6 +22,7 @@ pub const MESH_WS_MAX_MESSAGE_BYTES: &str = "MESH_WS_MAX_MESSAGE_BYTES";
 pub const MESH_WS_MESSAGES_PER_SEC: &str = "MESH_WS_MESSAGES_PER_SEC";
 pub const MESH_WS_IDLE_SECS: &str = "MESH_WS_IDLE_SECS";
 pub const MESH_WS_ANONYMOUS: &str = "MESH_WS_ANONYMOUS";
+pub const MESH_LIVE_INTERVAL_MS: &str = "MESH_LIVE_INTERVAL_MS";
 
 /// Who may register: peer ids and/or public keys. Empty: everyone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,6 +74,8 @@ pub struct ProxyConfig {
     /// `connect`: the whole handshake and the wait for the link to come up.
     pub connect_timeout: Duration,
     pub ws: WsConfig,
+    /// How often the dashboard's live feed re-reads the store while someone watches.
+    pub live_interval: Duration,
 }
 
 impl ProxyConfig {
@@ -143,7 +146,16 @@ impl ProxyConfig {
                 ),
             ));
         }
+        let live_ms: u64 = env.parse_or(
+            MESH_LIVE_INTERVAL_MS,
+            1000,
+            "milliseconds from 100 to 60000",
+        )?;
+        if !(100..=60_000).contains(&live_ms) {
+            return Err(env.invalid(MESH_LIVE_INTERVAL_MS, "milliseconds from 100 to 60000"));
+        }
         Ok(ProxyConfig {
+            live_interval: Duration::from_millis(live_ms),
             auth,
             allowlist,
             cors_origins,

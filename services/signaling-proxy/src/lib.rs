@@ -7,6 +7,7 @@
 pub mod api;
 pub use mesh_auth as auth;
 pub mod config;
+pub mod dashboard;
 pub mod limits;
 pub mod upstream;
 pub mod ws;
@@ -45,6 +46,8 @@ pub struct Proxy {
     pub allowlist: Allowlist,
     pub connect_timeout: Duration,
     pub hub: Arc<Hub>,
+    /// The dashboard's live feed.
+    pub live: dashboard::Live,
     verifier: Mutex<Verifier>,
 }
 
@@ -56,6 +59,7 @@ impl Proxy {
             allowlist: config.allowlist.clone(),
             connect_timeout: config.connect_timeout,
             hub: Arc::new(Hub::new(config.ws)),
+            live: dashboard::Live::new(config.live_interval),
             verifier: Mutex::new(Verifier::new(VerifierConfig::default())),
         })
     }
@@ -93,10 +97,11 @@ impl Gate {
 
 /// The proxy's whole HTTP surface. The API and `/ws` sit behind rate limits and authentication
 /// (outermost first: CORS, the client address's limit, authenticate, the credential's limit);
-/// health checks do not.
+/// health checks and the dashboard's page and assets do not (its data does).
 pub fn app(proxy: Arc<Proxy>, gate: &Gate) -> Router {
     let store = proxy.store.clone();
     let mut routes = api::routes(proxy.clone())
+        .merge(dashboard::routes(proxy.clone()))
         .merge(
             Router::new()
                 .route("/ws", get(ws::upgrade))
@@ -116,7 +121,12 @@ pub fn app(proxy: Arc<Proxy>, gate: &Gate) -> Router {
                 .max_age(Duration::from_secs(600)),
         );
     }
-    with_layers(routes.merge(health_routes(store)), &gate.http)
+    with_layers(
+        routes
+            .merge(health_routes(store))
+            .merge(dashboard::pages()),
+        &gate.http,
+    )
 }
 
 /// Opens the store and serves on `listener` until `shutdown`.
@@ -130,13 +140,14 @@ pub async fn run(
     let gate = Gate::new(&config)?;
     let local = listener.local_addr()?;
     tracing::info!(%local, credentials = config.auth.tokens.len(), "signaling-proxy serving");
-    serve(
-        listener,
-        app(proxy, &gate),
-        shutdown,
-        config.service.shutdown_grace,
-    )
-    .await?;
+    let router = app(proxy.clone(), &gate);
+    let stopping = async move {
+        shutdown.await;
+        // Live feeds never end by themselves; close them so the graceful stop does not wait
+        // out its whole grace period for them.
+        proxy.live.close();
+    };
+    serve(listener, router, stopping, config.service.shutdown_grace).await?;
     Ok(())
 }
 

@@ -1,0 +1,255 @@
+//! The commands that speak to a proxy: `peers`, `links`, `connect`, `gossip` and
+//! `keygen --register`. Each prints a table, or with `--json` the proxy's answer as it is.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+use mesh_types::signing::Signed as _;
+use mesh_types::{Endpoints, Link, PeerId, PeerRegistration};
+use serde_json::{Value, json};
+
+use crate::client::{Client, Remote};
+
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    print(&format!("{}\n", serde_json::to_string_pretty(v)?))
+}
+
+/// `12 s ago`, `4 min ago`, … relative to `now` (both ms since the epoch).
+pub fn ago(ts: u64, now: u64) -> String {
+    let s = now.saturating_sub(ts) / 1000;
+    match s {
+        0..60 => format!("{s} s ago"),
+        60..3600 => format!("{} min ago", s / 60),
+        3600..86_400 => format!("{} h ago", s / 3600),
+        _ => format!("{} d ago", s / 86_400),
+    }
+}
+
+fn num(v: Option<f64>, digits: usize) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{x:.digits$}"),
+        _ => "–".into(),
+    }
+}
+
+/// The links table, shared by `meshctl links` and `meshctl up`'s live view.
+pub fn links_table(links: &[Link], now: u64) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{:<28} {:<9} {:>8} {:>10} {:>7} {:>13}  {}",
+        "LINK", "HEALTH", "RTT ms", "JITTER ms", "LOSS %", "BITRATE kb/s", "UPDATED"
+    );
+    for l in links {
+        let _ = writeln!(
+            t,
+            "{:<28} {:<9} {:>8} {:>10} {:>7} {:>13}  {}",
+            format!("{} ↔ {}", l.a, l.b),
+            l.health.as_str(),
+            num(l.qos.rtt_ms.or(l.qos.probe_rtt_ms), 1),
+            num(l.qos.jitter_ms, 1),
+            num(l.qos.loss_pct, 1),
+            num(l.qos.bitrate_kbps, 0),
+            ago(l.qos.last_ts, now),
+        );
+    }
+    if links.is_empty() {
+        t.push_str("(no links)\n");
+    }
+    t
+}
+
+pub async fn peers(remote: &Remote, json: bool) -> anyhow::Result<()> {
+    let v = Client::new(remote)?.get("/api/mesh/peers").await?;
+    if json {
+        return print_json(&v);
+    }
+    let peers: Vec<mesh_types::Peer> = serde_json::from_value(v["peers"].clone())?;
+    let now = mesh_service::now_ms();
+    let mut t = format!(
+        "{:<16} {:<10} {:>6}  {:<28} {}\n",
+        "PEER", "REGION", "TRUST", "ENDPOINT", "LAST SEEN"
+    );
+    for p in &peers {
+        let _ = writeln!(
+            t,
+            "{:<16} {:<10} {:>6.3}  {:<28} {}",
+            p.id.as_str(),
+            p.region.as_deref().unwrap_or("–"),
+            p.trust,
+            p.endpoints.https.as_deref().unwrap_or("–"),
+            ago(p.last_seen_at, now)
+        );
+    }
+    if peers.is_empty() {
+        t.push_str("(no peers registered)\n");
+    }
+    print(&t)
+}
+
+pub async fn links(
+    remote: &Remote,
+    peer: Option<&str>,
+    health: Option<&str>,
+    limit: Option<usize>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let client = Client::new(remote)?;
+    let mut query = Vec::new();
+    if let Some(p) = peer {
+        query.push(format!("peer={}", urlencode(p)));
+    }
+    if let Some(h) = health {
+        query.push(format!("health={}", urlencode(h)));
+    }
+    if let Some(n) = limit {
+        query.push(format!("limit={n}"));
+    }
+    let path = if query.is_empty() {
+        "/api/mesh-rtc/links".to_string()
+    } else {
+        format!("/api/mesh-rtc/links?{}", query.join("&"))
+    };
+    let v = client.get(&path).await?;
+    if json {
+        return print_json(&v);
+    }
+    let links: Vec<Link> = serde_json::from_value(v["links"].clone())?;
+    print(&links_table(&links, mesh_service::now_ms()))
+}
+
+pub async fn connect(remote: &Remote, a: &str, b: &str, json: bool) -> anyhow::Result<()> {
+    let v = Client::new(remote)?
+        .post("/api/mesh-rtc/connect", &json!({ "a": a, "b": b }))
+        .await?;
+    if json {
+        return print_json(&v);
+    }
+    let link: Link = serde_json::from_value(v)?;
+    print(&format!(
+        "{} ↔ {}: {}{}\n",
+        link.a,
+        link.b,
+        link.health.as_str(),
+        link.qos
+            .rtt_ms
+            .map(|r| format!(", RTT {r:.1} ms"))
+            .unwrap_or_default()
+    ))
+}
+
+pub async fn gossip(remote: &Remote, limit: usize, json: bool) -> anyhow::Result<()> {
+    let v = Client::new(remote)?
+        .get(&format!("/api/mesh-rtc/gossip?limit={limit}"))
+        .await?;
+    if json {
+        return print_json(&v);
+    }
+    let records: Vec<mesh_types::AuditRecord> = serde_json::from_value(v["records"].clone())?;
+    let now = mesh_service::now_ms();
+    let mut t = format!(
+        "{:<12} {:<7} {:<14} {:>9} {:>6}  {}\n",
+        "WHEN", "KIND", "FROM", "DELIVERED", "FAILED", "TARGETS / NOTE"
+    );
+    for r in &records {
+        let targets: Vec<String> = r
+            .targets
+            .iter()
+            .map(|x| {
+                let how = serde_json::to_value(x.transport)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                format!("{} ({how}{})", x.peer, if x.ok { "" } else { ", failed" })
+            })
+            .collect();
+        let mut note = targets.join(", ");
+        if let Some(by) = &r.recorded_by {
+            note = format!("refused by {by}");
+        }
+        if let Some(reason) = &r.reason {
+            if !note.is_empty() {
+                note.push_str("; ");
+            }
+            note.push_str(reason);
+        }
+        let _ = writeln!(
+            t,
+            "{:<12} {:<7} {:<14} {:>9} {:>6}  {}",
+            ago(r.ts, now),
+            r.kind,
+            r.from.as_str(),
+            r.succeeded,
+            r.failed,
+            note
+        );
+    }
+    if records.is_empty() {
+        t.push_str("(no gossip recorded yet)\n");
+    }
+    print(&t)
+}
+
+/// `keygen --register`: a registration signed by the new key, sent to the proxy.
+pub async fn register(
+    remote: &Remote,
+    identity: &mesh_types::Identity,
+    region: Option<String>,
+    endpoint: Option<String>,
+    json: bool,
+    seed_file: &Path,
+) -> anyhow::Result<()> {
+    let mut registration = PeerRegistration::new(
+        identity.id().clone(),
+        identity.public_key(),
+        region,
+        Endpoints {
+            https: endpoint,
+            ..Endpoints::default()
+        },
+        mesh_service::now_ms(),
+    );
+    registration.sign(identity)?;
+    let v = Client::new(remote)?
+        .post("/api/mesh/peers", &serde_json::to_value(&registration)?)
+        .await?;
+    if json {
+        return print_json(&json!({ "peer": v, "seedFile": seed_file }));
+    }
+    let key = identity.public_key();
+    print(&format!(
+        "peer     {}\npubKey   {key}\nkid      {}\nseed in  {} (set MESH_SIGNING_KEY_FILE to it)\nregistered with the proxy (trust {})\n",
+        identity.id(),
+        key.key_id(),
+        seed_file.display(),
+        v["trust"]
+    ))
+}
+
+/// Percent-encodes a query value (ids and health words are plain, but a typo should not break
+/// the URL).
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Validates a peer id given on the command line before anything is sent.
+pub fn peer_id(s: &str) -> Result<String, String> {
+    PeerId::new(s)
+        .map(|p| p.as_str().to_string())
+        .map_err(|e| e.to_string())
+}
