@@ -45,8 +45,8 @@ pub fn links_table(links: &[Link], now: u64) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "{:<28} {:<9} {:>8} {:>10} {:>7} {:>13}  {}",
-        "LINK", "HEALTH", "RTT ms", "JITTER ms", "LOSS %", "BITRATE kb/s", "UPDATED"
+        "{:<28} {:<9} {:>8} {:>10} {:>7} {:>13}  UPDATED",
+        "LINK", "HEALTH", "RTT ms", "JITTER ms", "LOSS %", "BITRATE kb/s"
     );
     for l in links {
         let _ = writeln!(

@@ -224,7 +224,15 @@ async fn main() -> ExitCode {
             endpoint,
             remote,
             json,
-        } => keys::keygen(&id, &out, register.then_some((&remote, region, endpoint)), json).await,
+        } => {
+            keys::keygen(
+                &id,
+                &out,
+                register.then_some((&remote, region, endpoint)),
+                json,
+            )
+            .await
+        }
         Command::Init {
             peers,
             data_dir,

@@ -317,7 +317,10 @@ impl LiveView {
         }
     }
 
-    fn gossip_done(&mut self, done: Result<Result<RunReport, mesh_service::ApiError>, tokio::task::JoinError>) {
+    fn gossip_done(
+        &mut self,
+        done: Result<Result<RunReport, mesh_service::ApiError>, tokio::task::JoinError>,
+    ) {
         let text = match done {
             Ok(Ok(r)) => format!(
                 "gossip run: {} origins, {} delivered, {} failed, trust updated for {}",
@@ -358,14 +361,12 @@ impl LiveView {
         } else {
             for l in &links {
                 if self.last_health.get(l.id.as_str()) != Some(&l.health) {
-                    self.out.line(&format!("link {} ↔ {}: {}", l.a, l.b, l.health.as_str()));
+                    self.out
+                        .line(&format!("link {} ↔ {}: {}", l.a, l.b, l.health.as_str()));
                 }
             }
         }
-        self.last_health = links
-            .iter()
-            .map(|l| (l.id.to_string(), l.health))
-            .collect();
+        self.last_health = links.iter().map(|l| (l.id.to_string(), l.health)).collect();
     }
 
     fn draw(&mut self, links: &[Link], now: u64) {
@@ -379,7 +380,11 @@ impl LiveView {
         );
         block.push_str(&links_table(links, now));
         block.push('\n');
-        block.push_str(self.last_run.as_deref().unwrap_or("gossip: first run pending"));
+        block.push_str(
+            self.last_run
+                .as_deref()
+                .unwrap_or("gossip: first run pending"),
+        );
         block.push('\n');
         let mut o = std::io::stdout().lock();
         if self.drawn_lines > 0 {
@@ -403,7 +408,11 @@ async fn wait_ready(client: &Client, peers: &[UpPeer], out: &mut Out) -> anyhow:
         .timeout(Duration::from_secs(2))
         .build()?;
     let mut urls = vec![("signaling-proxy".to_string(), client.base.clone())];
-    urls.extend(peers.iter().map(|p| (format!("worker {}", p.id), p.url.clone())));
+    urls.extend(
+        peers
+            .iter()
+            .map(|p| (format!("worker {}", p.id), p.url.clone())),
+    );
     let checks = urls.into_iter().map(|(name, url)| {
         let http = http.clone();
         async move {
@@ -577,6 +586,8 @@ fn flatten(ended: Ended) -> anyhow::Result<()> {
 fn ended_early(ended: Ended) -> anyhow::Error {
     match ended {
         Ok((name, Ok(()))) => anyhow::anyhow!("{name} stopped unexpectedly"),
-        other => flatten(other).err().unwrap_or_else(|| anyhow::anyhow!("a service stopped")),
+        other => flatten(other)
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("a service stopped")),
     }
 }

@@ -122,9 +122,7 @@ pub fn app(proxy: Arc<Proxy>, gate: &Gate) -> Router {
         );
     }
     with_layers(
-        routes
-            .merge(health_routes(store))
-            .merge(dashboard::pages()),
+        routes.merge(health_routes(store)).merge(dashboard::pages()),
         &gate.http,
     )
 }
