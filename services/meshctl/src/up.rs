@@ -51,6 +51,8 @@ const GOSSIP_FINISH_TIMEOUT: Duration = Duration::from_secs(25);
 /// Pairs connected at once while the mesh forms.
 const CONNECT_CONCURRENCY: usize = 4;
 const LOG_FILE: &str = "up.log";
+/// Links the live table shows on a terminal.
+const LIVE_ROWS: usize = 20;
 const LOCK_FILE: &str = "up.lock";
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
@@ -378,7 +380,16 @@ impl LiveView {
             links.len(),
             self.proxy
         );
-        block.push_str(&links_table(links, now));
+        // Redrawing in place works only while the block fits the screen: show the links that
+        // need attention first, and at most a screenful.
+        let mut shown: Vec<Link> = links.to_vec();
+        shown.sort_by_key(|l| (l.health == Health::Up, l.id.to_string()));
+        let hidden = shown.len().saturating_sub(LIVE_ROWS);
+        shown.truncate(LIVE_ROWS);
+        block.push_str(&links_table(&shown, now));
+        if hidden > 0 {
+            block.push_str(&format!("… and {hidden} more up (meshctl links lists them all)\n"));
+        }
         block.push('\n');
         block.push_str(
             self.last_run

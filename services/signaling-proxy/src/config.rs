@@ -241,6 +241,8 @@ mod tests {
             (MESH_CONNECT_TIMEOUT_SECS, "30"),
             (MESH_RATE_PER_IP, "0"),
             (MESH_WS_MAX_MESSAGE_BYTES, "10"),
+            (MESH_LIVE_INTERVAL_MS, "50"),
+            (MESH_LIVE_INTERVAL_MS, "soon"),
         ] {
             let mut vars = vec![(MESH_API_TOKENS, token.as_str())];
             vars.retain(|(k, _)| *k != key);
