@@ -41,12 +41,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a mesh on this machine: keys, one worker per peer, the signaling proxy and the
-    /// gossip schedule on loopback against the embedded store; connects every pair, prints the
-    /// dashboard's address and shows the links live. Ctrl-C stops it cleanly; running it again
-    /// on the same --data-dir resumes the same peers.
+    /// Run a mesh of real WebRTC peers on this machine, with the dashboard.
+    ///
+    /// Keeps a key per peer, starts one worker per peer, the signaling proxy and the gossip
+    /// schedule on loopback against the embedded store, connects every pair through the proxy,
+    /// prints the dashboard's address and shows the links live. Ctrl-C stops it cleanly; running
+    /// it again on the same --data-dir resumes the same peers.
     Up {
-        /// How many peers.
+        /// How many peers (1 to 32).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
         peers: u16,
         /// Where keys, the token, the store and the log live.
@@ -90,8 +92,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Connect two peers (needs an operator token): the proxy has A dial B, relays the signed
-    /// offer and answer, and answers once the link is up, or names the step that failed.
+    /// Connect two peers (needs an operator token).
+    ///
+    /// The proxy has A dial B, relays the signed offer and answer, and answers once the link is
+    /// up, or names the step that failed.
     Connect {
         #[command(flatten)]
         remote: Remote,
@@ -114,8 +118,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Generate an Ed25519 identity for a peer: writes the seed to a file only you can read and
-    /// prints the public key; with --register, also registers it with the proxy.
+    /// Generate a peer's Ed25519 key, and optionally register it with the proxy.
+    ///
+    /// Writes the seed to a file only you can read and prints the public key; with --register,
+    /// also sends the proxy a registration signed by the new key.
     Keygen {
         /// The peer's id.
         #[arg(long, value_parser = commands::peer_id)]
@@ -139,8 +145,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Prepare a local mesh without running it: an identity per peer and a signed, verified
-    /// registration of each in the embedded store.
+    /// Register local peers in the embedded store without running them.
+    ///
+    /// An identity per peer and a signed, verified registration of each.
     Init {
         /// How many peers.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=500))]
@@ -155,8 +162,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Make an API token for the signaling proxy: prints the token (give it to the client) and
-    /// the `MESH_API_TOKENS` entry (give it to the proxy; it holds only the token's SHA-256).
+    /// Make an API token for a signaling proxy.
+    ///
+    /// Prints the token (give it to the client) and the `MESH_API_TOKENS` entry (give it to the
+    /// proxy; it holds only the token's SHA-256).
     Token {
         /// A name for the credential (logs and rate limits use it).
         #[arg(long)]

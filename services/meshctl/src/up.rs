@@ -388,7 +388,9 @@ impl LiveView {
         shown.truncate(LIVE_ROWS);
         block.push_str(&links_table(&shown, now));
         if hidden > 0 {
-            block.push_str(&format!("… and {hidden} more up (meshctl links lists them all)\n"));
+            block.push_str(&format!(
+                "… and {hidden} more up (meshctl links lists them all)\n"
+            ));
         }
         block.push('\n');
         block.push_str(
