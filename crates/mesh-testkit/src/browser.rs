@@ -120,6 +120,18 @@ impl DevTools {
 
     /// Calls `method` and returns its result; panics on a protocol error.
     pub async fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        match self.try_call(method, params).await {
+            Ok(v) => v,
+            Err(e) => panic!("{method} failed: {e}"),
+        }
+    }
+
+    /// Calls `method`: its result, or the protocol error (e.g. the page was navigating).
+    pub async fn try_call(
+        &mut self,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, serde_json::Value> {
         use futures_util::{SinkExt as _, StreamExt as _};
         let id = self.next_id;
         self.next_id += 1;
@@ -152,9 +164,9 @@ impl DevTools {
             .await
             .unwrap_or_else(|_| panic!("Chromium did not answer {method} within 30 s"));
         if !v["error"].is_null() {
-            panic!("{method} failed: {}", v["error"]);
+            return Err(v["error"].clone());
         }
-        v["result"].clone()
+        Ok(v["result"].clone())
     }
 
     /// Records every request the page makes from now on in [`DevTools::requests`].
@@ -194,11 +206,20 @@ impl DevTools {
     ) -> serde_json::Value {
         let poll = async {
             loop {
+                // A page that is still loading may have no context to evaluate in yet: not yet.
                 let v = self
-                    .eval(&format!(
-                        "(() => {{ try {{ return {expression}; }} catch (_) {{ return null; }} }})()"
-                    ))
-                    .await;
+                    .try_call(
+                        "Runtime.evaluate",
+                        serde_json::json!({
+                            "expression": format!(
+                                "(() => {{ try {{ return {expression}; }} catch (_) {{ return null; }} }})()"
+                            ),
+                            "returnByValue": true,
+                        }),
+                    )
+                    .await
+                    .map(|r| r["result"]["value"].clone())
+                    .unwrap_or(serde_json::Value::Null);
                 let truthy = match &v {
                     serde_json::Value::Null => false,
                     serde_json::Value::Bool(b) => *b,

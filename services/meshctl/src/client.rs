@@ -23,7 +23,8 @@ pub struct Remote {
     /// --data-dir, else http://127.0.0.1:8480].
     #[arg(long, env = "MESH_PROXY_URL")]
     pub proxy: Option<String>,
-    /// An API token of the proxy [default: the operator token of `meshctl up` in --data-dir].
+    /// An API token of the proxy [default: for the proxy of the `meshctl up` running on
+    /// --data-dir, its operator token].
     #[arg(long, env = "MESH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// The local mesh's data directory (where `meshctl up` keeps its state).
@@ -80,17 +81,25 @@ pub struct Client {
 impl Client {
     pub fn new(remote: &Remote) -> anyhow::Result<Self> {
         let state = read_state(&remote.data_dir);
+        let local = state
+            .as_ref()
+            .map(|s| s.proxy.trim_end_matches('/').to_string());
         let base = remote
             .proxy
             .clone()
-            .or_else(|| state.map(|s| s.proxy))
+            .or_else(|| local.clone())
             .unwrap_or_else(|| DEFAULT_PROXY.to_string());
         let base = base.trim_end_matches('/').to_string();
+        // The local mesh's operator token goes only to the local mesh's proxy: never to a proxy
+        // named on the command line that happens to be another one.
         let token = match &remote.token {
             Some(t) => Some(t.clone()),
-            None => std::fs::read_to_string(remote.data_dir.join(TOKEN_FILE))
-                .ok()
-                .map(|t| t.trim().to_string()),
+            None if local.as_deref() == Some(base.as_str()) => {
+                std::fs::read_to_string(remote.data_dir.join(TOKEN_FILE))
+                    .ok()
+                    .map(|t| t.trim().to_string())
+            }
+            None => None,
         };
         Ok(Client {
             base,
@@ -148,7 +157,8 @@ impl Client {
         };
         if failure.status == 401 && self.token.is_none() {
             failure.message.push_str(
-                " (no token: pass --token or MESH_TOKEN, or run `meshctl up` in --data-dir)",
+                " (no token: pass --token or MESH_TOKEN; the token of a running `meshctl up` is \
+                 used only for its own proxy)",
             );
         }
         Err(failure.into())

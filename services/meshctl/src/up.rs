@@ -164,6 +164,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         Some(ended) = proxy_task.join_next() => Some(Err(ended_early(ended))),
     };
     let formed_ok = matches!(formed, Some(Ok(())));
+    let mut forced = None;
+    if !formed_ok {
+        forced = Some(force_on_next_signal());
+    }
     let mut failure = match formed {
         Some(Ok(())) => None,
         Some(Err(e)) => Some(e),
@@ -230,24 +234,25 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 }
             }
         }
+        forced = Some(force_on_next_signal());
         out = view.finish();
-        if let Some(run) = gossip.take() {
-            out.line("Stopping: letting the gossip run under way finish…");
-            if tokio::time::timeout(GOSSIP_FINISH_TIMEOUT, run)
+        if let Some(mut run) = gossip.take()
+            && !run.is_finished()
+        {
+            out.line("Stopping: letting the gossip run under way finish (Ctrl-C again to force)…");
+            if tokio::time::timeout(GOSSIP_FINISH_TIMEOUT, &mut run)
                 .await
                 .is_err()
             {
+                // Dropping a handle would leave the run going while the workers stop.
+                run.abort();
+                let _ = run.await;
                 out.line("  the gossip run did not finish in time; it was cut short");
             }
         }
     }
 
     // Stop in order: workers hang up (writing their links down), then the proxy.
-    let second = tokio::spawn(async {
-        webrtc_worker::shutdown_signal().await;
-        let _ = writeln!(std::io::stderr(), "meshctl: stopped forcibly");
-        std::process::exit(130);
-    });
     out.line("Stopping: hanging up links and stopping the workers (Ctrl-C again to force)…");
     stop_workers.send_replace(true);
     while let Some(ended) = workers.join_next().await {
@@ -261,7 +266,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             out.line(&format!("  {e:#}"));
         }
     }
-    second.abort();
+    if let Some(forced) = forced {
+        forced.abort();
+    }
     let _ = std::fs::remove_file(opts.data_dir.join(STATE_FILE));
     match failure {
         Some(e) => Err(e),
@@ -568,6 +575,16 @@ fn init_logging(path: &Path) -> anyhow::Result<()> {
         .with_writer(std::sync::Mutex::new(file))
         .try_init()
         .map_err(|e| anyhow::anyhow!("starting the log: {e}"))
+}
+
+/// Once stopping has begun, another Ctrl-C (or SIGTERM) exits at once. Spawned as soon as the
+/// first signal is taken: a signal sent before a listener exists is not seen by it.
+fn force_on_next_signal() -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async {
+        webrtc_worker::shutdown_signal().await;
+        let _ = writeln!(std::io::stderr(), "meshctl: stopped forcibly");
+        std::process::exit(130);
+    })
 }
 
 /// A future that resolves once `stop` says so.

@@ -21,6 +21,7 @@ const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
 struct Up {
     child: Child,
     output: Arc<Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Up {
@@ -35,18 +36,23 @@ impl Up {
             .spawn()
             .unwrap();
         let output: Arc<Mutex<Vec<String>>> = Arc::default();
+        let mut readers = Vec::new();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let sink = output.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     sink.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
-        Up { child, output }
+        Up {
+            child,
+            output,
+            readers,
+        }
     }
 
     fn output(&self) -> String {
@@ -68,13 +74,11 @@ impl Up {
             async move { status }
         })
         .await;
-        // The reader threads end with the pipes; take what they have.
-        let output = eventually(Duration::from_secs(5), "the last output", || {
-            let out = self.output();
-            async move { out.contains("Stopp").then_some(out) }
-        })
-        .await;
-        (status, output)
+        // The pipes closed with the process: the readers have everything once they end.
+        for reader in self.readers.drain(..) {
+            reader.join().unwrap();
+        }
+        (status, self.output())
     }
 }
 
@@ -101,7 +105,7 @@ fn meshctl_json(dir: &Path, args: &[&str]) -> Option<Value> {
 }
 
 /// Waits for `links --json` to list exactly three links, all `up`.
-async fn three_links_up(dir: &Path, up: &Up) -> Value {
+async fn three_links_up(dir: &Path) -> Value {
     eventually(
         Duration::from_secs(90),
         "three up links in `meshctl links --json`",
@@ -114,14 +118,7 @@ async fn three_links_up(dir: &Path, up: &Up) -> Value {
             }
         },
     )
-    .await;
-    let links = meshctl_json(dir, &["links"]).unwrap();
-    assert!(
-        links["links"].as_array().unwrap().len() == 3,
-        "{}",
-        up.output()
-    );
-    links
+    .await
 }
 
 #[tokio::test]
@@ -130,7 +127,7 @@ async fn up_forms_a_mesh_gossips_stops_on_sigint_and_resumes() {
     let dir = tmp.path().join("mesh");
 
     let up = Up::start(&dir);
-    let links = three_links_up(&dir, &up).await;
+    let links = three_links_up(&dir).await;
     let mut pairs: Vec<String> = links["links"]
         .as_array()
         .unwrap()
@@ -239,7 +236,7 @@ async fn up_forms_a_mesh_gossips_stops_on_sigint_and_resumes() {
 
     // Again on the same directory: the same peers, keys resumed, the mesh formed again.
     let up = Up::start(&dir);
-    three_links_up(&dir, &up).await;
+    three_links_up(&dir).await;
     let peers = meshctl_json(&dir, &["peers"]).unwrap();
     let keys_after: Vec<Value> = peers["peers"]
         .as_array()
@@ -257,15 +254,22 @@ async fn up_forms_a_mesh_gossips_stops_on_sigint_and_resumes() {
 #[tokio::test]
 async fn commands_explain_a_missing_proxy_and_a_bad_peer_id() {
     let tmp = mesh_testkit::data_dir();
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy = format!("http://127.0.0.1:{port}");
     let out = Command::new(MESHCTL)
-        .args(["links", "--proxy", "http://127.0.0.1:9", "--data-dir"])
+        .args(["links", "--proxy", &proxy, "--data-dir"])
         .arg(tmp.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("cannot reach the proxy at http://127.0.0.1:9"),
+        err.contains(&format!("cannot reach the proxy at {proxy}")),
         "{err}"
     );
 

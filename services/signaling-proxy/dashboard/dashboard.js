@@ -15,12 +15,15 @@ let peerIds = [];
 function takeTokenFromFragment() {
   // `meshctl up` prints `/#token=...`: keep it for this tab and drop it from the address bar
   // (and so from history and screenshots).
-  const match = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  const match = /(?:^#|&)token=([^&]*)/.exec(location.hash);
   if (match) {
-    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
     history.replaceState(null, "", location.pathname + location.search);
+    let value = "";
+    try { value = decodeURIComponent(match[1]).trim(); } catch (_) { /* a mangled link */ }
+    if (!value) return { error: "The sign-in link is damaged; paste the token instead." };
+    sessionStorage.setItem(TOKEN_KEY, value);
   }
-  return sessionStorage.getItem(TOKEN_KEY);
+  return { token: sessionStorage.getItem(TOKEN_KEY) };
 }
 
 function showSignIn(message) {
@@ -29,6 +32,7 @@ function showSignIn(message) {
   $("sign-out").hidden = true;
   $("sign-in").hidden = false;
   $("sign-in-error").textContent = message || "";
+  $("token").value = "";
   setFeed("signed-out", "Signed out");
   $("token").focus();
 }
@@ -93,6 +97,9 @@ async function follow() {
     } catch (e) {
       if (abort.signal.aborted) return;
       if (e instanceof ApiFailure && (e.status === 401 || e.status === 403)) {
+        // A refused token is not kept for the next load.
+        sessionStorage.removeItem(TOKEN_KEY);
+        token = null;
         showSignIn(`${e.message} (${e.code})`);
         return;
       }
@@ -156,7 +163,10 @@ function ago(ts) {
 }
 
 function time(ts) {
-  return el("time", { datetime: new Date(ts).toISOString(), title: new Date(ts).toLocaleString(), dataset: { ts } }, ago(ts));
+  const when = new Date(ts);
+  // One bad timestamp must not blank the page.
+  if (typeof ts !== "number" || isNaN(when.getTime())) return document.createTextNode("–");
+  return el("time", { datetime: when.toISOString(), title: when.toLocaleString(), dataset: { ts } }, ago(ts));
 }
 
 function healthBadge(health) {
@@ -326,5 +336,5 @@ document.addEventListener("DOMContentLoaded", () => {
     for (const t of document.querySelectorAll("time[data-ts]")) t.textContent = ago(Number(t.dataset.ts));
   }, 5000);
   const saved = takeTokenFromFragment();
-  if (saved) signIn(saved); else showSignIn();
+  if (saved.token) signIn(saved.token); else showSignIn(saved.error);
 });

@@ -149,10 +149,10 @@ impl ProxyConfig {
         let live_ms: u64 = env.parse_or(
             MESH_LIVE_INTERVAL_MS,
             1000,
-            "milliseconds from 100 to 60000",
+            "milliseconds from 250 to 60000",
         )?;
-        if !(100..=60_000).contains(&live_ms) {
-            return Err(env.invalid(MESH_LIVE_INTERVAL_MS, "milliseconds from 100 to 60000"));
+        if !(250..=60_000).contains(&live_ms) {
+            return Err(env.invalid(MESH_LIVE_INTERVAL_MS, "milliseconds from 250 to 60000"));
         }
         Ok(ProxyConfig {
             live_interval: Duration::from_millis(live_ms),
@@ -241,7 +241,7 @@ mod tests {
             (MESH_CONNECT_TIMEOUT_SECS, "30"),
             (MESH_RATE_PER_IP, "0"),
             (MESH_WS_MAX_MESSAGE_BYTES, "10"),
-            (MESH_LIVE_INTERVAL_MS, "50"),
+            (MESH_LIVE_INTERVAL_MS, "100"),
             (MESH_LIVE_INTERVAL_MS, "soon"),
         ] {
             let mut vars = vec![(MESH_API_TOKENS, token.as_str())];

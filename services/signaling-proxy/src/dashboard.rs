@@ -31,8 +31,8 @@ const INDEX_HTML: &str = include_str!("../dashboard/index.html");
 const DASHBOARD_JS: &str = include_str!("../dashboard/dashboard.js");
 const DASHBOARD_CSS: &str = include_str!("../dashboard/dashboard.css");
 
-/// The page may load only its own assets and call only its own origin: nothing leaves for a
-/// CDN, and an injected script could not send data anywhere else.
+/// The page may load only its own assets and call only its own origin: nothing is fetched from
+/// a CDN, and an injected script could not `fetch` data to another site.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
@@ -98,7 +98,7 @@ pub struct LinkCounts {
     pub up: usize,
     pub degraded: usize,
     pub down: usize,
-    /// More links exist than were counted (the store's largest page).
+    /// The store's largest page was full: more links may exist than were counted.
     pub capped: bool,
 }
 
@@ -112,7 +112,7 @@ pub struct GossipHour {
     pub deliveries: u64,
     /// Deliveries that failed.
     pub failures: u64,
-    /// Envelopes refused or dropped by their receivers.
+    /// Refusal and drop records (one per receiver that refused or dropped an envelope).
     pub refused: usize,
     /// The hour held more records than were read; the figures are lower bounds.
     pub capped: bool,
@@ -214,8 +214,14 @@ pub struct Overview {
 }
 
 impl Proxy {
-    /// Reads the overview from the store at `now`.
-    pub async fn overview(&self, now: UnixMillis) -> Result<Overview, ApiError> {
+    /// Reads the overview from the store at `now`. With `hour`, the last hour's gossip figures
+    /// are taken as given and only the newest audit records are read: the live feed re-reads
+    /// the whole hour only now and then, since on Firestore every document read is billed.
+    pub async fn overview(
+        &self,
+        now: UnixMillis,
+        hour: Option<GossipHour>,
+    ) -> Result<Overview, ApiError> {
         let peers = self.store.list_peers().await?;
         let all_links = self
             .store
@@ -224,8 +230,13 @@ impl Proxy {
                 ..LinkQuery::default()
             })
             .await?;
-        let audit = self.store.list_audit(MAX_LIST_LIMIT).await?;
-        let summary = summarise(
+        let audit_limit = if hour.is_some() {
+            OVERVIEW_GOSSIP
+        } else {
+            MAX_LIST_LIMIT
+        };
+        let audit = self.store.list_audit(audit_limit).await?;
+        let mut summary = summarise(
             &peers,
             &all_links,
             all_links.len() == MAX_LIST_LIMIT,
@@ -233,6 +244,9 @@ impl Proxy {
             audit.len() == MAX_LIST_LIMIT,
             now,
         );
+        if let Some(hour) = hour {
+            summary.gossip_last_hour = hour;
+        }
         Ok(Overview {
             summary,
             peers,
@@ -274,19 +288,34 @@ impl Live {
         let live = &proxy.live;
         let mut poller = mesh_service::lock(&live.poller);
         let rx = live.current.subscribe();
-        if poller.is_none() {
+        // A finished poller (it panicked: the store driver, say) is replaced, not waited on.
+        if poller.as_ref().is_none_or(|p| p.is_finished()) {
             *poller = Some(tokio::spawn(poll(proxy.clone())));
         }
         rx
     }
 }
 
+/// How often (in polls) the live feed re-reads the whole last hour of audit records.
+const HOUR_EVERY: u32 = 30;
+
 /// Re-reads the overview until nobody listens; sends only what changed.
 async fn poll(proxy: Arc<Proxy>) {
     let live = &proxy.live;
+    let mut polls: u32 = 0;
     loop {
         let now = crate::now_ms();
-        let next = match proxy.overview(now).await {
+        let hour = if polls.is_multiple_of(HOUR_EVERY) {
+            None
+        } else {
+            live.current
+                .borrow()
+                .as_deref()
+                .filter(|o| o.error.is_none())
+                .map(|o| o.summary.gossip_last_hour.clone())
+        };
+        polls = polls.wrapping_add(1);
+        let next = match proxy.overview(now, hour).await {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!("dashboard overview not read: {}", e.message);
@@ -331,7 +360,9 @@ async fn summary(
     caller: Caller,
 ) -> Result<axum::Json<Summary>, ApiError> {
     caller.require(Role::Read)?;
-    Ok(axum::Json(proxy.overview(crate::now_ms()).await?.summary))
+    Ok(axum::Json(
+        proxy.overview(crate::now_ms(), None).await?.summary,
+    ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -108,7 +108,7 @@ async fn page_is_public_and_self_contained_and_its_data_needs_a_token() {
 
 #[tokio::test]
 async fn the_feed_sends_the_overview_then_each_change_and_ends_when_the_proxy_stops() {
-    let mut mesh = Mesh::new(&[("MESH_LIVE_INTERVAL_MS", "100")]);
+    let mut mesh = Mesh::new(&[("MESH_LIVE_INTERVAL_MS", "250")]);
     let a = mesh.worker("feed-a", 71);
     let b = mesh.worker("feed-b", 72);
     let res = mesh
@@ -173,7 +173,7 @@ async fn the_feed_sends_the_overview_then_each_change_and_ends_when_the_proxy_st
 
 #[tokio::test]
 async fn chromium_connects_a_pair_from_the_dashboard_and_sees_it_come_up_live() {
-    let mesh = Mesh::new(&[("MESH_LIVE_INTERVAL_MS", "200")]);
+    let mesh = Mesh::new(&[("MESH_LIVE_INTERVAL_MS", "250")]);
     let _workers = [
         mesh.worker("dash-a", 81),
         mesh.worker("dash-b", 82),
