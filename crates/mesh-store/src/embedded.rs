@@ -54,18 +54,44 @@ impl EmbeddedStore {
             ))
         })?;
         let path = dir.join(DB_FILE);
-        let conn = Connection::open(&path)
-            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
+        // Several processes (or the services of one `meshctl up`) may open a new store at the
+        // same moment. Switching to WAL and the first migration can then meet another opener's
+        // lock in ways where SQLite reports busy at once instead of calling the busy handler, so
+        // opening retries for as long as a write would wait.
+        let mut pause = Duration::from_millis(10);
+        let mut waited = Duration::ZERO;
+        loop {
+            match Self::try_open(&path) {
+                Ok(store) => return Ok(store),
+                Err(OpenError::Sql(e)) if is_busy(&e) && waited < BUSY_TIMEOUT => {
+                    std::thread::sleep(pause);
+                    waited += pause;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(OpenError::Sql(e)) => {
+                    return Err(match sql(e) {
+                        StoreError::Unavailable(why) => StoreError::Unavailable(format!(
+                            "cannot open {}: {why}",
+                            path.display()
+                        )),
+                        other => other,
+                    });
+                }
+                Err(OpenError::Store(e)) => return Err(e),
+            }
+        }
+    }
+
+    fn try_open(path: &Path) -> std::result::Result<Self, OpenError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         // WAL lets readers in other processes proceed while one writes; NORMAL sync in WAL mode
         // survives any process crash (a power cut may lose the last commits, never corrupt).
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         migrate(&conn)?;
         Ok(EmbeddedStore {
-            path,
+            path: path.to_path_buf(),
             conn: Arc::new(Mutex::new(conn)),
         })
     }
@@ -92,14 +118,34 @@ impl EmbeddedStore {
     }
 }
 
-fn migrate(conn: &Connection) -> Result<()> {
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(sql)?;
+/// Why opening failed: SQLite (maybe only busy, worth a retry) or the store's own verdict.
+#[derive(Debug)]
+enum OpenError {
+    Sql(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for OpenError {
+    fn from(e: rusqlite::Error) -> Self {
+        OpenError::Sql(e)
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`]. Each step is idempotent (`IF NOT EXISTS`), so two
+/// openers that both saw the old version may both run it.
+fn migrate(conn: &Connection) -> std::result::Result<(), OpenError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > SCHEMA_VERSION {
-        return Err(StoreError::Corrupt(format!(
+        return Err(OpenError::Store(StoreError::Corrupt(format!(
             "database schema {version} is newer than this build understands ({SCHEMA_VERSION})"
-        )));
+        ))));
     }
     if version < 1 {
         conn.execute_batch(&format!(
@@ -115,8 +161,7 @@ fn migrate(conn: &Connection) -> Result<()> {
              CREATE INDEX IF NOT EXISTS audit_by_ts ON {AUDIT} (ts DESC, id DESC);
              PRAGMA user_version = 1;
              COMMIT;"
-        ))
-        .map_err(sql)?;
+        ))?;
     }
     if version < 2 {
         conn.execute_batch(&format!(
@@ -127,8 +172,7 @@ fn migrate(conn: &Connection) -> Result<()> {
              CREATE INDEX IF NOT EXISTS gossip_by_hlc ON {GOSSIP_STATE} (wall_ms DESC, counter DESC, id DESC);
              PRAGMA user_version = 2;
              COMMIT;"
-        ))
-        .map_err(sql)?;
+        ))?;
     }
     Ok(())
 }
