@@ -180,6 +180,9 @@ pub struct TelemetryConfig {
     pub gcp_project: Option<String>,
     /// Logs go to stderr instead of stdout: for a command whose stdout is its result.
     pub log_to_stderr: bool,
+    /// `service.instance.id` on exported traces and metrics (a worker's peer id), so that the
+    /// instances of one service can be told apart.
+    pub instance: Option<String>,
 }
 
 /// What every service reads at start-up.
@@ -246,6 +249,7 @@ impl ServiceConfig {
                 log_filter: env.optional(RUST_LOG).unwrap_or_else(|| "info".into()),
                 gcp_project,
                 log_to_stderr: false,
+                instance: None,
             },
         })
     }

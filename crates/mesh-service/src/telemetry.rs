@@ -1,12 +1,14 @@
-//! Logs and traces. Logs are one JSON object per line in the shape Cloud Logging reads
+//! Logs, traces and metrics. Logs are one JSON object per line in the shape Cloud Logging reads
 //! (`severity`, `message`, and `logging.googleapis.com/trace` so a log line links to its trace);
-//! traces go to an OTLP/HTTP collector when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, with W3C trace
-//! context (`traceparent`) propagated between services.
+//! traces and metrics go to an OTLP/HTTP collector when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, with
+//! W3C trace context (`traceparent`) propagated between services. Services make their instruments
+//! from `opentelemetry::global::meter` after `init`; without an endpoint they cost nothing.
 
 use std::fmt;
 
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
@@ -36,16 +38,23 @@ pub enum TelemetryError {
     AlreadyInstalled,
 }
 
-/// Flushes and stops trace export when dropped; keep it alive for the life of the process.
+/// Flushes and stops trace and metric export when dropped; keep it alive for the life of the
+/// process.
 #[derive(Debug)]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Err(e) = self.provider.shutdown() {
             tracing::warn!("trace export did not shut down cleanly: {e}");
+        }
+        if let Some(meters) = &self.meters
+            && let Err(e) = meters.shutdown()
+        {
+            tracing::warn!("metric export did not shut down cleanly: {e}");
         }
     }
 }
@@ -58,6 +67,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         reason: e.to_string(),
     })?;
     let provider = tracer_provider(config)?;
+    let meters = meter_provider(config)?;
     // Always on, exporting or not: spans then carry trace context, so a caller's `traceparent`
     // is continued, passed on to the services we call, and stamped on every log line.
     let otel =
@@ -80,7 +90,58 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         .with(logs)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider, meters })
+}
+
+/// `base` (the collector's base URL) with the OTLP/HTTP path for `signal` (`traces`, `metrics`),
+/// as the SDK does when it reads the variable itself.
+fn otlp_url(base: &str, signal: &str) -> String {
+    let path = format!("/v1/{signal}");
+    if base.ends_with(&path) {
+        base.to_string()
+    } else {
+        format!("{}{path}", base.trim_end_matches('/'))
+    }
+}
+
+/// The service's resource: its name, its instance (a worker's peer id) if known, and what
+/// `OTEL_RESOURCE_ATTRIBUTES` adds.
+fn resource(config: &TelemetryConfig) -> opentelemetry_sdk::Resource {
+    let mut builder =
+        opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone());
+    if let Some(instance) = &config.instance {
+        builder = builder.with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            instance.clone(),
+        ));
+    }
+    builder.build()
+}
+
+/// The metric pipeline: a periodic OTLP/HTTP export (every 60 s, or
+/// `OTEL_METRIC_EXPORT_INTERVAL` ms) if an endpoint is configured; none otherwise, which leaves
+/// the global meter a no-op.
+pub fn meter_provider(
+    config: &TelemetryConfig,
+) -> Result<Option<SdkMeterProvider>, TelemetryError> {
+    let Some(base) = &config.otlp_endpoint else {
+        return Ok(None);
+    };
+    let endpoint = otlp_url(base, "metrics");
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_http()
+        .with_endpoint(endpoint.clone())
+        .build()
+        .map_err(|e| TelemetryError::Exporter {
+            endpoint,
+            reason: e.to_string(),
+        })?;
+    let provider = SdkMeterProvider::builder()
+        .with_periodic_exporter(exporter)
+        .with_resource(resource(config))
+        .build();
+    opentelemetry::global::set_meter_provider(provider.clone());
+    Ok(Some(provider))
 }
 
 /// The trace pipeline: OTLP/HTTP export if an endpoint is configured, else a provider that
@@ -91,13 +152,7 @@ pub fn tracer_provider(config: &TelemetryConfig) -> Result<SdkTracerProvider, Te
     let Some(base) = &config.otlp_endpoint else {
         return Ok(SdkTracerProvider::builder().build());
     };
-    // OTLP/HTTP puts traces under /v1/traces of the collector's base URL (as the SDK does when it
-    // reads the variable itself).
-    let endpoint = if base.ends_with("/v1/traces") {
-        base.clone()
-    } else {
-        format!("{}/v1/traces", base.trim_end_matches('/'))
-    };
+    let endpoint = otlp_url(base, "traces");
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_endpoint(endpoint.clone())
@@ -106,12 +161,9 @@ pub fn tracer_provider(config: &TelemetryConfig) -> Result<SdkTracerProvider, Te
             endpoint,
             reason: e.to_string(),
         })?;
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name(config.service_name.clone())
-        .build();
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(resource)
+        .with_resource(resource(config))
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
     Ok(provider)

@@ -47,6 +47,7 @@ fn config(endpoint: Option<String>) -> TelemetryConfig {
         log_filter: "info".into(),
         gcp_project: Some("proj".into()),
         log_to_stderr: false,
+        instance: None,
     }
 }
 

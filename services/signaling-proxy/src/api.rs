@@ -279,6 +279,10 @@ async fn connect(
             }
         });
     }
+    crate::metrics::connect_outcome(match &result {
+        Ok(_) => "ok",
+        Err(e) => &e.code,
+    });
     result.map(axum::Json)
 }
 

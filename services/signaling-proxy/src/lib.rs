@@ -9,6 +9,7 @@ pub use mesh_auth as auth;
 pub mod config;
 pub mod dashboard;
 pub mod limits;
+mod metrics;
 pub mod upstream;
 pub mod ws;
 
@@ -138,6 +139,7 @@ pub async fn run(
     let gate = Gate::new(&config)?;
     let local = listener.local_addr()?;
     tracing::info!(%local, credentials = config.auth.tokens.len(), "signaling-proxy serving");
+    let _connections_gauge = metrics::observe_connections(&proxy.hub);
     let router = app(proxy.clone(), &gate);
     let stopping = async move {
         shutdown.await;

@@ -112,6 +112,11 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// Open WebSocket connections (registered or not).
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
     pub fn new(config: WsConfig) -> Self {
         Hub {
             config,

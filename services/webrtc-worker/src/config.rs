@@ -63,7 +63,7 @@ impl WorkerConfig {
     }
 
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
-        let service = ServiceConfig::from_source("webrtc-worker", source)?;
+        let mut service = ServiceConfig::from_source("webrtc-worker", source)?;
         let env = Env::new(source);
         let id = env.required(PEER_ID, "this peer's id (letters, digits, '-', '_', '.')")?;
         let id = PeerId::new(id).map_err(|e| env.invalid(PEER_ID, e.to_string()))?;
@@ -151,6 +151,8 @@ impl WorkerConfig {
             return Err(env.invalid(MESH_GATHER_TIMEOUT_MS, "milliseconds from 1 to 60000"));
         }
         let public_url = env.http_url(MESH_PUBLIC_URL)?;
+        // Every worker is a `webrtc-worker`; its peer id tells the instances apart.
+        service.telemetry.instance = Some(identity.id().to_string());
         Ok(WorkerConfig {
             identity,
             ice_servers,

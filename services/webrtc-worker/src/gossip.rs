@@ -372,6 +372,19 @@ impl Worker {
         }
         let deliveries = targets.iter().map(|t| self.deliver(t, &envelope));
         let targets = futures_util::future::join_all(deliveries).await;
+        for t in &targets {
+            let transport = serde_json::to_value(t.transport)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            crate::metrics::METRICS.gossip_sent.add(
+                1,
+                &[
+                    opentelemetry::KeyValue::new("outcome", if t.ok { "ok" } else { "failed" }),
+                    opentelemetry::KeyValue::new("transport", transport),
+                ],
+            );
+        }
         tracing::info!(
             envelope = %envelope.id,
             ok = targets.iter().filter(|t| t.ok).count(),
@@ -669,6 +682,14 @@ impl Worker {
             let key_of = |p: &PeerId| cache.peers.get(p).map(|i| i.key);
             lock(&self.gossip().node).receive(&envelope, &key_of, self.now_ms())
         };
+        let outcome = match &verdict {
+            Ok(Received::Duplicate) => "duplicate".to_string(),
+            Ok(Received::Accepted { .. }) => "accepted".to_string(),
+            Err(rejection) => refusal_of(rejection).code.to_string(),
+        };
+        crate::metrics::METRICS
+            .gossip_received
+            .add(1, &[opentelemetry::KeyValue::new("outcome", outcome)]);
         match verdict {
             Ok(Received::Duplicate) => Ok(Taken {
                 outcome: Outcome::Duplicate,

@@ -9,6 +9,7 @@ mod clock;
 pub mod config;
 pub mod gossip;
 pub mod inbox;
+mod metrics;
 pub mod prompt_runtime;
 pub mod qos;
 pub mod signaling;
@@ -97,6 +98,7 @@ pub async fn run(
             }
         })
     };
+    let _links_gauge = metrics::observe_links(Arc::downgrade(&worker));
     let router = app(worker.clone(), &config.service.http);
     let served = serve(listener, router, shutdown, config.service.shutdown_grace).await;
     if let Some(task) = signaling {

@@ -728,6 +728,9 @@ impl LinkDriver {
             v.qos = Some(qos.clone());
             v.established_at = Some(established);
         });
+        if let Some(rtt) = qos.rtt_ms.filter(|r| r.is_finite()) {
+            crate::metrics::METRICS.rtt.record(rtt, &[]);
+        }
         let link = match Link::new(self.worker.id(), &self.peer, health, qos, established) {
             Ok(link) => link,
             Err(e) => {

@@ -64,8 +64,13 @@ impl Mesh {
 
     /// A worker for `name` on the proxy's store.
     pub fn worker(&self, name: &str, seed: u64) -> Worker {
+        self.worker_with(name, seed, &[])
+    }
+
+    /// [`worker`](Self::worker) with `extra` environment.
+    pub fn worker_with(&self, name: &str, seed: u64, extra: &[(&str, &str)]) -> Worker {
         let identity = mesh_testkit::identity(name, seed);
-        let env = vec![
+        let mut env = vec![
             ("PEER_ID", name.to_string()),
             ("MESH_SIGNING_KEY", identity.seed_base64()),
             (
@@ -76,6 +81,9 @@ impl Mesh {
             ("QOS_INTERVAL_SECS", "1".to_string()),
             ("MESH_PROBE_INTERVAL_MS", "50".to_string()),
         ];
+        for (k, v) in extra {
+            env.push((k, v.to_string()));
+        }
         let proc = ServiceProcess::start(
             mesh_testkit::workspace_bin("webrtc-worker", "webrtc-worker"),
             &env,
