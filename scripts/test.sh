@@ -7,6 +7,8 @@
 # killing only the wrapper would leave it running. If the emulator cannot start, this fails; the
 # Firestore tests are never skipped.
 #
+# Then the checks of deploy/ (Node's test runner, no cloud needed).
+#
 # Usage: scripts/test.sh [extra cargo-nextest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,3 +56,8 @@ else
 fi
 
 cargo nextest run --workspace --profile ci "$@"
+
+# deploy/: the deploy script's dry run, the Cloud Run manifests against the Knative schema, the
+# systemd units (Node's test runner; packages pinned in deploy/test/package-lock.json).
+npm ci --prefix deploy/test --no-audit --no-fund --loglevel=error
+node --test deploy/test/
