@@ -104,6 +104,15 @@ fn otlp_url(base: &str, signal: &str) -> String {
     }
 }
 
+fn exporter_error(
+    endpoint: String,
+) -> impl FnOnce(opentelemetry_otlp::ExporterBuildError) -> TelemetryError {
+    move |e| TelemetryError::Exporter {
+        endpoint,
+        reason: e.to_string(),
+    }
+}
+
 /// The service's resource: its name, its instance (a worker's peer id) if known, and what
 /// `OTEL_RESOURCE_ATTRIBUTES` adds.
 fn resource(config: &TelemetryConfig) -> opentelemetry_sdk::Resource {
@@ -132,10 +141,7 @@ pub fn meter_provider(
         .with_http()
         .with_endpoint(endpoint.clone())
         .build()
-        .map_err(|e| TelemetryError::Exporter {
-            endpoint,
-            reason: e.to_string(),
-        })?;
+        .map_err(exporter_error(endpoint))?;
     let provider = SdkMeterProvider::builder()
         .with_periodic_exporter(exporter)
         .with_resource(resource(config))
@@ -157,10 +163,7 @@ pub fn tracer_provider(config: &TelemetryConfig) -> Result<SdkTracerProvider, Te
         .with_http()
         .with_endpoint(endpoint.clone())
         .build()
-        .map_err(|e| TelemetryError::Exporter {
-            endpoint,
-            reason: e.to_string(),
-        })?;
+        .map_err(exporter_error(endpoint))?;
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource(config))

@@ -301,14 +301,8 @@ async fn links(
     query: Result<Query<LinksQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<axum::Json<Value>> {
     caller.require(Role::Read)?;
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(LINKS_DEFAULT_LIMIT);
-    if !(1..=LINKS_MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be from 1 to {LINKS_MAX_LIMIT}"),
-        ));
-    }
+    let q = query_of(query)?;
+    let limit = page_limit(q.limit, LINKS_DEFAULT_LIMIT, LINKS_MAX_LIMIT)?;
     let links = proxy
         .store
         .list_links(&LinkQuery {
@@ -318,6 +312,28 @@ async fn links(
         })
         .await?;
     Ok(axum::Json(json!({ "count": links.len(), "links": links })))
+}
+
+/// A query string, or 400 `invalid_query` saying what is wrong with it.
+pub(crate) fn query_of<T>(
+    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<T> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+}
+
+/// A `?limit=` within `1..=max`, `default` when absent.
+pub(crate) fn page_limit(requested: Option<usize>, default: usize, max: usize) -> ApiResult<usize> {
+    let limit = requested.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be from 1 to {max}"),
+        ))
+    }
 }
 
 impl Proxy {

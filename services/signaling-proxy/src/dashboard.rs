@@ -378,14 +378,8 @@ async fn gossip(
     query: Result<Query<GossipQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     caller.require(Role::Read)?;
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(GOSSIP_DEFAULT_LIMIT);
-    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be from 1 to {MAX_LIST_LIMIT}"),
-        ));
-    }
+    let q = crate::api::query_of(query)?;
+    let limit = crate::api::page_limit(q.limit, GOSSIP_DEFAULT_LIMIT, MAX_LIST_LIMIT)?;
     let records = proxy.store.list_audit(limit).await?;
     Ok(axum::Json(
         serde_json::json!({ "count": records.len(), "records": records }),
