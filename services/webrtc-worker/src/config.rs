@@ -27,6 +27,8 @@ pub const MESH_SEND_BUFFER_BYTES: &str = "MESH_SEND_BUFFER_BYTES";
 pub const MESH_RECEIVE_WINDOW_BYTES: &str = "MESH_RECEIVE_WINDOW_BYTES";
 pub const MESH_SIGNALING_URL: &str = "MESH_SIGNALING_URL";
 pub const MESH_GOSSIP_TTL: &str = "MESH_GOSSIP_TTL";
+pub const MESH_SUSPECT_AFTER_MS: &str = "MESH_SUSPECT_AFTER_MS";
+pub const MESH_DEAD_AFTER_MS: &str = "MESH_DEAD_AFTER_MS";
 
 #[derive(Debug)]
 pub struct WorkerConfig {
@@ -38,6 +40,9 @@ pub struct WorkerConfig {
     pub qos_interval: Duration,
     /// How often a probe ping is sent on each link.
     pub probe_interval: Duration,
+    /// Probe silence that makes a peer suspect, then dead (the link is written `down` and
+    /// closed); see `liveness`.
+    pub liveness: crate::liveness::DetectorConfig,
     pub udp_addrs: Vec<SocketAddr>,
     /// A dialled connection with no answer by then is closed and dropped.
     pub dial_timeout: Duration,
@@ -150,6 +155,21 @@ impl WorkerConfig {
         if !(1..=60_000).contains(&gather_ms) {
             return Err(env.invalid(MESH_GATHER_TIMEOUT_MS, "milliseconds from 1 to 60000"));
         }
+        let suspect_ms: u64 = env.parse_or(MESH_SUSPECT_AFTER_MS, 2_000, "milliseconds")?;
+        let dead_ms: u64 = env.parse_or(MESH_DEAD_AFTER_MS, 5_000, "milliseconds")?;
+        // A suspicion needs several missed probes, or one lost packet would raise it.
+        if suspect_ms < 3 * probe_ms {
+            return Err(env.invalid(
+                MESH_SUSPECT_AFTER_MS,
+                format!("at least three probe intervals ({} ms)", 3 * probe_ms),
+            ));
+        }
+        if dead_ms <= suspect_ms || dead_ms > 600_000 {
+            return Err(env.invalid(
+                MESH_DEAD_AFTER_MS,
+                format!("more than {MESH_SUSPECT_AFTER_MS} ({suspect_ms} ms), at most 600000"),
+            ));
+        }
         let public_url = env.http_url(MESH_PUBLIC_URL)?;
         // Every worker is a `webrtc-worker`; its peer id tells the instances apart.
         service.telemetry.instance = Some(identity.id().to_string());
@@ -159,6 +179,11 @@ impl WorkerConfig {
             relay_only,
             qos_interval: env.secs_or(QOS_INTERVAL_SECS, 15, 1, 3600)?,
             probe_interval: Duration::from_millis(probe_ms),
+            liveness: crate::liveness::DetectorConfig {
+                suspect_after: Duration::from_millis(suspect_ms),
+                dead_after: Duration::from_millis(dead_ms),
+                tick: Duration::from_millis(probe_ms),
+            },
             udp_addrs,
             dial_timeout: env.secs_or(MESH_DIAL_TIMEOUT_SECS, 30, 1, 600)?,
             gather_timeout: Duration::from_millis(gather_ms),

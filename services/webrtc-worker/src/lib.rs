@@ -9,6 +9,7 @@ mod clock;
 pub mod config;
 pub mod gossip;
 pub mod inbox;
+pub mod liveness;
 mod metrics;
 pub mod prompt_runtime;
 pub mod qos;
@@ -58,6 +59,7 @@ pub async fn run(
     let timings = Timings {
         qos_interval: config.qos_interval,
         probe_interval: config.probe_interval,
+        liveness: config.liveness,
         dial_timeout: config.dial_timeout,
     };
     let local = listener.local_addr()?;

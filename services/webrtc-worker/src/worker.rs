@@ -19,6 +19,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::clock::Clock;
 use crate::inbox::{Inbox, Received};
+use crate::liveness::{Detector, Transition};
 use crate::lock;
 use crate::qos::{Probe, QosMeter};
 use crate::transport::{Channel, ConnEvent, ConnState, Connection, Transport, TransportError};
@@ -134,6 +135,7 @@ pub struct Timings {
     pub qos_interval: Duration,
     pub probe_interval: Duration,
     pub dial_timeout: Duration,
+    pub liveness: crate::liveness::DetectorConfig,
 }
 
 pub struct Worker {
@@ -582,6 +584,8 @@ enum End {
     NoAnswer,
     Failed,
     PeerClosed,
+    /// The failure detector heard nothing for its dead bound.
+    PeerSilent,
 }
 
 impl LinkDriver {
@@ -593,6 +597,8 @@ impl LinkDriver {
         let mut mesh_open = false;
         let mut connected = false;
         let mut established: Option<u64> = None;
+        // Watching starts when the link is up and its probe channel open: heartbeats need both.
+        let mut liveness: Option<Detector> = None;
         let mut probe_tick = tokio::time::interval(timings.probe_interval);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sample_tick = tokio::time::interval_at(
@@ -623,6 +629,9 @@ impl LinkDriver {
                         connected = true;
                         if mesh_open {
                             self.up(&mut established).await;
+                            if probe_open {
+                                liveness.get_or_insert_with(|| Detector::new(timings.liveness, clock.now_us()));
+                            }
                         }
                     }
                     Some(ConnEvent::State(ConnState::Disconnected)) => {
@@ -633,14 +642,27 @@ impl LinkDriver {
                     }
                     Some(ConnEvent::State(ConnState::Failed | ConnState::Closed)) => break End::Failed,
                     Some(ConnEvent::State(ConnState::Connecting)) => {}
-                    Some(ConnEvent::Open(Channel::Probe)) => probe_open = true,
+                    Some(ConnEvent::Open(Channel::Probe)) => {
+                        probe_open = true;
+                        if established.is_some() {
+                            liveness.get_or_insert_with(|| Detector::new(timings.liveness, clock.now_us()));
+                        }
+                    }
                     Some(ConnEvent::Open(Channel::Mesh)) => {
                         mesh_open = true;
                         if connected {
                             self.up(&mut established).await;
+                            if probe_open {
+                                liveness.get_or_insert_with(|| Detector::new(timings.liveness, clock.now_us()));
+                            }
                         }
                     }
                     Some(ConnEvent::Message { channel: Channel::Probe, data, .. }) => {
+                        if let Some(d) = liveness.as_mut()
+                            && d.heard(clock.now_us()) == Some(Transition::Cleared)
+                        {
+                            tracing::info!(peer = %self.peer, "peer heard again; no longer suspect");
+                        }
                         if let Some(probe) = Probe::decode(&data)
                             && let Some(pong) = meter.on_probe(probe, clock.now_us())
                         {
@@ -661,11 +683,27 @@ impl LinkDriver {
                     Some(ConnEvent::Open(Channel::Gossip)) => self.view.send_modify(|v| v.gossip = true),
                     Some(ConnEvent::Closed(Channel::Gossip)) => self.view.send_modify(|v| v.gossip = false),
                     Some(ConnEvent::Closed(Channel::Mesh)) => break End::PeerClosed,
-                    Some(ConnEvent::Closed(Channel::Probe)) => probe_open = false,
+                    Some(ConnEvent::Closed(Channel::Probe)) => {
+                        // No heartbeats without the channel: ICE's own checks remain.
+                        probe_open = false;
+                        liveness = None;
+                    }
                 },
-                _ = probe_tick.tick(), if probe_open => {
-                    let ping = meter.ping(clock.now_us());
-                    let _ = self.conn.send(Channel::Probe, &ping.encode(), false).await;
+                _ = probe_tick.tick(), if probe_open || liveness.is_some() => {
+                    match liveness.as_mut().and_then(|d| d.tick(clock.now_us())) {
+                        Some(Transition::Suspected { silent }) => {
+                            tracing::warn!(peer = %self.peer, silent_ms = silent.as_millis() as u64, "peer suspect: no probe heard");
+                        }
+                        Some(Transition::Died { silent }) => {
+                            tracing::warn!(peer = %self.peer, silent_ms = silent.as_millis() as u64, "peer dead: no probe heard; link down");
+                            break End::PeerSilent;
+                        }
+                        Some(Transition::Cleared) | None => {}
+                    }
+                    if probe_open {
+                        let ping = meter.ping(clock.now_us());
+                        let _ = self.conn.send(Channel::Probe, &ping.encode(), false).await;
+                    }
                 }
                 _ = sample_tick.tick() => {
                     let stats = self.conn.stats(clock.instant()).await;
@@ -679,7 +717,8 @@ impl LinkDriver {
         };
 
         tracing::info!(peer = %self.peer, reason = ?end, "link ended");
-        self.conn.close().await;
+        // `down` first: closing a connection to a peer that is gone can take a while, and the
+        // store should say so at once.
         if let Some(at) = established {
             self.write(
                 Health::Down,
@@ -691,6 +730,7 @@ impl LinkDriver {
             )
             .await;
         }
+        self.conn.close().await;
         self.worker.forget(&self.peer, self.generation);
     }
 

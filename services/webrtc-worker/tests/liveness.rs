@@ -1,0 +1,111 @@
+//! Failure detection with real processes: a peer that stops answering (SIGSTOP) becomes suspect
+//! and is cleared when it answers again (SIGCONT), without the link going down; a peer killed
+//! outright (SIGKILL) is declared dead from probe silence and the link is written `down` in the
+//! store, well before ICE would have given up on it.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // Tests fail loudly by design.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Mesh, Peer};
+use mesh_store::Store;
+use mesh_store::embedded::EmbeddedStore;
+use mesh_testkit::process::eventually;
+use mesh_types::{Health, LinkId};
+
+/// Probes every 50 ms (the testkit's default), suspect after 300 ms of silence, dead after
+/// 1.5 s: far below ICE's own time-outs (5 s disconnected, 25 s failed), so the detector is
+/// what acts.
+const FAST: &[(&str, &str)] = &[
+    ("MESH_SUSPECT_AFTER_MS", "300"),
+    ("MESH_DEAD_AFTER_MS", "1500"),
+];
+
+fn signal(peer: &Peer, sig: &str) {
+    let pid = peer.proc.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+async fn logged(peer: &Peer, message: &str, within: Duration) {
+    eventually(within, &format!("{message:?} in the log"), || {
+        let found = peer.proc.log().contains(message);
+        async move { found.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_peer_is_suspected_and_cleared_and_a_killed_one_is_declared_dead() {
+    let mesh = Mesh::new();
+    let a = mesh.worker("live-a", 31, FAST);
+    let b = mesh.worker("live-b", 32, FAST);
+    mesh.connect(&a, &b).await;
+    mesh.wait_up(&a, &b).await;
+    mesh.wait_up(&b, &a).await;
+
+    // Paused past the suspicion bound but not the dead one: suspect, then cleared, link kept.
+    signal(&b, "-STOP");
+    logged(&a, "peer suspect: no probe heard", Duration::from_secs(10)).await;
+    signal(&b, "-CONT");
+    logged(
+        &a,
+        "peer heard again; no longer suspect",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        !a.proc.log().contains("peer dead"),
+        "a pause shorter than the dead bound must not end the link:\n{}",
+        a.proc.log()
+    );
+    mesh.wait_up(&a, &b).await;
+
+    // Killed: no close from the peer, just silence.
+    let store = EmbeddedStore::open(mesh.store_dir()).await.unwrap();
+    let id: LinkId = "live-a<->live-b".parse().unwrap();
+    assert_eq!(store.get_link(&id).await.unwrap().health, Health::Up);
+    let killed_at = Instant::now();
+    drop(b); // SIGKILL
+    let link = eventually(
+        Duration::from_secs(20),
+        "the link written down after the peer was killed",
+        || {
+            let store = store.clone();
+            let id = id.clone();
+            async move {
+                let link = store.get_link(&id).await.ok()?;
+                (link.health == Health::Down).then_some(link)
+            }
+        },
+    )
+    .await;
+    let detected = killed_at.elapsed();
+    assert!(
+        a.proc
+            .log()
+            .contains("peer dead: no probe heard; link down"),
+        "the detector, not ICE, ended the link:\n{}",
+        a.proc.log()
+    );
+    assert_eq!(link.health, Health::Down);
+    // The surviving side forgets the connection.
+    eventually(
+        Duration::from_secs(10),
+        "live-a to drop the link",
+        || async { (mesh.link_count(&a).await == 0).then_some(()) },
+    )
+    .await;
+    // A figure for the record (the benchmark measures it over many runs); not an assertion.
+    eprintln!(
+        "detection: link down in the store {} ms after SIGKILL (dead bound 1500 ms)",
+        detected.as_millis()
+    );
+}
