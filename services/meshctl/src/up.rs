@@ -498,6 +498,13 @@ async fn connect_all(client: &Client, identities: &[(PeerId, PathBuf)], out: &mu
                 link["health"].as_str().unwrap_or("?"),
                 took.as_secs_f64()
             ),
+            // A resumed peer redials its recent links by itself and may have got there first.
+            Err(e)
+                if e.downcast_ref::<crate::client::ApiFailure>()
+                    .is_some_and(|f| f.code == "link_exists") =>
+            {
+                "already linked (the peers rejoined by themselves)".to_string()
+            }
             Err(e) => format!("failed: {e:#}"),
         };
         out.line(&format!("  [{done}/{total}] {a} ↔ {b}  {what}"));

@@ -208,7 +208,10 @@ async fn offer(
     ApiJson(offer): ApiJson<Offer>,
 ) -> ApiResult<axum::Json<Answer>> {
     caller.require(Role::Peer)?;
-    Ok(axum::Json(proxy.forward_offer(&offer).await?))
+    let answer = proxy.forward_offer(&offer).await?;
+    // Offers are rare (a new or rejoined link) and worth seeing in the log.
+    tracing::info!(from = %offer.peer_from, to = %offer.peer_to, "offer relayed");
+    Ok(axum::Json(answer))
 }
 
 /// `POST /api/mesh-rtc/answer`: forwards a signed answer to the worker that dialled.

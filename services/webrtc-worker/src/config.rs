@@ -28,6 +28,10 @@ pub const MESH_RECEIVE_WINDOW_BYTES: &str = "MESH_RECEIVE_WINDOW_BYTES";
 pub const MESH_SIGNALING_URL: &str = "MESH_SIGNALING_URL";
 pub const MESH_GOSSIP_TTL: &str = "MESH_GOSSIP_TTL";
 pub const MESH_SUSPECT_AFTER_MS: &str = "MESH_SUSPECT_AFTER_MS";
+pub const MESH_REJOIN: &str = "MESH_REJOIN";
+pub const MESH_REJOIN_MAX_DELAY_MS: &str = "MESH_REJOIN_MAX_DELAY_MS";
+pub const MESH_PROXY_URL: &str = "MESH_PROXY_URL";
+pub const MESH_PROXY_TOKEN: &str = "MESH_PROXY_TOKEN";
 pub const MESH_DEAD_AFTER_MS: &str = "MESH_DEAD_AFTER_MS";
 
 #[derive(Debug)]
@@ -60,6 +64,8 @@ pub struct WorkerConfig {
     pub signaling_url: Option<String>,
     /// Gossip: hops an envelope this peer originates may take beyond the first (default 1).
     pub gossip: crate::gossip::GossipSettings,
+    /// Rejoining lost peers (on by default; through the proxy when `MESH_PROXY_URL` is set).
+    pub rejoin: crate::rejoin::RejoinSettings,
 }
 
 impl WorkerConfig {
@@ -170,10 +176,44 @@ impl WorkerConfig {
                 format!("more than {MESH_SUSPECT_AFTER_MS} ({suspect_ms} ms), at most 600000"),
             ));
         }
+        let rejoin_cap: u64 = env.parse_or(
+            MESH_REJOIN_MAX_DELAY_MS,
+            4_000,
+            "milliseconds from 500 to 300000",
+        )?;
+        if !(500..=300_000).contains(&rejoin_cap) {
+            return Err(env.invalid(MESH_REJOIN_MAX_DELAY_MS, "milliseconds from 500 to 300000"));
+        }
+        let proxy = match (
+            env.http_url(MESH_PROXY_URL)?,
+            env.optional(MESH_PROXY_TOKEN),
+        ) {
+            (Some(url), Some(token)) => Some((url.trim_end_matches('/').to_string(), token)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::Missing {
+                    key: MESH_PROXY_TOKEN,
+                    expected: format!("a `peer` API token of the proxy named by {MESH_PROXY_URL}"),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Missing {
+                    key: MESH_PROXY_URL,
+                    expected: format!("the proxy's base URL for {MESH_PROXY_TOKEN}"),
+                });
+            }
+        };
+        let rejoin = crate::rejoin::RejoinSettings {
+            enabled: env.parse_or(MESH_REJOIN, true, "true or false")?,
+            cap: Duration::from_millis(rejoin_cap),
+            proxy,
+            ..crate::rejoin::RejoinSettings::default()
+        };
         let public_url = env.http_url(MESH_PUBLIC_URL)?;
         // Every worker is a `webrtc-worker`; its peer id tells the instances apart.
         service.telemetry.instance = Some(identity.id().to_string());
         Ok(WorkerConfig {
+            rejoin,
             identity,
             ice_servers,
             relay_only,

@@ -137,6 +137,11 @@ impl Gossip {
         }
     }
 
+    /// The HTTP client for calls to other workers and the proxy (no redirects).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     fn elapsed(&self) -> Duration {
         self.start.elapsed()
     }

@@ -13,6 +13,7 @@ pub mod liveness;
 mod metrics;
 pub mod prompt_runtime;
 pub mod qos;
+pub mod rejoin;
 pub mod signaling;
 pub mod transport;
 pub mod worker;
@@ -67,7 +68,14 @@ pub async fn run(
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://127.0.0.1:{}", local.port()));
-    let worker = Worker::new(config.identity, store, transport, timings, config.gossip);
+    let worker = Worker::new(
+        config.identity,
+        store,
+        transport,
+        timings,
+        config.gossip,
+        config.rejoin.clone(),
+    );
     worker
         .register_self(config.region.clone(), public_url.clone())
         .await?;
@@ -75,6 +83,13 @@ pub async fn run(
         Ok(n) => tracing::debug!(entries = n, "gossiped state restored"),
         // Not fatal: the state comes back with the next envelopes.
         Err(e) => tracing::warn!("gossiped state not restored: {e}"),
+    }
+    // The peers we were linked with may be waiting for us (we restarted); not fatal if the
+    // store cannot say.
+    match worker.rejoin_recent().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(peers = n, "rejoining the peers of recent links"),
+        Err(e) => tracing::warn!("recent links not read; not rejoining them: {e}"),
     }
     tracing::info!(peer = %worker.id(), %local, %public_url, "webrtc-worker serving");
     let signaling = config

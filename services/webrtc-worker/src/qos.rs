@@ -29,6 +29,9 @@ pub struct Probe {
 pub enum ProbeKind {
     Ping = 1,
     Pong = 2,
+    /// "Hanging up on purpose": the peer should not take the silence that follows for a
+    /// failure and redial.
+    Bye = 3,
 }
 
 pub const PROBE_LEN: usize = 13;
@@ -48,6 +51,7 @@ impl Probe {
         let kind = match bytes[0] {
             1 => ProbeKind::Ping,
             2 => ProbeKind::Pong,
+            3 => ProbeKind::Bye,
             _ => return None,
         };
         let seq = u32::from_be_bytes(bytes[1..5].try_into().ok()?);
@@ -116,6 +120,8 @@ impl QosMeter {
                     ..probe
                 })
             }
+            // The driver acts on a goodbye; it is no measurement.
+            ProbeKind::Bye => None,
         }
     }
 
@@ -249,6 +255,19 @@ mod tests {
         sb.qos.rtt_ms = sa.qos.rtt_ms;
         sb.health = health(true, &sb.qos);
         sb
+    }
+
+    #[test]
+    fn a_goodbye_round_trips_and_is_no_measurement() {
+        let bye = Probe {
+            kind: ProbeKind::Bye,
+            seq: 0,
+            sent_us: 42,
+        };
+        assert_eq!(Probe::decode(&bye.encode()), Some(bye));
+        let mut m = QosMeter::new();
+        assert_eq!(m.on_probe(bye, 100), None);
+        assert_eq!(Probe::decode(&[9; PROBE_LEN]), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::clock::Clock;
 use crate::inbox::{Inbox, Received};
 use crate::liveness::{Detector, Transition};
 use crate::lock;
-use crate::qos::{Probe, QosMeter};
+use crate::qos::{Probe, ProbeKind, QosMeter};
 use crate::transport::{Channel, ConnEvent, ConnState, Connection, Transport, TransportError};
 
 /// Largest message the mesh channel carries: the SCTP max-message-size we advertise.
@@ -152,6 +152,9 @@ pub struct Worker {
     clock: Clock,
     /// Woken whenever a link is removed, so shutdown can wait for the drivers to finish.
     removed: Notify,
+    rejoin: crate::rejoin::RejoinSettings,
+    /// Peers being rejoined, each with what cancels its loop.
+    pub(crate) rejoining: Mutex<HashMap<PeerId, Arc<Notify>>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -169,6 +172,7 @@ impl Worker {
         transport: Transport,
         timings: Timings,
         gossip: crate::gossip::GossipSettings,
+        rejoin: crate::rejoin::RejoinSettings,
     ) -> Arc<Self> {
         Arc::new(Worker {
             gossip: crate::gossip::Gossip::new(identity.id().clone(), gossip),
@@ -183,7 +187,17 @@ impl Worker {
             next_generation: AtomicU64::new(1),
             clock: Clock::new(),
             removed: Notify::new(),
+            rejoin,
+            rejoining: Mutex::new(HashMap::new()),
         })
+    }
+
+    pub(crate) fn rejoin_settings(&self) -> &crate::rejoin::RejoinSettings {
+        &self.rejoin
+    }
+
+    pub(crate) fn dial_timeout(&self) -> Duration {
+        self.timings.dial_timeout
     }
 
     pub fn id(&self) -> &PeerId {
@@ -406,8 +420,14 @@ impl Worker {
         Ok(())
     }
 
-    /// `DELETE /links/{peer}`: hangs up.
+    /// `DELETE /links/{peer}`: hangs up, and stops any rejoining: the operator wants it down.
     pub fn hang_up(&self, peer: &PeerId) -> Result<(), WorkerError> {
+        self.cancel_rejoin(peer);
+        self.hang_up_quietly(peer)
+    }
+
+    /// Ends the link with `peer` without touching its rejoining (the rejoin loop's own clean-up).
+    pub(crate) fn hang_up_quietly(&self, peer: &PeerId) -> Result<(), WorkerError> {
         let entry = lock(&self.links)
             .remove(peer)
             .ok_or_else(|| WorkerError::NoLink(peer.clone()))?;
@@ -418,6 +438,7 @@ impl Worker {
     /// Stops every link (on shutdown) and waits, at most `within`, for their drivers to write
     /// them `down` and finish.
     pub async fn hang_up_all(&self, within: Duration) {
+        self.cancel_all_rejoins();
         let stops: Vec<Arc<Notify>> = lock(&self.links).values().map(|e| e.stop.clone()).collect();
         for stop in stops {
             stop.notify_one();
@@ -663,6 +684,9 @@ impl LinkDriver {
                         {
                             tracing::info!(peer = %self.peer, "peer heard again; no longer suspect");
                         }
+                        if Probe::decode(&data).is_some_and(|p| p.kind == ProbeKind::Bye) {
+                            break End::PeerClosed;
+                        }
                         if let Some(probe) = Probe::decode(&data)
                             && let Some(pong) = meter.on_probe(probe, clock.now_us())
                         {
@@ -717,8 +741,21 @@ impl LinkDriver {
         };
 
         tracing::info!(peer = %self.peer, reason = ?end, "link ended");
-        // `down` first: closing a connection to a peer that is gone can take a while, and the
-        // store should say so at once.
+        if end == End::HungUp {
+            // Tell the peer first, before anything slow: otherwise it hears silence, takes it
+            // for a failure and redials. The probe channel is lossy, so say it a few times.
+            let bye = Probe {
+                kind: ProbeKind::Bye,
+                seq: 0,
+                sent_us: clock.now_us(),
+            }
+            .encode();
+            for _ in 0..3 {
+                let _ = self.conn.send(Channel::Probe, &bye, false).await;
+            }
+        }
+        // Then `down` in the store: closing a connection to a peer that is gone can take a
+        // while, and the store should say so at once.
         if let Some(at) = established {
             self.write(
                 Health::Down,
@@ -731,6 +768,12 @@ impl LinkDriver {
             .await;
         }
         self.conn.close().await;
+        // A link that worked and was lost (not hung up, not closed by the peer) is worth getting
+        // back. Decided before the link leaves the registry, so whoever sees it gone sees the
+        // decision too.
+        if established.is_some() && matches!(end, End::PeerSilent | End::Failed) {
+            self.worker.rejoin(self.peer.clone(), "link lost");
+        }
         self.worker.forget(&self.peer, self.generation);
     }
 

@@ -21,6 +21,8 @@ use mesh_types::{Health, LinkId};
 const FAST: &[(&str, &str)] = &[
     ("MESH_SUSPECT_AFTER_MS", "300"),
     ("MESH_DEAD_AFTER_MS", "1500"),
+    // This test watches detection alone; rejoining is tested on its own.
+    ("MESH_REJOIN", "false"),
 ];
 
 fn signal(peer: &Peer, sig: &str) {

@@ -1,0 +1,341 @@
+//! Rejoining lost peers. When a link dies (its peer went silent or ICE failed) this worker dials
+//! the peer again, with exponential backoff and jitter, until the link is back, the peer is gone
+//! from the registry, or an operator hangs up. A worker that starts redials the peers it had live
+//! links with in the last ten minutes (the other side may be waiting for it).
+//!
+//! The offer goes through the proxy's signaling (`POST /api/mesh-rtc/offer` with a peer token)
+//! when `MESH_PROXY_URL` is set, else straight to the peer's registered worker URL. Two sides
+//! redialling each other at once is glare, which `answer_offer` settles (the lower id's offer
+//! wins); the jitter keeps retries from meeting again.
+//!
+//! [`Backoff`] is sans-IO (an `Rng` comes in); the loop is the driver.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_store::LinkQuery;
+use mesh_types::{Answer, Health, Offer, PeerId};
+use rand::rngs::StdRng;
+use rand::{Rng, RngExt as _, SeedableRng as _};
+use tokio::sync::Notify;
+
+use crate::lock;
+use crate::worker::{Worker, WorkerError};
+
+/// Redial delays: the `n`th wait is drawn from `[d/2, d]` with `d = min(cap, base · 2ⁿ)` ("equal
+/// jitter": never a tight loop, never all peers in step).
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Backoff {
+            base,
+            cap: cap.max(base),
+            attempt: 0,
+        }
+    }
+
+    /// The wait before the next attempt.
+    pub fn next(&mut self, rng: &mut impl Rng) -> Duration {
+        let factor = 1u32 << self.attempt.min(16);
+        self.attempt = self.attempt.saturating_add(1);
+        let d = self.base.saturating_mul(factor).min(self.cap);
+        let half = d / 2;
+        let spread = u64::try_from(half.as_micros()).unwrap_or(u64::MAX);
+        half + Duration::from_micros(rng.random_range(0..=spread))
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+}
+
+/// How a worker rejoins.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RejoinSettings {
+    pub enabled: bool,
+    pub base: Duration,
+    /// The longest wait between attempts: with the default (4 s) a peer that is reachable again
+    /// is rejoined within one wait and one handshake.
+    pub cap: Duration,
+    /// The proxy's base URL and a `peer` token for its `/api/mesh-rtc/offer`; `None`: offers go
+    /// straight to the peer's registered worker URL.
+    pub proxy: Option<(String, String)>,
+}
+
+// By hand: the proxy token is a secret and stays out of debug output.
+impl std::fmt::Debug for RejoinSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RejoinSettings")
+            .field("enabled", &self.enabled)
+            .field("base", &self.base)
+            .field("cap", &self.cap)
+            .field("proxy", &self.proxy.as_ref().map(|(url, _)| url))
+            .finish()
+    }
+}
+
+impl Default for RejoinSettings {
+    fn default() -> Self {
+        RejoinSettings {
+            enabled: true,
+            base: Duration::from_millis(250),
+            cap: Duration::from_secs(4),
+            proxy: None,
+        }
+    }
+}
+
+/// Links older than this at start-up are not redialled: the peer has had time to go elsewhere.
+const RECENT_MS: u64 = 10 * 60 * 1000;
+
+impl Worker {
+    /// Starts rejoining `peer` unless already under way or switched off.
+    pub(crate) fn rejoin(self: &Arc<Self>, peer: PeerId, why: &'static str) {
+        if !self.rejoin_settings().enabled {
+            return;
+        }
+        let cancel = Arc::new(Notify::new());
+        {
+            let mut rejoining = lock(&self.rejoining);
+            if rejoining.contains_key(&peer) {
+                return;
+            }
+            rejoining.insert(peer.clone(), cancel.clone());
+        }
+        tracing::info!(%peer, why, "rejoining");
+        tokio::spawn(self.clone().rejoin_loop(peer, cancel));
+    }
+
+    /// Stops rejoining `peer` (an operator hung up, or the worker is stopping).
+    pub(crate) fn cancel_rejoin(&self, peer: &PeerId) {
+        if let Some(cancel) = lock(&self.rejoining).remove(peer) {
+            cancel.notify_one();
+        }
+    }
+
+    pub(crate) fn cancel_all_rejoins(&self) {
+        for (_, cancel) in lock(&self.rejoining).drain() {
+            cancel.notify_one();
+        }
+    }
+
+    /// At start-up: redials the peers this worker had links with recently.
+    pub async fn rejoin_recent(self: &Arc<Self>) -> Result<usize, WorkerError> {
+        let now = self.now_ms();
+        let links = self
+            .store()
+            .list_links(&LinkQuery {
+                peer: Some(self.id().clone()),
+                limit: mesh_store::MAX_LIST_LIMIT,
+                ..LinkQuery::default()
+            })
+            .await?;
+        let mut n = 0;
+        for link in links {
+            if now.saturating_sub(link.qos.last_ts) > RECENT_MS {
+                continue;
+            }
+            let other = if &link.a == self.id() { link.b } else { link.a };
+            self.rejoin(other, "restarted");
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    // The driver seeds its RNG from the OS and reads the clock for the elapsed time it logs.
+    #[allow(clippy::disallowed_methods)]
+    async fn rejoin_loop(self: Arc<Self>, peer: PeerId, cancel: Arc<Notify>) {
+        let settings = self.rejoin_settings().clone();
+        let mut backoff = Backoff::new(settings.base, settings.cap);
+        let mut rng = StdRng::from_rng(&mut rand::rng());
+        let started = tokio::time::Instant::now();
+        let outcome = loop {
+            let wait = backoff.next(&mut rng);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = cancel.notified() => break "cancelled",
+            }
+            if self.link_is_up(&peer) {
+                break "rejoined by the peer";
+            }
+            match self.redial(&peer, &settings).await {
+                Ok(()) => break "rejoined",
+                Err(RedialError::Gone(why)) => {
+                    tracing::info!(%peer, "not rejoining: {why}");
+                    break "peer gone";
+                }
+                Err(RedialError::Retry(why)) => {
+                    tracing::debug!(%peer, attempt = backoff.attempts(), "rejoin attempt failed: {why}");
+                }
+            }
+        };
+        // Only our own entry: a newer loop may have started after a cancel.
+        {
+            let mut rejoining = lock(&self.rejoining);
+            if rejoining
+                .get(&peer)
+                .is_some_and(|c| Arc::ptr_eq(c, &cancel))
+            {
+                rejoining.remove(&peer);
+            }
+        }
+        if outcome != "cancelled" {
+            tracing::info!(
+                %peer,
+                outcome,
+                attempts = backoff.attempts(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "rejoin finished"
+            );
+        }
+    }
+
+    fn link_is_up(&self, peer: &PeerId) -> bool {
+        self.links()
+            .iter()
+            .any(|l| &l.peer == peer && l.state == "connected" && l.health == Some(Health::Up))
+    }
+
+    /// One attempt: dial, deliver the offer, take the answer, wait for the link to come up.
+    async fn redial(
+        self: &Arc<Self>,
+        peer: &PeerId,
+        settings: &RejoinSettings,
+    ) -> Result<(), RedialError> {
+        let offer = match self.dial(peer.clone()).await {
+            Ok(offer) => offer,
+            Err(WorkerError::UnknownPeer(_)) => {
+                return Err(RedialError::Gone("no longer registered".into()));
+            }
+            // The peer dialled us meanwhile (or is about to): nothing to do this round.
+            Err(WorkerError::LinkExists(_)) => return Ok(()),
+            Err(e) => return Err(RedialError::Retry(e.to_string())),
+        };
+        let answer = match self.deliver_offer(&offer, settings).await {
+            Ok(answer) => answer,
+            Err(why) => {
+                // Our half-made connection would otherwise wait out the dial time-out.
+                let _ = self.hang_up_quietly(peer);
+                return Err(RedialError::Retry(why));
+            }
+        };
+        self.accept_answer(answer)
+            .await
+            .map_err(|e| RedialError::Retry(e.to_string()))?;
+        let up = async {
+            while !self.link_is_up(peer) {
+                if !self.links().iter().any(|l| &l.peer == peer) {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            true
+        };
+        match tokio::time::timeout(self.dial_timeout(), up).await {
+            Ok(true) => Ok(()),
+            _ => {
+                let _ = self.hang_up_quietly(peer);
+                Err(RedialError::Retry("the link did not come up".into()))
+            }
+        }
+    }
+
+    /// Sends `offer` through the proxy, or to the peer's worker; its answer.
+    async fn deliver_offer(
+        &self,
+        offer: &Offer,
+        settings: &RejoinSettings,
+    ) -> Result<Answer, String> {
+        let http = self.gossip.http();
+        let request = match &settings.proxy {
+            Some((url, token)) => http
+                .post(format!("{url}/api/mesh-rtc/offer"))
+                .bearer_auth(token),
+            None => {
+                let peer = self
+                    .store()
+                    .get_peer(&offer.peer_to)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let Some(base) = peer.endpoints.https else {
+                    return Err(format!("{} has no worker URL", offer.peer_to));
+                };
+                http.post(format!("{}/offer", base.trim_end_matches('/')))
+            }
+        };
+        let response = request
+            .json(offer)
+            .send()
+            .await
+            .map_err(|e| format!("offer not delivered: {e}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(format!("offer refused ({status}): {body}"));
+        }
+        response
+            .json::<Answer>()
+            .await
+            .map_err(|e| format!("unreadable answer: {e}"))
+    }
+}
+
+enum RedialError {
+    /// Worth another attempt after the next wait.
+    Retry(String),
+    /// Stop rejoining.
+    Gone(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng() -> StdRng {
+        StdRng::seed_from_u64(7)
+    }
+
+    #[test]
+    fn waits_grow_by_doubling_within_equal_jitter_up_to_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(4));
+        let mut r = rng();
+        let bounds = [250u64, 500, 1000, 2000, 4000, 4000, 4000];
+        for (i, d) in bounds.iter().enumerate() {
+            let wait = b.next(&mut r).as_millis() as u64;
+            assert!(
+                (d / 2..=*d).contains(&wait),
+                "attempt {i}: {wait} ms not in [{}, {d}]",
+                d / 2
+            );
+        }
+        assert_eq!(b.attempts(), 7);
+    }
+
+    #[test]
+    fn jitter_spreads_peers_that_lost_a_link_at_the_same_moment() {
+        let mut r = rng();
+        let waits: std::collections::HashSet<u128> = (0..20)
+            .map(|_| {
+                let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(4));
+                b.next(&mut r);
+                b.next(&mut r).as_micros()
+            })
+            .collect();
+        assert!(waits.len() > 15, "{waits:?}");
+    }
+
+    #[test]
+    fn many_attempts_do_not_overflow() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let mut r = rng();
+        for _ in 0..100 {
+            assert!(b.next(&mut r) <= Duration::from_secs(30));
+        }
+    }
+}
