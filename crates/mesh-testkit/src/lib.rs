@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 pub mod browser;
+pub mod firestore;
 pub mod oidc;
 pub mod process;
 pub mod turn;

@@ -64,7 +64,24 @@ pub fn routes(worker: Arc<Worker>) -> Router {
         .route("/gossip", post(gossip_receive))
         .route("/gossip/push", post(gossip_push))
         .route("/gossip/state", get(gossip_state))
+        .route("/status", get(status))
         .with_state(worker)
+}
+
+/// `GET /status`: what this worker is doing for reliability: its store writes (spooled while the
+/// store is away) and the peers it is rejoining.
+async fn status(State(w): State<Arc<Worker>>) -> ApiJson<Value> {
+    let mut rejoining: Vec<String> = crate::lock(&w.rejoining)
+        .keys()
+        .map(ToString::to_string)
+        .collect();
+    rejoining.sort();
+    ApiJson(json!({
+        "peer": w.id(),
+        "links": w.links().len(),
+        "rejoining": rejoining,
+        "spool": w.spool.stats(),
+    }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,6 +29,7 @@ pub const MESH_SIGNALING_URL: &str = "MESH_SIGNALING_URL";
 pub const MESH_GOSSIP_TTL: &str = "MESH_GOSSIP_TTL";
 pub const MESH_SUSPECT_AFTER_MS: &str = "MESH_SUSPECT_AFTER_MS";
 pub const MESH_REJOIN: &str = "MESH_REJOIN";
+pub const MESH_SPOOL_CAPACITY: &str = "MESH_SPOOL_CAPACITY";
 pub const MESH_REJOIN_MAX_DELAY_MS: &str = "MESH_REJOIN_MAX_DELAY_MS";
 pub const MESH_PROXY_URL: &str = "MESH_PROXY_URL";
 pub const MESH_PROXY_TOKEN: &str = "MESH_PROXY_TOKEN";
@@ -66,6 +67,8 @@ pub struct WorkerConfig {
     pub gossip: crate::gossip::GossipSettings,
     /// Rejoining lost peers (on by default; through the proxy when `MESH_PROXY_URL` is set).
     pub rejoin: crate::rejoin::RejoinSettings,
+    /// Store writes held while the store is away (oldest dropped, and counted, beyond this).
+    pub spool_capacity: usize,
 }
 
 impl WorkerConfig {
@@ -212,7 +215,13 @@ impl WorkerConfig {
         let public_url = env.http_url(MESH_PUBLIC_URL)?;
         // Every worker is a `webrtc-worker`; its peer id tells the instances apart.
         service.telemetry.instance = Some(identity.id().to_string());
+        let spool_capacity: usize =
+            env.parse_or(MESH_SPOOL_CAPACITY, 10_000, "a number of writes, 1 or more")?;
+        if spool_capacity == 0 {
+            return Err(env.invalid(MESH_SPOOL_CAPACITY, "a number of writes, 1 or more"));
+        }
         Ok(WorkerConfig {
+            spool_capacity,
             rejoin,
             identity,
             ice_servers,

@@ -840,9 +840,7 @@ impl Worker {
             targets: Vec::new(),
             reason: Some(reason),
         };
-        if let Err(e) = self.store().append_audit(&record).await {
-            tracing::error!(peer = %sender, "gossip refusal not audited: {e}");
-        }
+        self.spool.push(crate::spool::Write::Audit(record));
     }
 }
 

@@ -15,6 +15,7 @@ pub mod prompt_runtime;
 pub mod qos;
 pub mod rejoin;
 pub mod signaling;
+pub mod spool;
 pub mod transport;
 pub mod worker;
 
@@ -75,7 +76,9 @@ pub async fn run(
         timings,
         config.gossip,
         config.rejoin.clone(),
+        config.spool_capacity,
     );
+    let spool_writer = tokio::spawn(worker.spool.clone().run(worker.store().clone()));
     worker
         .register_self(config.region.clone(), public_url.clone())
         .await?;
@@ -125,6 +128,11 @@ pub async fn run(
     served?;
     // Links are written `down` as their drivers finish; bounded so shutdown is too.
     worker.hang_up_all(std::time::Duration::from_secs(2)).await;
+    // The links just written down, and anything spooled while the store was away.
+    if !worker.spool.flush(std::time::Duration::from_secs(5)).await {
+        tracing::warn!(stats = ?worker.spool.stats(), "spooled store writes not all written at shutdown");
+    }
+    spool_writer.abort();
     Ok(())
 }
 

@@ -153,6 +153,8 @@ pub struct Worker {
     /// Woken whenever a link is removed, so shutdown can wait for the drivers to finish.
     removed: Notify,
     rejoin: crate::rejoin::RejoinSettings,
+    /// Link samples and audit records on their way to the store.
+    pub(crate) spool: Arc<crate::spool::Spool>,
     /// Peers being rejoined, each with what cancels its loop.
     pub(crate) rejoining: Mutex<HashMap<PeerId, Arc<Notify>>>,
 }
@@ -173,6 +175,7 @@ impl Worker {
         timings: Timings,
         gossip: crate::gossip::GossipSettings,
         rejoin: crate::rejoin::RejoinSettings,
+        spool_capacity: usize,
     ) -> Arc<Self> {
         Arc::new(Worker {
             gossip: crate::gossip::Gossip::new(identity.id().clone(), gossip),
@@ -188,6 +191,7 @@ impl Worker {
             clock: Clock::new(),
             removed: Notify::new(),
             rejoin,
+            spool: Arc::new(crate::spool::Spool::new(spool_capacity)),
             rejoining: Mutex::new(HashMap::new()),
         })
     }
@@ -821,8 +825,7 @@ impl LinkDriver {
                 return;
             }
         };
-        if let Err(e) = self.worker.store.upsert_link(&link).await {
-            tracing::warn!(peer = %self.peer, link = %link.id, "link not written to the store: {e}");
-        }
+        // Spooled: the store may be slow or away, and this driver must keep probing.
+        self.worker.spool.push(crate::spool::Write::Link(link));
     }
 }
