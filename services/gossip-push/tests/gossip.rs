@@ -295,10 +295,36 @@ async fn envelopes_ride_datachannels_fall_back_to_https_and_bad_ones_are_audited
     let limited = limited.expect("c's quota ran out within 200 envelopes");
     assert_eq!(limited["error"]["code"], "rate_limited", "{limited}");
 
-    let drops: Vec<AuditRecord> = audit(&store)
-        .await
-        .into_iter()
+    // Refusals are audited through b's spool, a moment after b answered: wait for them all.
+    let records = eventually(
+        Duration::from_secs(20),
+        "b's refusals in the audit trail",
+        || async {
+            let all = audit(&store).await;
+            let by_b = |kind: &str, code: &str| {
+                all.iter().any(|r| {
+                    r.kind == kind
+                        && r.recorded_by.as_ref().map(|p| p.as_str()) == Some("b")
+                        && r.reason.as_deref().unwrap_or("").starts_with(code)
+                })
+            };
+            (by_b("drop", "")
+                && [
+                    "wrong_signer",
+                    "replayed",
+                    "bad_signature",
+                    "future_timestamp",
+                ]
+                .iter()
+                .all(|code| by_b("reject", code)))
+            .then_some(all)
+        },
+    )
+    .await;
+    let drops: Vec<AuditRecord> = records
+        .iter()
         .filter(|r| r.kind == "drop")
+        .cloned()
         .collect();
     assert!(
         drops
@@ -308,8 +334,7 @@ async fn envelopes_ride_datachannels_fall_back_to_https_and_bad_ones_are_audited
         "{drops:#?}"
     );
 
-    let rejects: Vec<AuditRecord> = audit(&store)
-        .await
+    let rejects: Vec<AuditRecord> = records
         .into_iter()
         .filter(|r| r.kind == "reject" && r.recorded_by.as_ref().map(|p| p.as_str()) == Some("b"))
         .collect();
