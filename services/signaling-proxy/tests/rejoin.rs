@@ -43,15 +43,32 @@ async fn links_of(mesh: &Mesh, w: &Worker) -> Vec<Value> {
     v["links"].as_array().unwrap().clone()
 }
 
-async fn wait_up(mesh: &Mesh, w: &Worker, peer: &str, within: Duration) {
-    eventually(within, &format!("a link up with {peer}"), || async {
-        links_of(mesh, w)
-            .await
-            .iter()
-            .any(|l| l["peer"] == peer && l["state"] == "connected" && l["health"] == "up")
-            .then_some(())
-    })
-    .await;
+/// Waits for `w` to see `peer` up; on time-out, fails with every log, which is what explains it.
+async fn wait_up(mesh: &Mesh, w: &Worker, peer: &str, within: Duration, others: &[&Worker]) {
+    let up = async {
+        loop {
+            let seen = links_of(mesh, w)
+                .await
+                .iter()
+                .any(|l| l["peer"] == peer && l["state"] == "connected" && l["health"] == "up");
+            if seen {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    if tokio::time::timeout(within, up).await.is_err() {
+        let logs: Vec<String> = std::iter::once(w)
+            .chain(others.iter().copied())
+            .map(|x| x.proc.log())
+            .collect();
+        panic!(
+            "no link up with {peer} within {within:?}\nlinks: {:?}\nworker logs:\n{}\nproxy log:\n{}",
+            links_of(mesh, w).await,
+            logs.join("\n----\n"),
+            mesh.proxy.log()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,9 +109,9 @@ async fn a_killed_peer_that_comes_back_is_rejoined_through_the_proxy() {
     // redial of its recent links) brings the link back.
     let b = worker(&mesh, "rj-b", 42);
     let back = Instant::now();
-    wait_up(&mesh, &a, "rj-b", Duration::from_secs(30)).await;
+    wait_up(&mesh, &a, "rj-b", Duration::from_secs(30), &[&b]).await;
     let rejoined = back.elapsed();
-    wait_up(&mesh, &b, "rj-a", Duration::from_secs(30)).await;
+    wait_up(&mesh, &b, "rj-a", Duration::from_secs(30), &[&a]).await;
     eventually(Duration::from_secs(20), "the link up in the store", || {
         let (store, id) = (store.clone(), id.clone());
         async move { (store.get_link(&id).await.ok()?.health == Health::Up).then_some(()) }

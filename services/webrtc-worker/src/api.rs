@@ -76,9 +76,15 @@ async fn status(State(w): State<Arc<Worker>>) -> ApiJson<Value> {
         .map(ToString::to_string)
         .collect();
     rejoining.sort();
+    let links = w.links();
+    let up = links
+        .iter()
+        .filter(|l| l.state == "connected" && l.health == Some(mesh_types::Health::Up))
+        .count();
     ApiJson(json!({
         "peer": w.id(),
-        "links": w.links().len(),
+        "links": links.len(),
+        "quorum": crate::quorum::quorum(w.live_peer_count(), up),
         "rejoining": rejoining,
         "spool": w.spool.stats(),
     }))

@@ -339,6 +339,32 @@ impl Worker {
         Ok(())
     }
 
+    /// Live peers in the cached registry (seen within the stale window), without reading the
+    /// store: `GET /status` must answer while the store is away.
+    pub(crate) fn live_peer_count(&self) -> usize {
+        let now = self.now_ms();
+        let stale = self.gossip().settings.selection.stale_after_ms;
+        lock(&self.gossip().peers)
+            .peers
+            .values()
+            .filter(|p| now.saturating_sub(p.last_seen_ms) <= stale)
+            .count()
+    }
+
+    /// Anti-entropy when a link comes up (new, or back after a partition): one envelope with this
+    /// peer's state, newest entries first, straight to the peer; the peer does the same, so both
+    /// hold the newer of each entry after one exchange.
+    pub(crate) async fn sync_gossip(self: &Arc<Self>, peer: PeerId) {
+        let _ = self.refresh_peers(false).await;
+        match self.gossip_push(vec![peer.clone()]).await {
+            Ok(report) => {
+                tracing::debug!(%peer, ok = report.targets.iter().all(|t| t.ok), "gossip state synced on link up");
+            }
+            // Rate-limited or busy: the next scheduled run carries the state instead.
+            Err(e) => tracing::debug!(%peer, "gossip sync on link up skipped: {e}"),
+        }
+    }
+
     fn peer_info(&self, peer: &PeerId) -> Option<PeerInfo> {
         lock(&self.gossip().peers).peers.get(peer).cloned()
     }

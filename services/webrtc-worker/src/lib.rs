@@ -13,6 +13,7 @@ pub mod liveness;
 mod metrics;
 pub mod prompt_runtime;
 pub mod qos;
+pub mod quorum;
 pub mod rejoin;
 pub mod signaling;
 pub mod spool;

@@ -622,6 +622,9 @@ impl LinkDriver {
         let mut mesh_open = false;
         let mut connected = false;
         let mut established: Option<u64> = None;
+        let mut gossip_open = false;
+        // Gossip state is exchanged once per connection, when it is up with its gossip channel.
+        let mut synced = false;
         // Watching starts when the link is up and its probe channel open: heartbeats need both.
         let mut liveness: Option<Detector> = None;
         let mut probe_tick = tokio::time::interval(timings.probe_interval);
@@ -654,6 +657,10 @@ impl LinkDriver {
                         connected = true;
                         if mesh_open {
                             self.up(&mut established).await;
+                            if gossip_open && !synced {
+                                synced = true;
+                                self.sync_gossip();
+                            }
                             if probe_open {
                                 liveness.get_or_insert_with(|| Detector::new(timings.liveness, clock.now_us()));
                             }
@@ -677,6 +684,10 @@ impl LinkDriver {
                         mesh_open = true;
                         if connected {
                             self.up(&mut established).await;
+                            if gossip_open && !synced {
+                                synced = true;
+                                self.sync_gossip();
+                            }
                             if probe_open {
                                 liveness.get_or_insert_with(|| Detector::new(timings.liveness, clock.now_us()));
                             }
@@ -708,7 +719,14 @@ impl LinkDriver {
                         let peer = self.peer.clone();
                         tokio::spawn(async move { worker.gossip_frame(peer, data).await });
                     }
-                    Some(ConnEvent::Open(Channel::Gossip)) => self.view.send_modify(|v| v.gossip = true),
+                    Some(ConnEvent::Open(Channel::Gossip)) => {
+                        self.view.send_modify(|v| v.gossip = true);
+                        gossip_open = true;
+                        if established.is_some() && !synced {
+                            synced = true;
+                            self.sync_gossip();
+                        }
+                    }
                     Some(ConnEvent::Closed(Channel::Gossip)) => self.view.send_modify(|v| v.gossip = false),
                     Some(ConnEvent::Closed(Channel::Mesh)) => break End::PeerClosed,
                     Some(ConnEvent::Closed(Channel::Probe)) => {
@@ -779,6 +797,13 @@ impl LinkDriver {
             self.worker.rejoin(self.peer.clone(), "link lost");
         }
         self.worker.forget(&self.peer, self.generation);
+    }
+
+    /// Exchanges gossip state with the peer, off the driver's loop.
+    fn sync_gossip(&self) {
+        let worker = self.worker.clone();
+        let peer = self.peer.clone();
+        tokio::spawn(async move { worker.sync_gossip(peer).await });
     }
 
     /// The link is usable (connected, mesh channel open): it counts as established from now.
