@@ -2,10 +2,11 @@
 # Runs the benchmarks and writes their JSON reports under target/bench/. Numbers belong in
 # docs/BENCHMARKS.md with the machine they came from; tests never assert them.
 #
-# Usage: scripts/bench.sh [transport|signaling|gossip]   (default: all three)
+# Usage: scripts/bench.sh [transport|signaling|gossip|reliability]   (default: all four)
 #   transport: webrtc-worker connections against Chromium's libwebrtc (needs chromium)
 #   signaling: the proxy's WebSocket signaling against a Node.js `ws` relay (needs node, npm)
 #   gossip:    the seeded gossip simulation, N = 1000 (MESH_BENCH_SEEDS, default 100; ~8 min)
+#   reliability: failure detection and rejoin with real workers (MESH_BENCH_RUNS, default 20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p target/bench
@@ -26,4 +27,8 @@ fi
 
 if [[ "$which" == all || "$which" == gossip ]]; then
   MESH_BENCH_SEEDS="${MESH_BENCH_SEEDS:-100}" cargo bench -p mesh-gossip --bench spread | tee target/bench/gossip.md
+fi
+
+if [[ "$which" == all || "$which" == reliability ]]; then
+  MESH_BENCH_RUNS="${MESH_BENCH_RUNS:-20}" cargo bench -p webrtc-worker --bench reliability -- --bench | tee target/bench/reliability.json
 fi

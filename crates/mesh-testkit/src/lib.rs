@@ -9,6 +9,7 @@
 
 pub mod browser;
 pub mod firestore;
+pub mod netns;
 pub mod oidc;
 pub mod process;
 pub mod turn;

@@ -68,7 +68,14 @@ impl Coturn {
     }
 
     fn wait_ready(&self, within: Duration) {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        stun_ready(("127.0.0.1", self.port), within);
+    }
+}
+
+/// Waits until a STUN server at `addr` answers a Binding Request.
+pub fn stun_ready(addr: (&str, u16), within: Duration) {
+    {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
@@ -78,7 +85,7 @@ impl Coturn {
         let deadline = Instant::now() + within;
         let mut buf = [0u8; 512];
         while Instant::now() < deadline {
-            let _ = socket.send_to(&request, ("127.0.0.1", self.port));
+            let _ = socket.send_to(&request, addr);
             if let Ok((n, _)) = socket.recv_from(&mut buf)
                 && n >= 20
                 && buf[0..2] == [0x01, 0x01]
@@ -87,8 +94,8 @@ impl Coturn {
             }
         }
         panic!(
-            "coturn did not answer STUN on 127.0.0.1:{} within {within:?}",
-            self.port
+            "coturn did not answer STUN on {}:{} within {within:?}",
+            addr.0, addr.1
         );
     }
 }

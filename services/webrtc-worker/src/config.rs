@@ -164,8 +164,10 @@ impl WorkerConfig {
         if !(1..=60_000).contains(&gather_ms) {
             return Err(env.invalid(MESH_GATHER_TIMEOUT_MS, "milliseconds from 1 to 60000"));
         }
-        let suspect_ms: u64 = env.parse_or(MESH_SUSPECT_AFTER_MS, 2_000, "milliseconds")?;
-        let dead_ms: u64 = env.parse_or(MESH_DEAD_AFTER_MS, 5_000, "milliseconds")?;
+        // Defaults: a dead peer's link is down within 4.5 s (the dead bound plus at most one
+        // probe interval), inside the 5 s the mesh promises.
+        let suspect_ms: u64 = env.parse_or(MESH_SUSPECT_AFTER_MS, 1_500, "milliseconds")?;
+        let dead_ms: u64 = env.parse_or(MESH_DEAD_AFTER_MS, 4_000, "milliseconds")?;
         // A suspicion needs several missed probes, or one lost packet would raise it.
         if suspect_ms < 3 * probe_ms {
             return Err(env.invalid(
