@@ -68,15 +68,13 @@ async fn connect(http: &reqwest::Client, a: &Site, b: &Site) {
     assert_eq!(s, 200, "answer: {ok}");
 }
 
+/// `GET` on a worker, `None` if it does not answer (its site may be cut off).
+async fn get(http: &reqwest::Client, url: String) -> Option<Value> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}
+
 async fn link(http: &reqwest::Client, a: &Site, peer: &str) -> Option<Value> {
-    let v: Value = http
-        .get(format!("{}/links", a.url))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
+    let v = get(http, format!("{}/links", a.url)).await?;
     v["links"]
         .as_array()?
         .iter()
@@ -150,14 +148,7 @@ async fn links_cross_two_nats_through_turn_and_heal_after_a_partition() {
     .await;
     assert_eq!(s, 200);
     eventually(Duration::from_secs(10), "the message on site 2", || async {
-        let m: Value = http
-            .get(format!("{}/messages", two.url))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let m = get(&http, format!("{}/messages", two.url)).await?;
         (m["messages"][0]["text"] == "through two NATs").then_some(())
     })
     .await;
