@@ -67,6 +67,16 @@ impl Sites {
             turn: None,
             _dir: dir,
         };
+        // A run killed before its clean-up leaves these behind; start from nothing.
+        for n in &names {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("{tag}r9")])
+            .output();
+        let _ = Command::new("ip")
+            .args(["route", "del", "100.64.0.0/16"])
+            .output();
         for n in &names {
             sh(&["ip", "netns", "add", n]);
             in_ns(n, "ip link set lo up");
