@@ -49,8 +49,9 @@ fn in_ns(ns: &str, cmd: &str) {
 }
 
 impl Sites {
-    /// Builds the namespaces; `tag` keeps concurrent tests apart (short: interface names are
-    /// limited to 15 characters).
+    /// Builds the namespaces; `tag` prefixes their names and interfaces (short: interface names
+    /// are limited to 15 characters). The addresses are fixed, so one `Sites` at a time: a
+    /// second one would take over the first's route.
     pub fn new(tag: &str) -> Self {
         assert!(
             Command::new("id")

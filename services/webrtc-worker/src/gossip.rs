@@ -353,7 +353,8 @@ impl Worker {
 
     /// Anti-entropy when a link comes up (new, or back after a partition): one envelope with this
     /// peer's state, newest entries first, straight to the peer; the peer does the same, so both
-    /// hold the newer of each entry after one exchange.
+    /// hold the newer of each entry after one exchange (as far as one envelope carries: up to its
+    /// entry and size limits, the newest first).
     pub(crate) async fn sync_gossip(self: &Arc<Self>, peer: PeerId) {
         let _ = self.refresh_peers(false).await;
         match self.gossip_push(vec![peer.clone()]).await {

@@ -79,10 +79,11 @@ pub async fn run(
         config.rejoin.clone(),
         config.spool_capacity,
     );
-    let spool_writer = tokio::spawn(worker.spool.clone().run(worker.store().clone()));
     worker
         .register_self(config.region.clone(), public_url.clone())
         .await?;
+    // From here on `run` reaches its end, which stops the writer.
+    let spool_writer = tokio::spawn(worker.spool.clone().run(worker.store().clone()));
     match worker.restore_gossip().await {
         Ok(n) => tracing::debug!(entries = n, "gossiped state restored"),
         // Not fatal: the state comes back with the next envelopes.
@@ -126,14 +127,15 @@ pub async fn run(
         task.abort();
     }
     beacon.abort();
-    served?;
-    // Links are written `down` as their drivers finish; bounded so shutdown is too.
+    // Links are written `down` as their drivers finish; bounded so shutdown is too. Also when
+    // serving failed: the links and the spooled writes are still ours to settle.
     worker.hang_up_all(std::time::Duration::from_secs(2)).await;
     // The links just written down, and anything spooled while the store was away.
     if !worker.spool.flush(std::time::Duration::from_secs(5)).await {
         tracing::warn!(stats = ?worker.spool.stats(), "spooled store writes not all written at shutdown");
     }
     spool_writer.abort();
+    served?;
     Ok(())
 }
 

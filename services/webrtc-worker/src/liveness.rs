@@ -46,10 +46,11 @@ pub struct DetectorConfig {
 }
 
 impl Default for DetectorConfig {
+    /// The worker's defaults (`MESH_SUSPECT_AFTER_MS`, `MESH_DEAD_AFTER_MS`, the probe interval).
     fn default() -> Self {
         DetectorConfig {
-            suspect_after: Duration::from_secs(2),
-            dead_after: Duration::from_secs(5),
+            suspect_after: Duration::from_millis(1500),
+            dead_after: Duration::from_secs(4),
             tick: Duration::from_millis(500),
         }
     }
@@ -97,10 +98,11 @@ impl Detector {
     /// Re-evaluates at `now_us` (the driver calls it on its probe tick).
     pub fn tick(&mut self, now_us: u64) -> Option<Transition> {
         let gap = now_us.saturating_sub(self.last_tick_us);
-        let allowed = 2 * self.config.tick.as_micros() as u64;
-        if gap > allowed {
-            // We were not listening for `gap - allowed`: give the peer that time back.
-            self.last_heard_us = self.last_heard_us.saturating_add(gap - allowed).min(now_us);
+        let tick = self.config.tick.as_micros() as u64;
+        if gap > 2 * tick {
+            // A tick more than one late: we were not listening for all but one tick of the
+            // gap; give the peer that time back.
+            self.last_heard_us = self.last_heard_us.saturating_add(gap - tick).min(now_us);
         }
         self.last_tick_us = self.last_tick_us.max(now_us);
         let silent = Duration::from_micros(now_us.saturating_sub(self.last_heard_us));
@@ -137,8 +139,16 @@ mod tests {
     const MS: u64 = 1000;
     const TICK: u64 = 500 * MS;
 
+    /// Round numbers for the arithmetic below: suspect after 2 s, dead after 5 s, ticks of 0.5 s.
     fn detector() -> Detector {
-        Detector::new(DetectorConfig::default(), 0)
+        Detector::new(
+            DetectorConfig {
+                suspect_after: Duration::from_secs(2),
+                dead_after: Duration::from_secs(5),
+                tick: Duration::from_millis(500),
+            },
+            0,
+        )
     }
 
     /// Ticks on time (every 500 ms) from after `from` through `to`; the transitions and when.
@@ -213,11 +223,11 @@ mod tests {
         assert_eq!(d.tick(7_500 * MS), None);
         assert_eq!(d.state(), Liveness::Alive);
         // Silence after the stall, with ticks on time again, counts as usual: the 7 s gap minus
-        // the allowance of two ticks (1 s) is given back, so the peer counts as heard at 6 s.
+        // one tick (0.5 s) is given back, so the peer counts as heard at 6.5 s.
         let seen = ticks(&mut d, 7_500 * MS, 15_000 * MS);
         assert_eq!(
             seen.iter().map(|(t, _)| *t / MS).collect::<Vec<_>>(),
-            [8_000, 11_000]
+            [8_500, 11_500]
         );
         assert!(matches!(seen[1].1, Transition::Died { .. }));
     }
@@ -235,6 +245,25 @@ mod tests {
         assert_eq!(d.heard(8_100 * MS), None);
         assert_eq!(d.tick(8_500 * MS), None);
         assert_eq!(d.state(), Liveness::Dead);
+    }
+
+    #[test]
+    fn with_the_shipped_defaults_a_stall_alone_raises_no_suspicion() {
+        // The tightest setting the worker accepts: suspect after three ticks.
+        let mut d = Detector::new(
+            DetectorConfig {
+                suspect_after: Duration::from_millis(1500),
+                dead_after: Duration::from_secs(4),
+                tick: Duration::from_millis(500),
+            },
+            0,
+        );
+        d.heard(400 * MS);
+        assert_eq!(d.tick(500 * MS), None);
+        // Stalled 5 s, then the queued heartbeats are handled after this late tick.
+        assert_eq!(d.tick(5_500 * MS), None);
+        assert_eq!(d.heard(5_510 * MS), None);
+        assert_eq!(d.state(), Liveness::Alive);
     }
 
     #[test]

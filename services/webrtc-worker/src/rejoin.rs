@@ -10,7 +10,7 @@
 //!
 //! [`Backoff`] is sans-IO (an `Rng` comes in); the loop is the driver.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_store::LinkQuery;
@@ -93,11 +93,19 @@ impl Default for RejoinSettings {
 
 /// Links older than this at start-up are not redialled: the peer has had time to go elsewhere.
 const RECENT_MS: u64 = 10 * 60 * 1000;
+/// A peer not seen (registered or refreshed) for this long is not redialled any more; gossip
+/// treats it as stale after the same time.
+const STALE_MS: u64 = 10 * 60 * 1000;
+/// Delivering an offer: the answerer gathers candidates (5 s by default) before it answers, and
+/// the proxy adds its own hop.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Worker {
     /// Starts rejoining `peer` unless already under way or switched off.
     pub(crate) fn rejoin(self: &Arc<Self>, peer: PeerId, why: &'static str) {
-        if !self.rejoin_settings().enabled {
+        if !self.rejoin_settings().enabled
+            || self.stopping.load(std::sync::atomic::Ordering::Acquire)
+        {
             return;
         }
         let cancel = Arc::new(Notify::new());
@@ -155,6 +163,8 @@ impl Worker {
         let mut backoff = Backoff::new(settings.base, settings.cap);
         let mut rng = StdRng::from_rng(&mut rand::rng());
         let started = tokio::time::Instant::now();
+        // The connection the attempt under way made, so a cancel can end exactly that one.
+        let attempt: Arc<Mutex<Option<u64>>> = Arc::default();
         let outcome = loop {
             let wait = backoff.next(&mut rng);
             tokio::select! {
@@ -164,7 +174,17 @@ impl Worker {
             if self.link_is_up(&peer) {
                 break "rejoined by the peer";
             }
-            match self.redial(&peer, &settings).await {
+            let result = tokio::select! {
+                r = self.redial(&peer, &settings, &attempt) => r,
+                () = cancel.notified() => {
+                    if let Some(generation) = lock(&attempt).take() {
+                        self.stop_generation(&peer, generation);
+                    }
+                    break "cancelled";
+                }
+            };
+            lock(&attempt).take();
+            match result {
                 Ok(()) => break "rejoined",
                 Err(RedialError::Gone(why)) => {
                     tracing::info!(%peer, "not rejoining: {why}");
@@ -202,45 +222,68 @@ impl Worker {
             .any(|l| &l.peer == peer && l.state == "connected" && l.health == Some(Health::Up))
     }
 
-    /// One attempt: dial, deliver the offer, take the answer, wait for the link to come up.
+    /// One attempt: dial, deliver the offer, take the answer, wait for the link to come up. Every
+    /// clean-up names this attempt's connection (its generation): the peer's own offer may have
+    /// replaced it meanwhile, and that newer link must be left alone.
     async fn redial(
         self: &Arc<Self>,
         peer: &PeerId,
         settings: &RejoinSettings,
+        attempt: &Mutex<Option<u64>>,
     ) -> Result<(), RedialError> {
-        let offer = match self.dial(peer.clone()).await {
-            Ok(offer) => offer,
+        match self.store().get_peer(peer).await {
+            Ok(p) if self.now_ms().saturating_sub(p.last_seen_at) > STALE_MS => {
+                return Err(RedialError::Gone(format!(
+                    "not seen for {} min",
+                    self.now_ms().saturating_sub(p.last_seen_at) / 60_000
+                )));
+            }
+            Err(e) if e.kind() == mesh_store::ErrorKind::NotFound => {
+                return Err(RedialError::Gone("no longer registered".into()));
+            }
+            _ => {}
+        }
+        let (offer, generation) = match self.dial_generation(peer.clone()).await {
+            Ok(dialled) => dialled,
             Err(WorkerError::UnknownPeer(_)) => {
                 return Err(RedialError::Gone("no longer registered".into()));
             }
-            // The peer dialled us meanwhile (or is about to): nothing to do this round.
-            Err(WorkerError::LinkExists(_)) => return Ok(()),
+            // A connection to the peer exists (it dialled us meanwhile): the next round looks
+            // at whether it came up.
             Err(e) => return Err(RedialError::Retry(e.to_string())),
         };
+        *lock(attempt) = Some(generation);
+        let still_ours = |w: &Worker| w.generation_of(peer) == Some(generation);
         let answer = match self.deliver_offer(&offer, settings).await {
-            Ok(answer) => answer,
+            Ok(answer) if still_ours(self) => answer,
+            Ok(_) => {
+                return Err(RedialError::Retry(
+                    "replaced by the peer's own offer".into(),
+                ));
+            }
             Err(why) => {
                 // Our half-made connection would otherwise wait out the dial time-out.
-                let _ = self.hang_up_quietly(peer);
+                self.stop_generation(peer, generation);
                 return Err(RedialError::Retry(why));
             }
         };
-        self.accept_answer(answer)
-            .await
-            .map_err(|e| RedialError::Retry(e.to_string()))?;
+        if let Err(e) = self.accept_answer(answer).await {
+            self.stop_generation(peer, generation);
+            return Err(RedialError::Retry(e.to_string()));
+        }
         let up = async {
-            while !self.link_is_up(peer) {
-                if !self.links().iter().any(|l| &l.peer == peer) {
-                    return false;
+            while still_ours(self) {
+                if self.link_is_up(peer) {
+                    return true;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            true
+            false
         };
         match tokio::time::timeout(self.dial_timeout(), up).await {
             Ok(true) => Ok(()),
             _ => {
-                let _ = self.hang_up_quietly(peer);
+                self.stop_generation(peer, generation);
                 Err(RedialError::Retry("the link did not come up".into()))
             }
         }
@@ -271,6 +314,8 @@ impl Worker {
         };
         let response = request
             .json(offer)
+            // The answerer gathers its candidates before it answers (up to its gather time-out).
+            .timeout(OFFER_TIMEOUT)
             .send()
             .await
             .map_err(|e| format!("offer not delivered: {e}"))?;

@@ -49,23 +49,28 @@ pub struct SpoolStats {
 pub struct SpoolQueue {
     capacity: usize,
     queue: VecDeque<Write>,
+    /// The front write is being tried: a full queue must not drop it from under the writer.
+    in_flight: bool,
     stats: SpoolStats,
 }
 
 impl SpoolQueue {
     pub fn new(capacity: usize) -> Self {
         SpoolQueue {
-            capacity: capacity.max(1),
+            // Room for the write being tried and one more.
+            capacity: capacity.max(2),
             queue: VecDeque::new(),
+            in_flight: false,
             stats: SpoolStats::default(),
         }
     }
 
-    /// Queues `w`; returns the write dropped to make room, if one was.
+    /// Queues `w`; returns the write dropped to make room, if one was: the oldest not being
+    /// tried.
     pub fn push(&mut self, w: Write) -> Option<Write> {
         let dropped = if self.queue.len() >= self.capacity {
             self.stats.dropped += 1;
-            self.queue.pop_front()
+            self.queue.remove(usize::from(self.in_flight))
         } else {
             None
         };
@@ -78,8 +83,16 @@ impl SpoolQueue {
         self.queue.front()
     }
 
+    /// The writer starts trying the front write.
+    pub fn begin(&mut self) -> Option<Write> {
+        let front = self.queue.front().cloned();
+        self.in_flight = front.is_some();
+        front
+    }
+
     /// The front write is settled: written, or refused for good.
     pub fn done(&mut self, written: bool) {
+        self.in_flight = false;
         if self.queue.pop_front().is_some() {
             if written {
                 self.stats.written += 1;
@@ -92,6 +105,7 @@ impl SpoolQueue {
 
     /// The front write failed and will be tried again.
     pub fn failed(&mut self) {
+        self.in_flight = false;
         self.stats.retries += 1;
         self.stats.store_down = true;
     }
@@ -159,7 +173,7 @@ impl Spool {
     pub async fn run(self: Arc<Self>, store: SharedStore) {
         let mut retry = RETRY_MIN;
         loop {
-            let next = lock(&self.queue).next().cloned();
+            let next = lock(&self.queue).begin();
             let Some(write) = next else {
                 self.drained.notify_waiters();
                 self.wake.notified().await;
@@ -178,7 +192,15 @@ impl Spool {
                     }
                     retry = RETRY_MIN;
                 }
-                Ok(Err(e)) if e.kind() != ErrorKind::Unavailable => {
+                // An audit record that exists already landed on an attempt that timed out.
+                Ok(Err(e))
+                    if e.kind() == ErrorKind::Conflict && matches!(write, Write::Audit(_)) =>
+                {
+                    lock(&self.queue).done(true);
+                }
+                // Invalid or corrupt: trying again will not help. (A link write's conflict is a
+                // lost transaction race, worth another try, so it falls through to a retry.)
+                Ok(Err(e)) if !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Conflict) => {
                     tracing::error!(write = describe(&write), "store refused a write: {e}");
                     lock(&self.queue).done(false);
                 }
@@ -279,6 +301,20 @@ mod tests {
         let s = q.stats();
         assert_eq!((s.pending, s.dropped), (2, 1));
         assert_eq!(q.next(), Some(&link(2)));
+    }
+
+    #[test]
+    fn a_full_queue_never_drops_the_write_being_tried() {
+        let mut q = SpoolQueue::new(2);
+        q.push(link(1));
+        q.push(link(2));
+        assert_eq!(q.begin(), Some(link(1)));
+        // Full while 1 is being written: 2 goes, not 1.
+        assert_eq!(q.push(link(3)), Some(link(2)));
+        q.done(true);
+        assert_eq!(q.next(), Some(&link(3)));
+        let s = q.stats();
+        assert_eq!((s.written, s.dropped, s.pending), (1, 1, 1));
     }
 
     #[test]

@@ -157,6 +157,8 @@ pub struct Worker {
     pub(crate) spool: Arc<crate::spool::Spool>,
     /// Peers being rejoined, each with what cancels its loop.
     pub(crate) rejoining: Mutex<HashMap<PeerId, Arc<Notify>>>,
+    /// Set when the worker starts to stop: no new rejoining from then on.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -193,6 +195,7 @@ impl Worker {
             rejoin,
             spool: Arc::new(crate::spool::Spool::new(spool_capacity)),
             rejoining: Mutex::new(HashMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -270,6 +273,15 @@ impl Worker {
 
     /// `POST /dial`: a new connection to `peer_to`, waiting for its answer; returns the signed offer.
     pub async fn dial(self: &Arc<Self>, peer_to: PeerId) -> Result<Offer, WorkerError> {
+        self.dial_generation(peer_to).await.map(|(offer, _)| offer)
+    }
+
+    /// [`dial`](Self::dial), also naming the connection's generation, so that the caller can
+    /// later act on this connection only (a newer one may take its place).
+    pub(crate) async fn dial_generation(
+        self: &Arc<Self>,
+        peer_to: PeerId,
+    ) -> Result<(Offer, u64), WorkerError> {
         if &peer_to == self.id() {
             return Err(WorkerError::SelfDial);
         }
@@ -288,16 +300,17 @@ impl Worker {
         let mut offer = Offer::new(self.id().clone(), peer_to.clone(), sdp, self.clock.now_ms());
         offer.sign(&self.identity)?;
         let deadline = self.clock.deadline_in(self.timings.dial_timeout);
-        self.register(
-            peer_to,
-            conn,
-            events,
-            Role::Dialer,
-            Phase::AwaitingAnswer,
-            Some(deadline),
-        )
-        .await?;
-        Ok(offer)
+        let generation = self
+            .register(
+                peer_to,
+                conn,
+                events,
+                Role::Dialer,
+                Phase::AwaitingAnswer,
+                Some(deadline),
+            )
+            .await?;
+        Ok((offer, generation))
     }
 
     /// `POST /offer`: verifies a peer's offer and answers it with a new connection.
@@ -427,11 +440,6 @@ impl Worker {
     /// `DELETE /links/{peer}`: hangs up, and stops any rejoining: the operator wants it down.
     pub fn hang_up(&self, peer: &PeerId) -> Result<(), WorkerError> {
         self.cancel_rejoin(peer);
-        self.hang_up_quietly(peer)
-    }
-
-    /// Ends the link with `peer` without touching its rejoining (the rejoin loop's own clean-up).
-    pub(crate) fn hang_up_quietly(&self, peer: &PeerId) -> Result<(), WorkerError> {
         let entry = lock(&self.links)
             .remove(peer)
             .ok_or_else(|| WorkerError::NoLink(peer.clone()))?;
@@ -442,6 +450,7 @@ impl Worker {
     /// Stops every link (on shutdown) and waits, at most `within`, for their drivers to write
     /// them `down` and finish.
     pub async fn hang_up_all(&self, within: Duration) {
+        self.stopping.store(true, Ordering::Release);
         self.cancel_all_rejoins();
         let stops: Vec<Arc<Notify>> = lock(&self.links).values().map(|e| e.stop.clone()).collect();
         for stop in stops {
@@ -507,7 +516,7 @@ impl Worker {
         role: Role,
         phase: Phase,
         deadline: Option<tokio::time::Instant>,
-    ) -> Result<(), WorkerError> {
+    ) -> Result<u64, WorkerError> {
         let conn = Arc::new(conn);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let initial = LinkView {
@@ -553,16 +562,21 @@ impl Worker {
             deadline,
         };
         tokio::spawn(driver.run(events));
-        Ok(())
+        Ok(generation)
     }
 
-    fn stop_generation(&self, peer: &PeerId, generation: u64) {
+    pub(crate) fn stop_generation(&self, peer: &PeerId, generation: u64) {
         let mut links = lock(&self.links);
         if links.get(peer).is_some_and(|e| e.generation == generation)
             && let Some(e) = links.remove(peer)
         {
             e.stop.notify_one();
         }
+    }
+
+    /// The generation of the connection registered for `peer`, if any.
+    pub(crate) fn generation_of(&self, peer: &PeerId) -> Option<u64> {
+        lock(&self.links).get(peer).map(|e| e.generation)
     }
 
     fn phase(&self, peer: &PeerId, generation: u64) -> Option<Phase> {
@@ -700,6 +714,8 @@ impl LinkDriver {
                             tracing::info!(peer = %self.peer, "peer heard again; no longer suspect");
                         }
                         if Probe::decode(&data).is_some_and(|p| p.kind == ProbeKind::Bye) {
+                            // The peer hung up on purpose: whatever we were redialling stops too.
+                            self.worker.cancel_rejoin(&self.peer);
                             break End::PeerClosed;
                         }
                         if let Some(probe) = Probe::decode(&data)

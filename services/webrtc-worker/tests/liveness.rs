@@ -16,11 +16,11 @@ use mesh_testkit::process::eventually;
 use mesh_types::{Health, LinkId};
 
 /// Probes every 50 ms (the testkit's default), suspect after 300 ms of silence, dead after
-/// 1.5 s: far below ICE's own time-outs (5 s disconnected, 25 s failed), so the detector is
-/// what acts.
+/// 3 s: below ICE's own time-outs (5 s disconnected, 25 s failed), so the detector is what acts,
+/// with room between the two bounds for a loaded machine to resume the paused peer in time.
 const FAST: &[(&str, &str)] = &[
     ("MESH_SUSPECT_AFTER_MS", "300"),
-    ("MESH_DEAD_AFTER_MS", "1500"),
+    ("MESH_DEAD_AFTER_MS", "3000"),
     // This test watches detection alone; rejoining is tested on its own.
     ("MESH_REJOIN", "false"),
 ];
@@ -36,12 +36,17 @@ fn signal(peer: &Peer, sig: &str) {
     );
 }
 
-async fn logged(peer: &Peer, message: &str, within: Duration) {
+/// Waits for `message` to appear in `peer`'s log more often than `before` times.
+async fn logged(peer: &Peer, message: &str, before: usize, within: Duration) {
     eventually(within, &format!("{message:?} in the log"), || {
-        let found = peer.proc.log().contains(message);
+        let found = peer.proc.log().matches(message).count() > before;
         async move { found.then_some(()) }
     })
     .await;
+}
+
+fn count(peer: &Peer, message: &str) -> usize {
+    peer.proc.log().matches(message).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,12 +59,23 @@ async fn a_paused_peer_is_suspected_and_cleared_and_a_killed_one_is_declared_dea
     mesh.wait_up(&b, &a).await;
 
     // Paused past the suspicion bound but not the dead one: suspect, then cleared, link kept.
+    let (suspected, cleared) = (
+        count(&a, "peer suspect: no probe heard"),
+        count(&a, "peer heard again; no longer suspect"),
+    );
     signal(&b, "-STOP");
-    logged(&a, "peer suspect: no probe heard", Duration::from_secs(10)).await;
+    logged(
+        &a,
+        "peer suspect: no probe heard",
+        suspected,
+        Duration::from_secs(10),
+    )
+    .await;
     signal(&b, "-CONT");
     logged(
         &a,
         "peer heard again; no longer suspect",
+        cleared,
         Duration::from_secs(10),
     )
     .await;
@@ -107,7 +123,7 @@ async fn a_paused_peer_is_suspected_and_cleared_and_a_killed_one_is_declared_dea
     .await;
     // A figure for the record (the benchmark measures it over many runs); not an assertion.
     eprintln!(
-        "detection: link down in the store {} ms after SIGKILL (dead bound 1500 ms)",
+        "detection: link down in the store {} ms after SIGKILL (dead bound 3000 ms)",
         detected.as_millis()
     );
 }

@@ -44,6 +44,8 @@ async fn a_store_outage_loses_no_write_and_does_not_stall_the_links() {
     .await;
     let written_before = before["spool"]["written"].as_u64().unwrap();
 
+    let ended = |p: &Peer| p.proc.log().matches("link ended").count();
+    let (a_ended, b_ended) = (ended(&a), ended(&b));
     emulator.pause();
     // The spool notices (its writes time out) and keeps what it cannot write.
     eventually(
@@ -57,9 +59,15 @@ async fn a_store_outage_loses_no_write_and_does_not_stall_the_links() {
     )
     .await;
     tokio::time::sleep(OUTAGE).await;
-    // The links never stalled: both sides still see each other up.
+    // The links never stalled: both sides still see each other up, and no link ended meanwhile.
     mesh.wait_up(&a, &b).await;
     mesh.wait_up(&b, &a).await;
+    assert_eq!(
+        (ended(&a), ended(&b)),
+        (a_ended, b_ended),
+        "{}",
+        a.proc.log()
+    );
     let during = status(&mesh, &a).await;
     let pending = during["spool"]["pending"].as_u64().unwrap();
     assert!(pending >= 20, "a sample a second was spooled: {during}");
