@@ -812,6 +812,11 @@ impl LinkDriver {
         if established.is_some() && matches!(end, End::PeerSilent | End::Failed) {
             self.worker.rejoin(self.peer.clone(), "link lost");
         }
+        // The peer closed on purpose (a hang-up, a shutdown; it redials us itself when it
+        // restarts): a redial of ours under way, a restarted worker's say, must not undo that.
+        if end == End::PeerClosed {
+            self.worker.cancel_rejoin(&self.peer);
+        }
         self.worker.forget(&self.peer, self.generation);
     }
 
