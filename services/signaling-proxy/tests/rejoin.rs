@@ -30,17 +30,23 @@ fn worker(mesh: &Mesh, name: &str, seed: u64) -> Worker {
     )
 }
 
-async fn links_of(mesh: &Mesh, w: &Worker) -> Vec<Value> {
-    let v: Value = mesh
-        .http
-        .get(format!("{}/links", w.proc.url))
+/// `GET path` on worker `w`.
+async fn worker_get(mesh: &Mesh, w: &Worker, path: &str) -> Value {
+    mesh.http
+        .get(format!("{}{path}", w.proc.url))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    v["links"].as_array().unwrap().clone()
+        .unwrap()
+}
+
+async fn links_of(mesh: &Mesh, w: &Worker) -> Vec<Value> {
+    worker_get(mesh, w, "/links").await["links"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// Waits for `w` to see `peer` up; on time-out, fails with every log, which is what explains it.
@@ -144,18 +150,10 @@ async fn a_killed_peer_that_comes_back_is_rejoined_through_the_proxy() {
         },
     )
     .await;
-    // No rejoin loop runs on either side (the hang-up cancelled a's, the goodbye b's), so
+    // No rejoin loop runs on either side (the hang-up cancelled a's, the close b's), so
     // nothing will redial.
     for w in [&a, &b] {
-        let status: Value = mesh
-            .http
-            .get(format!("{}/status", w.proc.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = worker_get(&mesh, w, "/status").await;
         assert_eq!(status["rejoining"], json!([]), "{status}\n{}", w.proc.log());
         assert_eq!(status["links"], 0, "{status}");
     }
