@@ -218,11 +218,16 @@ async fn envelopes_ride_datachannels_fall_back_to_https_and_bad_ones_are_audited
         .unwrap();
     assert_eq!(d_target.transport, mesh_types::Transport::Https);
     assert!(d_target.fallback.is_some());
-    assert!(
-        d.proc.log().contains("gossip envelope accepted"),
-        "{}",
-        d.proc.log()
-    );
+    // d's log reaches this test through a pipe: wait for the line rather than read at once.
+    eventually(
+        Duration::from_secs(10),
+        "d to log the envelope accepted",
+        || {
+            let logged = d.proc.log().contains("gossip envelope accepted");
+            async move { logged.then_some(()) }
+        },
+    )
+    .await;
 
     // Envelopes handed to b over HTTPS by c, by hand: one good, then a replay of that very
     // request, a tampered envelope and a future-dated one. Each refusal is answered with its

@@ -71,16 +71,21 @@ async fn three_peers_register_and_two_links_come_up_through_the_proxy() {
         .await;
     assert_eq!(s, 200, "{v}");
     let charlie = &workers[2];
-    let traced = charlie
-        .proc
-        .log()
-        .lines()
-        .any(|l| l.contains("dialled; offer signed") && l.contains(trace));
-    assert!(
-        traced,
-        "the worker's log line carries the caller's trace\n{}",
-        charlie.proc.log()
-    );
+    // The worker logs before it answers, but its log reaches this test through a pipe and a
+    // reader thread: wait for the line rather than read at once.
+    mesh_testkit::process::eventually(
+        std::time::Duration::from_secs(10),
+        "the worker's log line carrying the caller's trace",
+        || {
+            let traced = charlie
+                .proc
+                .log()
+                .lines()
+                .any(|l| l.contains("dialled; offer signed") && l.contains(trace));
+            async move { traced.then_some(()) }
+        },
+    )
+    .await;
 
     // Connecting a pair that is already linked names the step and the peer.
     let (s, again) = mesh

@@ -123,11 +123,15 @@ async fn a_killed_peer_that_comes_back_is_rejoined_through_the_proxy() {
         async move { (store.get_link(&id).await.ok()?.health == Health::Up).then_some(()) }
     })
     .await;
-    assert!(
-        mesh.proxy.log().contains("offer relayed"),
-        "the offer went through the proxy:\n{}",
-        mesh.proxy.log()
-    );
+    eventually(
+        Duration::from_secs(10),
+        "the proxy to log the relayed offer",
+        || {
+            let relayed = mesh.proxy.log().contains("offer relayed");
+            async move { relayed.then_some(()) }
+        },
+    )
+    .await;
     eprintln!(
         "rejoin: link up {} ms after the restarted peer was serving",
         rejoined.as_millis()
