@@ -298,6 +298,17 @@ pub enum Transport {
     None,
 }
 
+impl Transport {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Datachannel => "datachannel",
+            Transport::Https => "https",
+            Transport::None => "none",
+        }
+    }
+}
+
 /// What happened to one target of a gossip push.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -112,8 +112,17 @@ impl Client {
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.send(self.http.get(format!("{}{path}", self.base)))
-            .await
+        self.get_with(path, &[]).await
+    }
+
+    /// `GET path?query`, the query's values encoded as URLs need.
+    pub async fn get_with(&self, path: &str, query: &[(&str, &str)]) -> anyhow::Result<Value> {
+        let mut url = reqwest::Url::parse(&format!("{}{path}", self.base))
+            .with_context(|| format!("{}{path} is not a URL", self.base))?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        self.send(self.http.get(url)).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {

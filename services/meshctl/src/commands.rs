@@ -102,23 +102,18 @@ pub async fn links(
     limit: Option<usize>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let client = Client::new(remote)?;
-    let mut query = Vec::new();
-    if let Some(p) = peer {
-        query.push(format!("peer={}", urlencode(p)));
-    }
-    if let Some(h) = health {
-        query.push(format!("health={}", urlencode(h)));
-    }
-    if let Some(n) = limit {
-        query.push(format!("limit={n}"));
-    }
-    let path = if query.is_empty() {
-        "/api/mesh-rtc/links".to_string()
-    } else {
-        format!("/api/mesh-rtc/links?{}", query.join("&"))
-    };
-    let v = client.get(&path).await?;
+    let limit = limit.map(|n| n.to_string());
+    let query: Vec<(&str, &str)> = [
+        ("peer", peer),
+        ("health", health),
+        ("limit", limit.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k, v?)))
+    .collect();
+    let v = Client::new(remote)?
+        .get_with("/api/mesh-rtc/links", &query)
+        .await?;
     if json {
         return print_json(&v);
     }
@@ -164,11 +159,12 @@ pub async fn gossip(remote: &Remote, limit: usize, json: bool) -> anyhow::Result
             .targets
             .iter()
             .map(|x| {
-                let how = serde_json::to_value(x.transport)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                format!("{} ({how}{})", x.peer, if x.ok { "" } else { ", failed" })
+                format!(
+                    "{} ({}{})",
+                    x.peer,
+                    x.transport.as_str(),
+                    if x.ok { "" } else { ", failed" }
+                )
             })
             .collect();
         let mut note = targets.join(", ");
@@ -232,19 +228,6 @@ pub async fn register(
         seed_file.display(),
         v["trust"]
     ))
-}
-
-/// Percent-encodes a query value (ids and health words are plain, but a typo should not break
-/// the URL).
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Validates a peer id given on the command line before anything is sent.

@@ -37,7 +37,7 @@ pub async fn run(peers: u16, data_dir: &Path, region: &str, json: bool) -> anyho
         let id = PeerId::new(format!("peer-{n}"))?;
         let (identity, created) =
             keys::load_or_create(&id, &data_dir.join("keys").join(format!("{id}.seed")))?;
-        let now = now_ms();
+        let now = mesh_service::now_ms();
         let mut registration = PeerRegistration::new(
             id.clone(),
             identity.public_key(),
@@ -103,13 +103,4 @@ pub async fn run(peers: u16, data_dir: &Path, region: &str, json: bool) -> anyho
         store.path().display()
     )?;
     Ok(())
-}
-
-/// Wall-clock time for registration timestamps; meshctl is a driver, so it may read the clock.
-#[allow(clippy::disallowed_methods)]
-fn now_ms() -> u64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }

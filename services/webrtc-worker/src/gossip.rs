@@ -405,15 +405,11 @@ impl Worker {
         let deliveries = targets.iter().map(|t| self.deliver(t, &envelope));
         let targets = futures_util::future::join_all(deliveries).await;
         for t in &targets {
-            let transport = serde_json::to_value(t.transport)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
             crate::metrics::METRICS.gossip_sent.add(
                 1,
                 &[
                     opentelemetry::KeyValue::new("outcome", if t.ok { "ok" } else { "failed" }),
-                    opentelemetry::KeyValue::new("transport", transport),
+                    opentelemetry::KeyValue::new("transport", t.transport.as_str()),
                 ],
             );
         }

@@ -119,17 +119,6 @@ impl Detector {
             Liveness::Alive | Liveness::Suspect => None,
         }
     }
-
-    /// When the next transition is due if nothing is heard, µs: the driver need not tick more
-    /// often than this.
-    pub fn next_due_us(&self) -> Option<u64> {
-        let after = match self.state {
-            Liveness::Alive => self.config.suspect_after,
-            Liveness::Suspect => self.config.dead_after,
-            Liveness::Dead => return None,
-        };
-        Some(self.last_heard_us + after.as_micros() as u64)
-    }
 }
 
 #[cfg(test)]
@@ -264,15 +253,5 @@ mod tests {
         assert_eq!(d.tick(5_500 * MS), None);
         assert_eq!(d.heard(5_510 * MS), None);
         assert_eq!(d.state(), Liveness::Alive);
-    }
-
-    #[test]
-    fn next_due_names_the_next_deadline() {
-        let mut d = detector();
-        assert_eq!(d.next_due_us(), Some(2_000 * MS));
-        ticks(&mut d, 0, 2_000 * MS);
-        assert_eq!(d.next_due_us(), Some(5_000 * MS));
-        ticks(&mut d, 2_000 * MS, 5_000 * MS);
-        assert_eq!(d.next_due_us(), None);
     }
 }
