@@ -183,6 +183,18 @@ impl mesh_store::Store for Unreachable {
     async fn list_gossip(&self, _: usize) -> mesh_store::Result<Vec<mesh_types::GossipEntry>> {
         down()
     }
+    async fn put_transfer(
+        &self,
+        _: &mesh_types::transfer::TransferRecord,
+    ) -> mesh_store::Result<bool> {
+        down()
+    }
+    async fn list_transfers(
+        &self,
+        _: usize,
+    ) -> mesh_store::Result<Vec<mesh_types::transfer::TransferRecord>> {
+        down()
+    }
     async fn ping(&self) -> mesh_store::Result<()> {
         down()
     }

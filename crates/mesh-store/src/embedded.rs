@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use mesh_types::transfer::TransferRecord;
 use mesh_types::{AuditRecord, GossipEntry, Link, LinkId, Peer, PeerId, PublicKey};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
@@ -18,7 +19,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     AUDIT, GOSSIP_STATE, LINKS, LinkQuery, LinkWrite, PEERS, PeerUpsert, Result, Store, StoreError,
-    rules,
+    TRANSFERS, rules,
 };
 
 /// The database file inside the data directory.
@@ -28,7 +29,7 @@ pub const DB_FILE: &str = "meshrtc.sqlite3";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Schema version in `PRAGMA user_version`; migrations step from one to the next.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedStore {
@@ -171,6 +172,17 @@ fn migrate(conn: &Connection) -> std::result::Result<(), OpenError> {
                  doc TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS gossip_by_hlc ON {GOSSIP_STATE} (wall_ms DESC, counter DESC, id DESC);
              PRAGMA user_version = 2;
+             COMMIT;"
+        ))?;
+    }
+    if version < 3 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE IF NOT EXISTS {TRANSFERS} (
+                 id TEXT PRIMARY KEY, version INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+                 doc TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS transfers_by_update ON {TRANSFERS} (updated_at DESC, id DESC);
+             PRAGMA user_version = 3;
              COMMIT;"
         ))?;
     }
@@ -459,6 +471,42 @@ impl Store for EmbeddedStore {
             }
             tx.commit().map_err(sql)?;
             Ok(written)
+        })
+        .await
+    }
+
+    async fn put_transfer(&self, record: &TransferRecord) -> Result<bool> {
+        let record = record.clone();
+        self.with(move |conn| {
+            let changed = conn
+                .execute(
+                    &format!(
+                        "INSERT INTO {TRANSFERS} (id, version, updated_at, doc) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(id) DO UPDATE SET version = excluded.version,
+                             updated_at = excluded.updated_at, doc = excluded.doc
+                         WHERE excluded.version > {TRANSFERS}.version"
+                    ),
+                    params![
+                        record.id.to_string(),
+                        i64::try_from(record.version).unwrap_or(i64::MAX),
+                        i64::try_from(record.updated_at).unwrap_or(i64::MAX),
+                        to_doc(&record)?
+                    ],
+                )
+                .map_err(sql)?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn list_transfers(&self, limit: usize) -> Result<Vec<TransferRecord>> {
+        let limit = rules::limit(limit)?;
+        self.with(move |conn| {
+            newest_docs(
+                conn,
+                &format!("SELECT doc FROM {TRANSFERS} ORDER BY updated_at DESC, id DESC LIMIT ?1"),
+                limit,
+            )
         })
         .await
     }

@@ -13,12 +13,13 @@ use firestore::errors::{BackoffError, FirestoreError};
 use firestore::{
     FirestoreDb, FirestoreDbOptions, FirestoreTransaction, FirestoreWritePrecondition,
 };
+use mesh_types::transfer::TransferRecord;
 use mesh_types::{AuditRecord, GossipEntry, Link, LinkId, Peer, PeerId, PublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     AUDIT, GOSSIP_STATE, LINKS, LinkQuery, LinkWrite, PEERS, PeerUpsert, Result, Store, StoreError,
-    rules,
+    TRANSFERS, rules,
 };
 
 /// Firestore commits at most this many writes at once.
@@ -297,6 +298,41 @@ impl Store for FirestoreStore {
             .select()
             .from(AUDIT)
             .order(|o| o.fields([o.field("ts").desc()]))
+            .limit(limit as u32)
+            .obj()
+            .query()
+            .await
+            .map_err(map_err)
+    }
+
+    async fn put_transfer(&self, record: &TransferRecord) -> Result<bool> {
+        let id = record.id.to_string();
+        self.db
+            .run_transaction(|db, tx| -> TxFuture<'_, bool> {
+                let record = record.clone();
+                let id = id.clone();
+                Box::pin(async move {
+                    let existing = read::<TransferRecord>(&db, TRANSFERS, &id)
+                        .await
+                        .map_err(permanent)?;
+                    if existing.is_some_and(|e| e.version >= record.version) {
+                        return Ok(false);
+                    }
+                    write(tx, &db, TRANSFERS, &id, &record).map_err(permanent)?;
+                    Ok(true)
+                })
+            })
+            .await
+            .map_err(map_err)
+    }
+
+    async fn list_transfers(&self, limit: usize) -> Result<Vec<TransferRecord>> {
+        let limit = rules::limit(limit)?;
+        self.db
+            .fluent()
+            .select()
+            .from(TRANSFERS)
+            .order(|o| o.fields([o.field("updatedAt").desc()]))
             .limit(limit as u32)
             .obj()
             .query()

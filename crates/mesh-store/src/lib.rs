@@ -17,6 +17,7 @@ pub mod rules;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mesh_types::transfer::TransferRecord;
 use mesh_types::{
     AuditRecord, Endpoints, GossipEntry, Health, Link, LinkId, Peer, PeerId, PublicKey, UnixMillis,
 };
@@ -32,6 +33,7 @@ pub const PEERS: &str = "mesh_peers";
 pub const LINKS: &str = "mesh_links";
 pub const AUDIT: &str = "mesh_gossip_audit";
 pub const GOSSIP_STATE: &str = "mesh_gossip_state";
+pub const TRANSFERS: &str = "mesh_transfers";
 
 /// A peer registering or refreshing itself: everything but trust, which registration never sets.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,6 +106,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The gossiped state, newest stamp first.
     async fn list_gossip(&self, limit: usize) -> Result<Vec<GossipEntry>>;
     /// Cheap round trip for readiness probes.
+    /// Writes a sender's transfer record unless the stored one has a higher `version`;
+    /// returns whether it was written.
+    async fn put_transfer(&self, record: &TransferRecord) -> Result<bool>;
+    /// Transfer records, most recently updated first.
+    async fn list_transfers(&self, limit: usize) -> Result<Vec<TransferRecord>>;
     async fn ping(&self) -> Result<()>;
 }
 

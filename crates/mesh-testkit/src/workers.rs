@@ -116,6 +116,15 @@ impl Default for Mesh {
     }
 }
 
+/// Where [`start_worker`] keeps `name`'s files (received, partial, outgoing state).
+pub fn files_dir(store_dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    store_dir
+        .parent()
+        .unwrap_or(store_dir)
+        .join("files")
+        .join(name)
+}
+
 /// Starts a `webrtc-worker` for `name` (key from `seed`) on the embedded store in `store_dir`,
 /// with fast QoS (1 s samples, 50 ms probes); `extra` adds or overrides variables.
 pub fn start_worker(
@@ -132,6 +141,11 @@ pub fn start_worker(
         ("MESH_UDP_ADDRS", "127.0.0.1:0".to_string()),
         ("QOS_INTERVAL_SECS", "1".to_string()),
         ("MESH_PROBE_INTERVAL_MS", "50".to_string()),
+        // Beside the store, in the test's own directory: never in the working directory.
+        (
+            "MESH_FILES_DIR",
+            files_dir(store_dir, name).display().to_string(),
+        ),
     ];
     for (k, v) in extra {
         env.push((k, v.to_string()));

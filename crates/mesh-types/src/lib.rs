@@ -15,6 +15,7 @@ pub mod rate;
 mod sdp;
 pub mod signaling;
 pub mod signing;
+pub mod transfer;
 
 pub use error::{Error, VerifyError};
 pub use gossip::{

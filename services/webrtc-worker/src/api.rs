@@ -15,6 +15,7 @@ use mesh_types::{Answer, Delivery, Offer, PeerId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::files::FileError;
 use crate::transport::TransportError;
 use crate::worker::{Worker, WorkerError};
 
@@ -49,6 +50,29 @@ impl From<WorkerError> for ApiError {
     }
 }
 
+impl From<FileError> for ApiError {
+    fn from(e: FileError) -> Self {
+        use crate::files::disk::SendPathError as P;
+        let message = e.to_string();
+        let (status, code) = match &e {
+            FileError::Path { source, .. } => match source {
+                P::NotFound => (StatusCode::NOT_FOUND, "file_not_found"),
+                P::Outside => (StatusCode::FORBIDDEN, "path_not_allowed"),
+                P::NotAFile => (StatusCode::BAD_REQUEST, "not_a_file"),
+                P::Unreadable(_) => (StatusCode::BAD_REQUEST, "unreadable"),
+                P::Root(_) => (StatusCode::SERVICE_UNAVAILABLE, "send_root_unusable"),
+            },
+            FileError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            FileError::ToSelf => (StatusCode::BAD_REQUEST, "invalid_input"),
+            FileError::UnknownPeer(_) => (StatusCode::NOT_FOUND, "unknown_peer"),
+            FileError::NotFound(_) => (StatusCode::NOT_FOUND, "no_transfer"),
+            FileError::Ended(_) => (StatusCode::CONFLICT, "transfer_ended"),
+            FileError::Io(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
 type ApiResult<T> = Result<T, ApiError>;
 
 /// The worker's routes (without the shared layers; `lib::app` adds them).
@@ -65,6 +89,8 @@ pub fn routes(worker: Arc<Worker>) -> Router {
         .route("/gossip/push", post(gossip_push))
         .route("/gossip/state", get(gossip_state))
         .route("/status", get(status))
+        .route("/transfers", get(transfers).post(start_transfer))
+        .route("/transfers/{id}", get(transfer).delete(cancel_transfer))
         .with_state(worker)
 }
 
@@ -256,4 +282,55 @@ async fn gossip_push(
 async fn gossip_state(State(w): State<Arc<Worker>>) -> ApiJson<Value> {
     let entries = w.gossip_state();
     ApiJson(json!({"peer": w.id(), "count": entries.len(), "entries": entries}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferRequest {
+    to: PeerId,
+    /// On this worker's machine, inside its send root (relative paths are taken from there).
+    path: String,
+}
+
+/// `POST /transfers`: 202 with the new transfer; it goes on in the background.
+async fn start_transfer(
+    State(w): State<Arc<Worker>>,
+    ApiJson(req): ApiJson<TransferRequest>,
+) -> ApiResult<(StatusCode, ApiJson<Value>)> {
+    if req.path.is_empty() {
+        return Err(ApiError::bad_request("invalid_input", "path is empty"));
+    }
+    let view = w
+        .start_transfer(req.to, std::path::Path::new(&req.path))
+        .await?;
+    Ok((StatusCode::ACCEPTED, ApiJson(json!(view))))
+}
+
+async fn transfers(State(w): State<Arc<Worker>>) -> ApiJson<Value> {
+    let all = w.transfers();
+    ApiJson(json!({"peer": w.id(), "count": all.len(), "transfers": all}))
+}
+
+fn transfer_id(id: &str) -> ApiResult<mesh_types::transfer::TransferId> {
+    mesh_types::transfer::TransferId::parse(id)
+        .map_err(|e| ApiError::bad_request("invalid_input", e.to_string()))
+}
+
+async fn transfer(
+    State(w): State<Arc<Worker>>,
+    Path(id): Path<String>,
+) -> ApiResult<ApiJson<Value>> {
+    let id = transfer_id(&id)?;
+    w.transfer(id)
+        .map(|v| ApiJson(json!(v)))
+        .ok_or_else(|| FileError::NotFound(id).into())
+}
+
+/// `DELETE /transfers/{id}`: cancels a transfer under way, on both sides.
+async fn cancel_transfer(
+    State(w): State<Arc<Worker>>,
+    Path(id): Path<String>,
+) -> ApiResult<ApiJson<Value>> {
+    w.cancel_transfer(transfer_id(&id)?).await?;
+    Ok(ApiJson(json!({"ok": true})))
 }

@@ -34,6 +34,12 @@ pub const MESH_REJOIN_MAX_DELAY_MS: &str = "MESH_REJOIN_MAX_DELAY_MS";
 pub const MESH_PROXY_URL: &str = "MESH_PROXY_URL";
 pub const MESH_PROXY_TOKEN: &str = "MESH_PROXY_TOKEN";
 pub const MESH_DEAD_AFTER_MS: &str = "MESH_DEAD_AFTER_MS";
+pub const MESH_FILES_DIR: &str = "MESH_FILES_DIR";
+pub const MESH_SEND_ROOT: &str = "MESH_SEND_ROOT";
+pub const MESH_FILES_MAX_BYTES: &str = "MESH_FILES_MAX_BYTES";
+pub const MESH_FILES_ACCEPT_FROM: &str = "MESH_FILES_ACCEPT_FROM";
+pub const MESH_FILES_WINDOW: &str = "MESH_FILES_WINDOW";
+pub const MESH_FAULT_FLIP_CHUNK: &str = "MESH_FAULT_FLIP_CHUNK";
 
 #[derive(Debug)]
 pub struct WorkerConfig {
@@ -69,6 +75,8 @@ pub struct WorkerConfig {
     pub rejoin: crate::rejoin::RejoinSettings,
     /// Store writes held while the store is away (oldest dropped, and counted, beyond this).
     pub spool_capacity: usize,
+    /// File transfers: directories, limits, who may send us files.
+    pub files: crate::files::FilesConfig,
 }
 
 impl WorkerConfig {
@@ -222,7 +230,9 @@ impl WorkerConfig {
         if spool_capacity == 0 {
             return Err(env.invalid(MESH_SPOOL_CAPACITY, "a number of writes, 1 or more"));
         }
+        let files = files_config(&env, identity.id())?;
         Ok(WorkerConfig {
+            files,
             spool_capacity,
             rejoin,
             identity,
@@ -285,6 +295,52 @@ impl WorkerConfig {
             service,
         })
     }
+}
+
+/// `MESH_FILES_*`: the files directory defaults to `mesh-files/<peer>` in the working directory,
+/// the send root to its `outbox`.
+fn files_config(env: &Env<'_>, me: &PeerId) -> Result<crate::files::FilesConfig, ConfigError> {
+    let dir = env
+        .optional(MESH_FILES_DIR)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new("mesh-files").join(me.as_str()));
+    let mut files = crate::files::FilesConfig::new(dir);
+    if let Some(root) = env.optional(MESH_SEND_ROOT) {
+        files.send_root = root.into();
+    }
+    files.max_bytes = env.parse_or(MESH_FILES_MAX_BYTES, files.max_bytes, "a number of bytes")?;
+    files.accept_from = match env
+        .optional(MESH_FILES_ACCEPT_FROM)
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("*") => None,
+        Some("") => Some(Default::default()),
+        Some(list) => Some(
+            list.split(',')
+                .map(|p| PeerId::new(p.trim()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    env.invalid(
+                        MESH_FILES_ACCEPT_FROM,
+                        format!("`*` or comma-separated peer ids ({e})"),
+                    )
+                })?,
+        ),
+    };
+    files.window = match env.parse_or(MESH_FILES_WINDOW, files.window, "chunks from 1 to 64")? {
+        n @ 1..=64 => n,
+        _ => return Err(env.invalid(MESH_FILES_WINDOW, "chunks from 1 to 64")),
+    };
+    files.flip_chunk = match env.optional(MESH_FAULT_FLIP_CHUNK) {
+        None => None,
+        Some(n) => Some(
+            n.trim()
+                .parse()
+                .map_err(|_| env.invalid(MESH_FAULT_FLIP_CHUNK, "a chunk index"))?,
+        ),
+    };
+    Ok(files)
 }
 
 /// `ws://` to this machine.

@@ -7,6 +7,7 @@
 pub mod api;
 mod clock;
 pub mod config;
+pub mod files;
 pub mod gossip;
 pub mod inbox;
 pub mod liveness;
@@ -78,6 +79,7 @@ pub async fn run(
         config.gossip,
         config.rejoin.clone(),
         config.spool_capacity,
+        config.files.clone(),
     );
     worker
         .register_self(config.region.clone(), public_url.clone())
@@ -89,6 +91,12 @@ pub async fn run(
         // Not fatal: the state comes back with the next envelopes.
         Err(e) => tracing::warn!("gossiped state not restored: {e}"),
     }
+    // Transfers a previous run left resume; a files directory we cannot use is fatal, as any
+    // other bad configuration.
+    worker
+        .restore_transfers()
+        .await
+        .map_err(|e| anyhow::anyhow!("files directory {}: {e}", config.files.dir.display()))?;
     // The peers we were linked with may be waiting for us (we restarted); not fatal if the
     // store cannot say.
     match worker.rejoin_recent().await {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_store::{ErrorKind, SharedStore};
+use mesh_types::transfer::TransferRecord;
 use mesh_types::{AuditRecord, Link};
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -25,6 +26,8 @@ use crate::lock;
 pub enum Write {
     Link(Link),
     Audit(AuditRecord),
+    /// A sender's transfer record (boxed: it is the largest write).
+    Transfer(Box<TransferRecord>),
 }
 
 /// What the spool has done, for `GET /status`.
@@ -230,6 +233,7 @@ async fn apply(store: &SharedStore, write: &Write) -> Result<(), mesh_store::Sto
         // An older observation losing to a newer one is the store doing its job.
         Write::Link(link) => store.upsert_link(link).await.map(|_| ()),
         Write::Audit(record) => store.append_audit(record).await,
+        Write::Transfer(record) => store.put_transfer(record).await.map(|_| ()),
     }
 }
 
@@ -237,6 +241,7 @@ fn describe(w: &Write) -> String {
     match w {
         Write::Link(l) => format!("link {} ({})", l.id, l.health.as_str()),
         Write::Audit(r) => format!("audit {}", r.id),
+        Write::Transfer(t) => format!("transfer {} ({:?})", t.id, t.state),
     }
 }
 

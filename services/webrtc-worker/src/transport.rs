@@ -5,8 +5,11 @@
 //!
 //! Every link has a `mesh` channel (reliable, ordered) for application messages, a `gossip`
 //! channel (reliable, ordered) for gossip envelopes and their acks, kept apart so that no
-//! application payload can ever be read as an envelope, and a `probe` channel (unordered, no
-//! retransmits) for QoS probes. The offerer opens all three in band
+//! application payload can ever be read as an envelope, a `file` channel (reliable, ordered) for
+//! file transfers (proto/FILES.md), and a `probe` channel (unordered, no retransmits) for QoS
+//! probes. The `file` channel's messages go to their own queue ([`Connection::take_file_queue`]),
+//! not the link's event stream, so a transfer's bulk never queues in front of probes and
+//! signalling. The offerer opens all four in band
 //! (DCEP); the answerer accepts them by label. They are not negotiated out of band: webrtc 0.21.1
 //! drops a message that arrives on a negotiated stream before its own side has registered that
 //! stream ("data channel not existed"), which loses the first message a fast peer sends. In band,
@@ -102,6 +105,7 @@ pub enum Channel {
     Mesh,
     Gossip,
     Probe,
+    File,
 }
 
 /// The connection's state, as the worker cares about it.
@@ -143,6 +147,7 @@ struct Channels {
     mesh: Option<Arc<dyn DataChannel>>,
     gossip: Option<Arc<dyn DataChannel>>,
     probe: Option<Arc<dyn DataChannel>>,
+    file: Option<Arc<dyn DataChannel>>,
 }
 
 impl Channels {
@@ -151,6 +156,7 @@ impl Channels {
             Channel::Mesh => &mut self.mesh,
             Channel::Gossip => &mut self.gossip,
             Channel::Probe => &mut self.probe,
+            Channel::File => &mut self.file,
         }
     }
 }
@@ -158,10 +164,12 @@ impl Channels {
 const MESH_LABEL: &str = "mesh";
 const GOSSIP_LABEL: &str = "gossip";
 const PROBE_LABEL: &str = "probe";
+const FILE_LABEL: &str = "file";
 
 /// Forwards the library's callbacks; holds no handle to the connection (upstream issue 906).
 struct Events {
     tx: mpsc::Sender<ConnEvent>,
+    file_tx: mpsc::Sender<Bytes>,
     activity: Activity,
     gathered: watch::Sender<bool>,
     channels: Arc<Mutex<Channels>>,
@@ -196,6 +204,7 @@ impl PeerConnectionEventHandler for Events {
             MESH_LABEL => Channel::Mesh,
             GOSSIP_LABEL => Channel::Gossip,
             PROBE_LABEL => Channel::Probe,
+            FILE_LABEL => Channel::File,
             other => {
                 tracing::warn!(
                     label = other,
@@ -210,6 +219,7 @@ impl PeerConnectionEventHandler for Events {
             channel,
             dc,
             self.tx.clone(),
+            self.file_tx.clone(),
             self.activity.clone(),
         );
     }
@@ -221,6 +231,7 @@ fn adopt(
     channel: Channel,
     dc: Arc<dyn DataChannel>,
     tx: mpsc::Sender<ConnEvent>,
+    file_tx: mpsc::Sender<Bytes>,
     activity: Activity,
 ) {
     {
@@ -235,7 +246,7 @@ fn adopt(
         }
         *slot = Some(dc.clone());
     }
-    spawn_channel_pump(channel, dc, tx, activity);
+    spawn_channel_pump(channel, dc, tx, file_tx, activity);
 }
 
 /// One peer connection with its two channels.
@@ -245,6 +256,9 @@ pub struct Connection {
     channels: Arc<Mutex<Channels>>,
     /// For the channels this side opens (as offerer).
     tx: mpsc::Sender<ConnEvent>,
+    file_tx: mpsc::Sender<Bytes>,
+    /// The `file` channel's messages, until the link's file session takes them.
+    file_rx: Mutex<Option<mpsc::Receiver<Bytes>>>,
     gathered: watch::Receiver<bool>,
     gather_timeout: Duration,
 }
@@ -263,6 +277,9 @@ pub struct Transport {
 
 /// Capacity of a connection's event queue; a full queue slows the library down, it never drops.
 const EVENT_QUEUE: usize = 1024;
+/// Capacity of the `file` channel's queue (messages of up to 64 KiB): 4 MiB waiting for the
+/// file session; beyond it the library holds back, and SCTP's window tells the sender to wait.
+const FILE_QUEUE: usize = 64;
 
 impl Transport {
     pub fn new(config: TransportConfig) -> Self {
@@ -272,6 +289,7 @@ impl Transport {
     /// A new connection with its channels, and the stream of its events.
     pub async fn connect(&self) -> Result<(Connection, mpsc::Receiver<ConnEvent>), TransportError> {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let (file_tx, file_rx) = mpsc::channel(FILE_QUEUE);
         let (gathered_tx, gathered) = watch::channel(false);
         let ice_servers = self
             .config
@@ -313,6 +331,7 @@ impl Transport {
             .with_setting_engine(settings)
             .with_handler(Arc::new(Events {
                 tx: tx.clone(),
+                file_tx: file_tx.clone(),
                 gathered: gathered_tx,
                 channels: channels.clone(),
                 activity: activity.clone(),
@@ -329,6 +348,8 @@ impl Transport {
             activity,
             channels,
             tx,
+            file_tx,
+            file_rx: Mutex::new(Some(file_rx)),
             gathered,
             gather_timeout: self.config.gather_timeout,
         };
@@ -341,6 +362,7 @@ fn spawn_channel_pump(
     channel: Channel,
     dc: Arc<dyn DataChannel>,
     tx: mpsc::Sender<ConnEvent>,
+    file_tx: mpsc::Sender<Bytes>,
     activity: Activity,
 ) {
     tokio::spawn(async move {
@@ -349,6 +371,14 @@ fn spawn_channel_pump(
                 DataChannelEvent::OnOpen => {
                     activity.channel_open(channel == Channel::Mesh, true);
                     ConnEvent::Open(channel)
+                }
+                DataChannelEvent::OnMessage(msg) if channel == Channel::File => {
+                    // Awaiting a full queue is back-pressure on the peer, never a drop.
+                    if file_tx.send(msg.data.freeze()).await.is_err() {
+                        // No file session (a peer without one): the message has no taker.
+                        tracing::debug!("file message with no file session; dropped");
+                    }
+                    continue;
                 }
                 DataChannelEvent::OnMessage(msg) => ConnEvent::Message {
                     channel,
@@ -377,6 +407,7 @@ impl Connection {
             ordered: true,
             ..Default::default()
         };
+        let file = reliable.clone();
         let lossy = RTCDataChannelInit {
             ordered: false,
             max_retransmits: Some(0),
@@ -385,6 +416,7 @@ impl Connection {
         for (channel, label, init) in [
             (Channel::Mesh, MESH_LABEL, reliable.clone()),
             (Channel::Gossip, GOSSIP_LABEL, reliable),
+            (Channel::File, FILE_LABEL, file),
             (Channel::Probe, PROBE_LABEL, lossy),
         ] {
             let dc = self
@@ -397,6 +429,7 @@ impl Connection {
                 channel,
                 dc,
                 self.tx.clone(),
+                self.file_tx.clone(),
                 self.activity.clone(),
             );
         }
@@ -457,6 +490,22 @@ impl Connection {
             dc.send(BytesMut::from(data)).await
         };
         result.map_err(lib)
+    }
+
+    /// Sends a message the caller built in an owned buffer (no copy); waits while the channel's
+    /// send buffer is full.
+    pub async fn send_owned(&self, channel: Channel, data: BytesMut) -> Result<(), TransportError> {
+        let dc = lock(&self.channels)
+            .slot(channel)
+            .clone()
+            .ok_or(TransportError::NotOpen)?;
+        self.activity.mark();
+        dc.send(data).await.map_err(lib)
+    }
+
+    /// The `file` channel's incoming messages; `None` once taken.
+    pub fn take_file_queue(&self) -> Option<mpsc::Receiver<Bytes>> {
+        lock(&self.file_rx).take()
     }
 
     /// Adds a candidate the remote peer trickled (over WebSocket signaling).

@@ -159,6 +159,8 @@ pub struct Worker {
     pub(crate) rejoining: Mutex<HashMap<PeerId, Arc<Notify>>>,
     /// Set when the worker starts to stop: no new rejoining from then on.
     pub(crate) stopping: std::sync::atomic::AtomicBool,
+    /// File transfers, sending and receiving.
+    pub(crate) files: crate::files::Files,
 }
 
 impl std::fmt::Debug for Worker {
@@ -178,6 +180,7 @@ impl Worker {
         gossip: crate::gossip::GossipSettings,
         rejoin: crate::rejoin::RejoinSettings,
         spool_capacity: usize,
+        files: crate::files::FilesConfig,
     ) -> Arc<Self> {
         Arc::new(Worker {
             gossip: crate::gossip::Gossip::new(identity.id().clone(), gossip),
@@ -196,6 +199,7 @@ impl Worker {
             spool: Arc::new(crate::spool::Spool::new(spool_capacity)),
             rejoining: Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            files: crate::files::Files::new(files),
         })
     }
 
@@ -235,6 +239,11 @@ impl Worker {
             .get(peer)
             .filter(|e| e.phase == Phase::Connected)
             .map(|e| e.conn.clone())
+    }
+
+    /// Whether any connection to `peer` exists (connected or being made).
+    pub(crate) fn has_link(&self, peer: &PeerId) -> bool {
+        lock(&self.links).contains_key(peer)
     }
 
     /// Registers (or refreshes) this worker's peer record, keeping its trust, so peers sharing
@@ -637,6 +646,9 @@ impl LinkDriver {
         let mut connected = false;
         let mut established: Option<u64> = None;
         let mut gossip_open = false;
+        let mut file_open = false;
+        // Dropped when this driver ends: that ends the link's file session.
+        let mut file_session: Option<watch::Sender<()>> = None;
         // Gossip state is exchanged once per connection, when it is up with its gossip channel.
         let mut synced = false;
         // Watching starts when the link is up and its probe channel open: heartbeats need both.
@@ -653,6 +665,16 @@ impl LinkDriver {
         tokio::pin!(no_answer);
 
         let end = loop {
+            if file_open && established.is_some() && file_session.is_none() {
+                let (tx, rx) = watch::channel(());
+                file_session = Some(tx);
+                self.worker.start_file_session(
+                    self.peer.clone(),
+                    self.generation,
+                    self.conn.clone(),
+                    rx,
+                );
+            }
             tokio::select! {
                 () = self.stop.notified() => break End::HungUp,
                 () = &mut no_answer, if self.deadline.is_some() => {
@@ -729,6 +751,8 @@ impl LinkDriver {
                         tracing::debug!(peer = %self.peer, bytes = data.len(), text, "mesh message");
                         lock(&self.worker.inbox).push(self.peer.clone(), clock.now_ms(), &data, text);
                     }
+                    // The transport queues file messages apart, for the file session.
+                    Some(ConnEvent::Message { channel: Channel::File, .. }) => {}
                     Some(ConnEvent::Message { channel: Channel::Gossip, data, .. }) => {
                         // Off the driver's loop: a store write must not hold up probes.
                         let worker = self.worker.clone();
@@ -744,6 +768,11 @@ impl LinkDriver {
                         }
                     }
                     Some(ConnEvent::Closed(Channel::Gossip)) => self.view.send_modify(|v| v.gossip = false),
+                    Some(ConnEvent::Open(Channel::File)) => file_open = true,
+                    Some(ConnEvent::Closed(Channel::File)) => {
+                        file_open = false;
+                        file_session = None;
+                    }
                     Some(ConnEvent::Closed(Channel::Mesh)) => break End::PeerClosed,
                     Some(ConnEvent::Closed(Channel::Probe)) => {
                         // No heartbeats without the channel: ICE's own checks remain.
@@ -779,6 +808,7 @@ impl LinkDriver {
         };
 
         tracing::info!(peer = %self.peer, reason = ?end, "link ended");
+        drop(file_session);
         if end == End::HungUp {
             // Tell the peer first, before anything slow: otherwise it hears silence, takes it
             // for a failure and redials. The probe channel is lossy, so say it a few times.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use mesh_store::{ErrorKind, LinkQuery, LinkWrite, PeerUpsert, SharedStore};
 use mesh_testkit::{identity, peer_id};
 use mesh_types::signing::Signed;
+use mesh_types::transfer::{TransferId, TransferRecord, TransferState};
 use mesh_types::{
     AuditRecord, AuditTarget, Endpoints, GossipEntry, Health, Hlc, Link, LinkQos, Transport,
 };
@@ -27,6 +28,7 @@ macro_rules! conformance {
             concurrent_link_writes_keep_the_newest,
             zero_limits_are_refused,
             gossip_state_keeps_the_superseding_entry,
+            transfers_keep_the_newest_version,
             ping_answers
         );
     };
@@ -403,6 +405,48 @@ pub async fn gossip_state_keeps_the_superseding_entry(store: SharedStore) {
         store.merge_gossip(&[foreign]).await.unwrap_err().kind(),
         ErrorKind::InvalidInput,
         "a key that is not its origin's"
+    );
+}
+
+fn transfer(id: u8, version: u64, updated_at: u64, bytes: u64) -> TransferRecord {
+    TransferRecord {
+        id: TransferId([id; 16]),
+        from: peer_id("a"),
+        to: peer_id("b"),
+        name: "snap.tar".into(),
+        size: 10 << 20,
+        state: TransferState::Sending,
+        bytes,
+        rate_bps: 1000,
+        eta_ms: Some(5),
+        sent_bytes: 0,
+        repaired_chunks: 1,
+        resumes: 0,
+        error_code: None,
+        error: None,
+        started_at: 1,
+        updated_at,
+        version,
+    }
+}
+
+pub async fn transfers_keep_the_newest_version(store: SharedStore) {
+    assert!(store.put_transfer(&transfer(1, 2, 20, 200)).await.unwrap());
+    assert!(
+        !store.put_transfer(&transfer(1, 1, 30, 100)).await.unwrap(),
+        "an older version loses, whatever its time"
+    );
+    assert!(store.put_transfer(&transfer(1, 3, 20, 300)).await.unwrap());
+    let mut done = transfer(2, 1, 40, 10 << 20);
+    done.state = TransferState::Complete;
+    done.eta_ms = None;
+    store.put_transfer(&done).await.unwrap();
+    let got = store.list_transfers(10).await.unwrap();
+    assert_eq!(got, vec![done, transfer(1, 3, 20, 300)]);
+    assert_eq!(store.list_transfers(1).await.unwrap().len(), 1);
+    assert_eq!(
+        store.list_transfers(0).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
     );
 }
 

@@ -1,0 +1,336 @@
+//! The file side of transfers, all blocking (callers run it on tokio's blocking pool): hashing a
+//! file into a manifest, reading and checking a chunk, writing a checked chunk, checkpoints,
+//! the whole-file check, moving a finished file into place, and free space.
+//!
+//! Layout under the files directory: `received/<from>/<name>` for finished files,
+//! `.partial/<id>.part` and `.partial/<id>.json` (the receiver's checkpoint) while receiving,
+//! `done/<id>.json` once received, `outgoing/<id>.json` (the sender's record) while sending.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use mesh_types::transfer::{Digest, Manifest, TransferId};
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+/// The directories of one worker's transfers.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn received(&self) -> PathBuf {
+        self.root.join("received")
+    }
+    pub fn partial_dir(&self) -> PathBuf {
+        self.root.join(".partial")
+    }
+    pub fn part(&self, id: TransferId) -> PathBuf {
+        self.partial_dir().join(format!("{id}.part"))
+    }
+    pub fn checkpoint(&self, id: TransferId) -> PathBuf {
+        self.partial_dir().join(format!("{id}.json"))
+    }
+    /// Records of finished receptions, so a sender that missed our `done` hears it again.
+    pub fn done_dir(&self) -> PathBuf {
+        self.root.join("done")
+    }
+    pub fn done(&self, id: TransferId) -> PathBuf {
+        self.done_dir().join(format!("{id}.json"))
+    }
+    pub fn outgoing_dir(&self) -> PathBuf {
+        self.root.join("outgoing")
+    }
+    pub fn outgoing(&self, id: TransferId) -> PathBuf {
+        self.outgoing_dir().join(format!("{id}.json"))
+    }
+
+    pub fn create(&self) -> io::Result<()> {
+        for d in [
+            self.received(),
+            self.partial_dir(),
+            self.done_dir(),
+            self.outgoing_dir(),
+        ] {
+            fs::create_dir_all(d)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `path` once, hashing every chunk and the whole file.
+pub fn hash_file(path: &Path, chunk_size: u32) -> io::Result<(u64, Digest, Vec<Digest>)> {
+    let mut f = File::open(path)?;
+    let mut whole = sha2::Sha256::new();
+    let mut chunks = Vec::new();
+    let mut buf = vec![0u8; chunk_size as usize];
+    let mut size = 0u64;
+    loop {
+        let n = read_full(&mut f, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        whole.update(&buf[..n]);
+        chunks.push(Digest::of(&buf[..n]));
+        size += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    Ok((size, Digest(whole.finalize().into()), chunks))
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// What reading a chunk to send found.
+#[derive(Debug)]
+pub enum ChunkRead {
+    Good(Vec<u8>),
+    /// The file no longer holds what the manifest promised.
+    Changed,
+}
+
+/// Reads chunk `i` of the file behind `manifest` and checks it against its digest.
+pub fn read_chunk(file: &File, manifest: &Manifest, i: u32) -> io::Result<ChunkRead> {
+    let len = manifest.chunk_len(i) as usize;
+    let mut buf = vec![0u8; len];
+    match file.read_exact_at(&mut buf, manifest.chunk_offset(i)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(ChunkRead::Changed),
+        Err(e) => return Err(e),
+    }
+    if manifest.chunks.get(i as usize) != Some(&Digest::of(&buf)) {
+        return Ok(ChunkRead::Changed);
+    }
+    Ok(ChunkRead::Good(buf))
+}
+
+/// Checks an assembled chunk and, when it matches, writes it at its place in the part file.
+/// Returns whether it matched.
+pub fn check_and_write(
+    file: &File,
+    manifest: &Manifest,
+    chunk: u32,
+    pieces: &[Bytes],
+) -> io::Result<bool> {
+    let mut h = sha2::Sha256::new();
+    for p in pieces {
+        h.update(p);
+    }
+    if manifest.chunks.get(chunk as usize) != Some(&Digest(h.finalize().into())) {
+        return Ok(false);
+    }
+    let mut at = manifest.chunk_offset(chunk);
+    for p in pieces {
+        file.write_all_at(p, at)?;
+        at += p.len() as u64;
+    }
+    Ok(true)
+}
+
+/// The receiver's checkpoint: enough to resume after a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    pub manifest: Manifest,
+    pub have: Vec<u32>,
+    /// Where the finished file went; set once it is in place.
+    #[serde(default)]
+    pub done_path: Option<PathBuf>,
+    pub started_at: u64,
+}
+
+/// Writes `value` as JSON to `path` atomically (a temporary file, synced, then renamed).
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(value).map_err(io::Error::other)?)?;
+        f.sync_data()?;
+    }
+    fs::rename(&tmp, path)
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<T> {
+    serde_json::from_slice(&fs::read(path)?).map_err(io::Error::other)
+}
+
+/// The `.json` files in `dir`.
+pub fn json_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let p = entry?.path();
+        if p.extension().is_some_and(|e| e == "json") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Result of the whole-file check.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WholeCheck {
+    Good,
+    /// These chunks no longer match their digests (a disk fault, a change behind our back).
+    BadChunks(Vec<u32>),
+    /// Every chunk matches but the whole does not: the manifest contradicts itself.
+    Inconsistent,
+}
+
+/// Hashes the part file; on a mismatch, finds the chunks that no longer match.
+pub fn check_whole(part: &Path, manifest: &Manifest) -> io::Result<WholeCheck> {
+    let (size, whole, chunks) = hash_file(part, manifest.chunk_size)?;
+    if size == manifest.size && whole == manifest.sha256 {
+        return Ok(WholeCheck::Good);
+    }
+    let bad: Vec<u32> = (0..manifest.chunk_count())
+        .filter(|&i| chunks.get(i as usize) != manifest.chunks.get(i as usize))
+        .collect();
+    Ok(if bad.is_empty() {
+        WholeCheck::Inconsistent
+    } else {
+        WholeCheck::BadChunks(bad)
+    })
+}
+
+/// Moves the finished part file to `received/<from>/<name>`; an existing file of that name is
+/// kept and the new one gets the transfer id before its extension.
+pub fn move_into_place(layout: &Layout, manifest: &Manifest) -> io::Result<PathBuf> {
+    let dir = layout.received().join(manifest.from.as_str());
+    fs::create_dir_all(&dir)?;
+    let mut target = dir.join(&manifest.name);
+    if target.exists() {
+        let short = &manifest.id.to_string()[..8];
+        let name = match manifest.name.rsplit_once('.') {
+            Some((stem, ext)) if !stem.is_empty() => format!("{stem}.{short}.{ext}"),
+            _ => format!("{}.{short}", manifest.name),
+        };
+        target = dir.join(name);
+    }
+    let part = layout.part(manifest.id);
+    File::open(&part)?.sync_all()?;
+    fs::rename(&part, &target)?;
+    Ok(target)
+}
+
+/// Removes what a transfer left under `.partial`.
+pub fn remove_partial(layout: &Layout, id: TransferId) {
+    for p in [layout.part(id), layout.checkpoint(id)] {
+        if let Err(e) = fs::remove_file(&p)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %p.display(), "partial file not removed: {e}");
+        }
+    }
+}
+
+/// Bytes available to us on the file system holding `dir`.
+pub fn free_space(dir: &Path) -> io::Result<u64> {
+    let s = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// Resolves a path a send request names: it must be a regular file inside `root` (symbolic
+/// links resolved first, so one cannot point outside).
+pub fn resolve_send_path(root: &Path, path: &Path) -> Result<PathBuf, SendPathError> {
+    let root = root
+        .canonicalize()
+        .map_err(|e| SendPathError::Root(e.to_string()))?;
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        root.join(path)
+    };
+    let real = joined.canonicalize().map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => SendPathError::NotFound,
+        _ => SendPathError::Unreadable(e.to_string()),
+    })?;
+    if !real.starts_with(&root) {
+        return Err(SendPathError::Outside);
+    }
+    let meta = fs::metadata(&real).map_err(|e| SendPathError::Unreadable(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(SendPathError::NotAFile);
+    }
+    Ok(real)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendPathError {
+    #[error("the send root is not usable: {0}")]
+    Root(String),
+    #[error("no such file")]
+    NotFound,
+    #[error("the path is outside the directory this worker sends from")]
+    Outside,
+    #[error("not a regular file")]
+    NotAFile,
+    #[error("cannot read it: {0}")]
+    Unreadable(String),
+}
+
+/// The name a file is sent under: its last component.
+pub fn file_name(path: &Path) -> Option<String> {
+    path.file_name()?.to_str().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_paths_stay_inside_the_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("out");
+        fs::create_dir_all(root.join("sub")).expect("mkdir");
+        fs::write(root.join("a.bin"), b"x").expect("write");
+        fs::write(dir.path().join("secret"), b"x").expect("write");
+        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("link")).expect("link");
+        assert!(resolve_send_path(&root, Path::new("a.bin")).is_ok());
+        assert!(resolve_send_path(&root, &root.join("a.bin")).is_ok());
+        for (p, want) in [
+            ("../secret", "outside"),
+            ("link", "outside"),
+            ("sub", "not a file"),
+            ("nope", "missing"),
+        ] {
+            let got = resolve_send_path(&root, Path::new(p));
+            let ok = matches!(
+                (&got, want),
+                (Err(SendPathError::Outside), "outside")
+                    | (Err(SendPathError::NotAFile), "not a file")
+                    | (Err(SendPathError::NotFound), "missing")
+            );
+            assert!(ok, "{p}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn hashing_matches_chunk_by_chunk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..(3 << 20) + 7).map(|i| (i % 251) as u8).collect();
+        fs::write(&p, &data).expect("write");
+        let (size, whole, chunks) = hash_file(&p, 1 << 20).expect("hash");
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(whole, Digest::of(&data));
+        assert_eq!(chunks.len(), 4);
+        assert_eq!(chunks[3], Digest::of(&data[3 << 20..]));
+    }
+}

@@ -1,0 +1,1290 @@
+//! File transfers between peers over each link's `file` channel (proto/FILES.md): the driver
+//! around the sans-IO [`proto`] state and the blocking [`disk`] helpers.
+//!
+//! Sending: `POST /transfers` resolves the path inside the send root, a task hashes the file into
+//! a signed manifest, waits for a link to the receiver (asking the rejoin loop for one), offers
+//! the manifest and streams the chunks the receiver lacks, at most `window` chunks
+//! unacknowledged, each piece waiting on the channel's send buffer (the back-pressure). A dropped
+//! link pauses it; the next link resumes it from the receiver's list of verified chunks.
+//!
+//! Receiving: one file session per link reads the `file` channel's queue. An offer is checked
+//! (manifest, sender, signature, size, free space) before anything touches the disk; a refusal
+//! leaves nothing behind. Chunks are checked against their digests, written into
+//! `.partial/<id>.part`, checkpointed, then acknowledged; the whole file is checked before it is
+//! moved to `received/<from>/<name>`.
+//!
+//! Both sides keep their state on disk, so either may restart and the transfer resumes.
+
+pub mod disk;
+pub mod proto;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mesh_types::signing::{Signed, verify_signature};
+use mesh_types::transfer::{
+    Control, Frame, Manifest, PIECE_HEADER, PIECE_SIZE, Piece, RefuseCode, TransferId,
+    TransferRecord, TransferState, chunk_size_for,
+};
+use mesh_types::{PeerId, UnixMillis};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::lock;
+use crate::transport::{Channel, Connection};
+use crate::worker::Worker;
+use disk::{Checkpoint, ChunkRead, Layout, SendPathError, WholeCheck};
+use proto::{Incoming, Outgoing, PieceAction, RateMeter, SenderEvent};
+
+/// Free space a receiver keeps beyond the file it accepts.
+const DISK_RESERVE: u64 = 64 << 20;
+/// An offer with no answer is sent again after this (the receiver could not check it yet).
+const OFFER_RETRY: Duration = Duration::from_secs(10);
+/// Progress reaches the store and the views at most this often.
+const PROGRESS_EVERY_MS: u64 = 1000;
+
+/// How transfers behave.
+#[derive(Debug, Clone)]
+pub struct FilesConfig {
+    /// Where received files, partial files and transfer state live.
+    pub dir: PathBuf,
+    /// Sends may read files inside this directory only.
+    pub send_root: PathBuf,
+    /// Largest file this worker accepts.
+    pub max_bytes: u64,
+    /// Peers this worker takes files from; `None`: any registered peer.
+    pub accept_from: Option<HashSet<PeerId>>,
+    /// Chunks a sender may have unacknowledged.
+    pub window: usize,
+    /// Testing aid: flip one byte of this chunk the first time it is sent, to exercise the
+    /// receiver's check and the repair (`MESH_FAULT_FLIP_CHUNK`).
+    pub flip_chunk: Option<u32>,
+}
+
+impl FilesConfig {
+    pub fn new(dir: PathBuf) -> Self {
+        FilesConfig {
+            send_root: dir.join("outbox"),
+            dir,
+            max_bytes: 4 << 30,
+            accept_from: None,
+            window: 8,
+            flip_chunk: None,
+        }
+    }
+}
+
+/// Why a send request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{path}: {source}")]
+    Path { path: String, source: SendPathError },
+    #[error("{0} bytes is more than a transfer can carry")]
+    TooLarge(u64),
+    #[error("a peer cannot send a file to itself")]
+    ToSelf,
+    #[error("peer {0} is not registered")]
+    UnknownPeer(PeerId),
+    #[error("no transfer {0}")]
+    NotFound(TransferId),
+    #[error("transfer {0} has ended")]
+    Ended(TransferId),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Which way a transfer goes, from this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Out,
+    In,
+}
+
+/// A transfer as `GET /transfers` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferView {
+    pub direction: Direction,
+    #[serde(flatten)]
+    pub record: TransferRecord,
+    /// Received: where the file is once complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// The sender's state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OutgoingFile {
+    path: PathBuf,
+    /// `None` while the file is being hashed.
+    manifest: Option<Manifest>,
+    record: TransferRecord,
+}
+
+/// The link a transfer can use now.
+#[derive(Clone)]
+struct Session {
+    generation: u64,
+    conn: Arc<Connection>,
+    /// Changes (or errors) when the link ends.
+    closed: watch::Receiver<()>,
+}
+
+/// What a sending task listens to.
+struct OutSlot {
+    to: PeerId,
+    ctrl: mpsc::Sender<Control>,
+    cancel: watch::Sender<bool>,
+}
+
+/// A transfer being received.
+struct InEntry {
+    machine: Incoming,
+    manifest: Arc<Manifest>,
+    file: Option<Arc<File>>,
+    started_at: UnixMillis,
+    done_path: Option<PathBuf>,
+    resumes: u64,
+    repaired: u64,
+    rate: RateMeter,
+}
+
+/// The worker's transfers.
+pub struct Files {
+    config: FilesConfig,
+    layout: Layout,
+    outgoing: Mutex<HashMap<TransferId, OutSlot>>,
+    incoming: Mutex<HashMap<TransferId, Arc<tokio::sync::Mutex<InEntry>>>>,
+    views: Mutex<HashMap<TransferId, TransferView>>,
+    sessions: Mutex<HashMap<PeerId, Session>>,
+    sessions_changed: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Files {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Files")
+            .field("dir", &self.config.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Files {
+    pub fn new(config: FilesConfig) -> Self {
+        Files {
+            layout: Layout {
+                root: config.dir.clone(),
+            },
+            config,
+            outgoing: Mutex::default(),
+            incoming: Mutex::default(),
+            views: Mutex::default(),
+            sessions: Mutex::default(),
+            sessions_changed: watch::Sender::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &FilesConfig {
+        &self.config
+    }
+
+    fn view(&self, id: TransferId, update: impl FnOnce(&mut TransferView)) {
+        if let Some(v) = lock(&self.views).get_mut(&id) {
+            update(v);
+        }
+    }
+}
+
+fn piece_buffer(id: TransferId, chunk: u32, offset: u32, data: &[u8]) -> BytesMut {
+    let mut v = Vec::new();
+    Piece {
+        id,
+        chunk,
+        offset,
+        data,
+    }
+    .encode_into(&mut v);
+    BytesMut::from(&v[..])
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+impl Worker {
+    /// Creates the directories and picks up the transfers a previous run left: partial files are
+    /// offered again by their senders; unfinished sends start again.
+    pub async fn restore_transfers(self: &Arc<Self>) -> std::io::Result<()> {
+        let layout = self.files.layout.clone();
+        let (checkpoints, outgoing) = blocking(move || {
+            layout.create()?;
+            let mut cps = Vec::new();
+            let partial = disk::json_files(&layout.partial_dir())?;
+            for p in partial
+                .into_iter()
+                .chain(disk::json_files(&layout.done_dir())?)
+            {
+                match disk::read_json::<Checkpoint>(&p) {
+                    Ok(cp) => cps.push(cp),
+                    Err(e) => tracing::warn!(path = %p.display(), "checkpoint not read: {e}"),
+                }
+            }
+            let mut outs = Vec::new();
+            for p in disk::json_files(&layout.outgoing_dir())? {
+                match disk::read_json::<OutgoingFile>(&p) {
+                    Ok(o) => outs.push(o),
+                    Err(e) => tracing::warn!(path = %p.display(), "transfer state not read: {e}"),
+                }
+            }
+            Ok((cps, outs))
+        })
+        .await?;
+        for cp in checkpoints {
+            let id = cp.manifest.id;
+            let file = if cp.done_path.is_none() {
+                let part = self.files.layout.part(id);
+                match blocking(move || File::options().write(true).open(part)).await {
+                    Ok(f) => Some(Arc::new(f)),
+                    Err(e) => {
+                        tracing::warn!(%id, "partial file gone ({e}); starting it over");
+                        disk::remove_partial(&self.files.layout, id);
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let entry = InEntry {
+                machine: Incoming::new(cp.manifest.clone(), &cp.have),
+                manifest: Arc::new(cp.manifest),
+                file,
+                started_at: cp.started_at,
+                done_path: cp.done_path,
+                resumes: 0,
+                repaired: 0,
+                rate: RateMeter::new(5_000),
+            };
+            let view = self.in_view(&entry);
+            lock(&self.files.views).insert(id, view);
+            lock(&self.files.incoming).insert(id, Arc::new(tokio::sync::Mutex::new(entry)));
+        }
+        for out in outgoing {
+            if out.record.state.is_final() {
+                lock(&self.files.views).insert(
+                    out.record.id,
+                    TransferView {
+                        direction: Direction::Out,
+                        record: out.record,
+                        path: None,
+                    },
+                );
+                continue;
+            }
+            tracing::info!(id = %out.record.id, to = %out.record.to, "resuming a send after a restart");
+            self.spawn_send(out.path, out.manifest, out.record);
+        }
+        Ok(())
+    }
+
+    /// `POST /transfers`: starts sending `path` (inside the send root) to `to`.
+    pub async fn start_transfer(
+        self: &Arc<Self>,
+        to: PeerId,
+        path: &Path,
+    ) -> Result<TransferView, FileError> {
+        if &to == self.id() {
+            return Err(FileError::ToSelf);
+        }
+        match self.store().get_peer(&to).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == mesh_store::ErrorKind::NotFound => {
+                return Err(FileError::UnknownPeer(to));
+            }
+            Err(e) => return Err(FileError::Io(format!("the peer registry: {e}"))),
+        }
+        let root = self.files.config.send_root.clone();
+        let asked = path.to_path_buf();
+        let resolved = blocking(move || {
+            Ok(disk::resolve_send_path(&root, &asked).and_then(|p| {
+                let len = std::fs::metadata(&p)
+                    .map_err(|e| SendPathError::Unreadable(e.to_string()))?
+                    .len();
+                Ok((p, len))
+            }))
+        })
+        .await
+        .map_err(|e| FileError::Io(e.to_string()))?;
+        let (real, size) = resolved.map_err(|source| FileError::Path {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if chunk_size_for(size).is_none() {
+            return Err(FileError::TooLarge(size));
+        }
+        let name = disk::file_name(&real).ok_or_else(|| FileError::Path {
+            path: path.display().to_string(),
+            source: SendPathError::Unreadable("the file name is not UTF-8".into()),
+        })?;
+        mesh_types::transfer::check_name(&name).map_err(|e| FileError::Path {
+            path: path.display().to_string(),
+            source: SendPathError::Unreadable(e.to_string()),
+        })?;
+        let now = self.now_ms();
+        let id = TransferId::random(&mut rand::rng());
+        let record = TransferRecord {
+            id,
+            from: self.id().clone(),
+            to,
+            name,
+            size,
+            state: TransferState::Preparing,
+            bytes: 0,
+            rate_bps: 0,
+            eta_ms: None,
+            sent_bytes: 0,
+            repaired_chunks: 0,
+            resumes: 0,
+            error_code: None,
+            error: None,
+            started_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        let view = TransferView {
+            direction: Direction::Out,
+            record: record.clone(),
+            path: None,
+        };
+        self.spawn_send(real, None, record);
+        Ok(view)
+    }
+
+    /// `GET /transfers`: newest first.
+    pub fn transfers(&self) -> Vec<TransferView> {
+        let mut all: Vec<TransferView> = lock(&self.files.views).values().cloned().collect();
+        all.sort_by(|a, b| b.record.started_at.cmp(&a.record.started_at));
+        all
+    }
+
+    pub fn transfer(&self, id: TransferId) -> Option<TransferView> {
+        lock(&self.files.views).get(&id).cloned()
+    }
+
+    /// `DELETE /transfers/{id}`: a send stops and tells the receiver; a receive tells the sender
+    /// and removes its partial file.
+    pub async fn cancel_transfer(self: &Arc<Self>, id: TransferId) -> Result<(), FileError> {
+        if let Some(slot) = lock(&self.files.outgoing).get(&id) {
+            slot.cancel.send_replace(true);
+            return Ok(());
+        }
+        let entry = lock(&self.files.incoming).get(&id).cloned();
+        let Some(entry) = entry else {
+            return match self.transfer(id) {
+                Some(_) => Err(FileError::Ended(id)),
+                None => Err(FileError::NotFound(id)),
+            };
+        };
+        let e = entry.lock().await;
+        if e.done_path.is_some() {
+            return Err(FileError::Ended(id));
+        }
+        let from = e.manifest.from.clone();
+        if let Some(s) = self.session(&from) {
+            let msg = Control::Cancel {
+                id,
+                code: RefuseCode::Cancelled,
+                message: "cancelled by the receiver's operator".into(),
+            };
+            let _ = s.conn.send(Channel::File, &msg.encode(), false).await;
+        }
+        self.drop_incoming(
+            id,
+            TransferState::Cancelled,
+            RefuseCode::Cancelled,
+            "cancelled here",
+        );
+        Ok(())
+    }
+
+    fn session(&self, peer: &PeerId) -> Option<Session> {
+        lock(&self.files.sessions).get(peer).cloned()
+    }
+
+    fn spawn_send(
+        self: &Arc<Self>,
+        path: PathBuf,
+        manifest: Option<Manifest>,
+        record: TransferRecord,
+    ) {
+        let (ctrl_tx, ctrl_rx) = mpsc::channel(1024);
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let id = record.id;
+        lock(&self.files.outgoing).insert(
+            id,
+            OutSlot {
+                to: record.to.clone(),
+                ctrl: ctrl_tx,
+                cancel: cancel_tx,
+            },
+        );
+        lock(&self.files.views).insert(
+            id,
+            TransferView {
+                direction: Direction::Out,
+                record: record.clone(),
+                path: None,
+            },
+        );
+        let worker = self.clone();
+        tokio::spawn(async move {
+            let mut sender = Sender {
+                worker: worker.clone(),
+                path,
+                record,
+                ctrl: ctrl_rx,
+                cancel: cancel_rx,
+                rate: RateMeter::new(5_000),
+                last_progress: 0,
+                flipped: false,
+            };
+            sender.run(manifest).await;
+            lock(&worker.files.outgoing).remove(&id);
+        });
+    }
+
+    // ---- receiving ----
+
+    /// Runs the file session of one link: spawned by the link's driver when the link is up with
+    /// its `file` channel open; ends when the driver drops `closed`'s sender.
+    pub(crate) fn start_file_session(
+        self: &Arc<Self>,
+        peer: PeerId,
+        generation: u64,
+        conn: Arc<Connection>,
+        closed: watch::Receiver<()>,
+    ) {
+        let Some(mut queue) = conn.take_file_queue() else {
+            return;
+        };
+        lock(&self.files.sessions).insert(
+            peer.clone(),
+            Session {
+                generation,
+                conn: conn.clone(),
+                closed: closed.clone(),
+            },
+        );
+        self.files.sessions_changed.send_modify(|n| *n += 1);
+        let worker = self.clone();
+        tokio::spawn(async move {
+            let mut closed = closed;
+            loop {
+                tokio::select! {
+                    biased;
+                    m = queue.recv() => match m {
+                        Some(m) => worker.on_file_message(&peer, &conn, m).await,
+                        None => break,
+                    },
+                    r = closed.changed() => if r.is_err() { break },
+                }
+            }
+            {
+                let mut sessions = lock(&worker.files.sessions);
+                if sessions
+                    .get(&peer)
+                    .is_some_and(|s| s.generation == generation)
+                {
+                    sessions.remove(&peer);
+                }
+            }
+            worker.files.sessions_changed.send_modify(|n| *n += 1);
+        });
+    }
+
+    async fn on_file_message(self: &Arc<Self>, peer: &PeerId, conn: &Connection, m: Bytes) {
+        let frame = match Frame::decode(&m) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(%peer, "file channel: {e}; message ignored");
+                return;
+            }
+        };
+        match frame {
+            Frame::Piece(p) => {
+                let (id, chunk, offset) = (p.id, p.chunk, p.offset);
+                self.on_piece(peer, conn, id, chunk, offset, m.slice(PIECE_HEADER..))
+                    .await;
+            }
+            Frame::Control(Control::Offer { manifest }) => {
+                self.on_offer(peer, conn, *manifest).await
+            }
+            Frame::Control(c) => {
+                let id = match &c {
+                    Control::Accept { id, .. }
+                    | Control::Refuse { id, .. }
+                    | Control::Ack { id, .. }
+                    | Control::Nack { id, .. }
+                    | Control::Done { id }
+                    | Control::Cancel { id, .. } => *id,
+                    Control::Offer { .. } => return,
+                };
+                let to_sender = lock(&self.files.outgoing)
+                    .get(&id)
+                    .filter(|s| &s.to == peer)
+                    .map(|s| s.ctrl.clone());
+                if let Some(tx) = to_sender {
+                    // Bounded by the window: a sender has few messages due at once.
+                    let _ = tx.send(c).await;
+                } else if let Control::Cancel { message, .. } = &c {
+                    let ours = lock(&self.files.incoming).get(&id).cloned();
+                    if let Some(entry) = ours
+                        && entry.lock().await.manifest.from == *peer
+                    {
+                        tracing::info!(%id, %peer, "the sender cancelled: {message}");
+                        self.drop_incoming(
+                            id,
+                            TransferState::Cancelled,
+                            RefuseCode::Cancelled,
+                            message,
+                        );
+                    }
+                } else {
+                    tracing::debug!(%id, %peer, "file control message for no transfer of ours");
+                }
+            }
+        }
+    }
+
+    async fn reply(&self, conn: &Connection, msg: &Control) {
+        if let Err(e) = conn.send(Channel::File, &msg.encode(), false).await {
+            tracing::debug!("file channel reply not sent: {e}");
+        }
+    }
+
+    async fn on_offer(self: &Arc<Self>, peer: &PeerId, conn: &Connection, manifest: Manifest) {
+        let id = manifest.id;
+        let refuse = |code: RefuseCode, message: String| {
+            tracing::info!(%id, %peer, code = code.as_str(), "file refused: {message}");
+            Control::Refuse { id, code, message }
+        };
+        if let Err(e) = manifest.validate() {
+            return self
+                .reply(conn, &refuse(RefuseCode::InvalidManifest, e.to_string()))
+                .await;
+        }
+        if &manifest.to != self.id() || &manifest.from != peer {
+            let msg = format!(
+                "a manifest from {} to {} arrived from {peer} at {}",
+                manifest.from,
+                manifest.to,
+                self.id()
+            );
+            return self
+                .reply(conn, &refuse(RefuseCode::InvalidManifest, msg))
+                .await;
+        }
+        let existing = lock(&self.files.incoming).get(&id).cloned();
+        if let Some(entry) = existing {
+            let mut e = entry.lock().await;
+            if *e.manifest != manifest {
+                return self
+                    .reply(
+                        conn,
+                        &refuse(RefuseCode::Conflict, "another manifest has this id".into()),
+                    )
+                    .await;
+            }
+            if e.done_path.is_some() {
+                return self.reply(conn, &Control::Done { id }).await;
+            }
+            e.machine.restart();
+            e.resumes += 1;
+            let have = e.machine.have();
+            tracing::info!(%id, %peer, verified = have.len(), "resuming a file transfer");
+            let view = self.in_view(&e);
+            self.files.view(id, |v| *v = view);
+            drop(e);
+            return self.reply(conn, &Control::Accept { id, have }).await;
+        }
+        if let Some(allowed) = &self.files.config.accept_from
+            && !allowed.contains(peer)
+        {
+            let msg = format!("{peer} is not among the peers this worker takes files from");
+            return self
+                .reply(conn, &refuse(RefuseCode::UnknownSender, msg))
+                .await;
+        }
+        let key = match self.store().get_peer(peer).await {
+            Ok(p) => p.pub_key,
+            Err(e) if e.kind() == mesh_store::ErrorKind::NotFound => {
+                let msg = format!("{peer} is not registered");
+                return self
+                    .reply(conn, &refuse(RefuseCode::UnknownSender, msg))
+                    .await;
+            }
+            Err(e) => {
+                // Not refused: the store may be back when the sender offers again.
+                tracing::warn!(%id, %peer, "file offer not checked (peer registry: {e}); waiting for the next offer");
+                return;
+            }
+        };
+        if let Err(e) = verify_signature(&manifest, &key) {
+            return self
+                .reply(conn, &refuse(RefuseCode::BadSignature, e.to_string()))
+                .await;
+        }
+        if manifest.size > self.files.config.max_bytes {
+            let msg = format!(
+                "{} bytes; this worker takes files of up to {}",
+                manifest.size, self.files.config.max_bytes
+            );
+            return self.reply(conn, &refuse(RefuseCode::TooLarge, msg)).await;
+        }
+        let layout = self.files.layout.clone();
+        let size = manifest.size;
+        let cp = Checkpoint {
+            manifest: manifest.clone(),
+            have: Vec::new(),
+            done_path: None,
+            started_at: self.now_ms(),
+        };
+        let created = blocking(move || {
+            layout.create()?;
+            let free = disk::free_space(&layout.partial_dir())?;
+            if free < size.saturating_add(DISK_RESERVE) {
+                return Ok(Err(free));
+            }
+            let f = File::options()
+                .write(true)
+                .create_new(true)
+                .open(layout.part(cp.manifest.id))?;
+            let made = f
+                .set_len(size)
+                .and_then(|()| disk::write_json(&layout.checkpoint(cp.manifest.id), &cp));
+            if let Err(e) = made {
+                disk::remove_partial(&layout, cp.manifest.id);
+                return Err(e);
+            }
+            Ok(Ok(f))
+        })
+        .await;
+        let file = match created {
+            Ok(Ok(f)) => f,
+            Ok(Err(free)) => {
+                let msg = format!("{size} bytes do not fit: {free} bytes free");
+                return self.reply(conn, &refuse(RefuseCode::NoSpace, msg)).await;
+            }
+            Err(e) => {
+                return self
+                    .reply(conn, &refuse(RefuseCode::StorageError, e.to_string()))
+                    .await;
+            }
+        };
+        tracing::info!(%id, %peer, name = %manifest.name, size, "receiving a file");
+        let entry = InEntry {
+            machine: Incoming::new(manifest.clone(), &[]),
+            manifest: Arc::new(manifest),
+            file: Some(Arc::new(file)),
+            started_at: self.now_ms(),
+            done_path: None,
+            resumes: 0,
+            repaired: 0,
+            rate: RateMeter::new(5_000),
+        };
+        lock(&self.files.views).insert(id, self.in_view(&entry));
+        let complete = entry.machine.complete();
+        let entry = Arc::new(tokio::sync::Mutex::new(entry));
+        lock(&self.files.incoming).insert(id, entry.clone());
+        self.reply(
+            conn,
+            &Control::Accept {
+                id,
+                have: Vec::new(),
+            },
+        )
+        .await;
+        if complete {
+            // An empty file: nothing will arrive; finish at once.
+            let mut e = entry.lock().await;
+            self.finish(conn, &mut e).await;
+        }
+    }
+
+    async fn on_piece(
+        self: &Arc<Self>,
+        peer: &PeerId,
+        conn: &Connection,
+        id: TransferId,
+        chunk: u32,
+        offset: u32,
+        data: Bytes,
+    ) {
+        let Some(entry) = lock(&self.files.incoming).get(&id).cloned() else {
+            tracing::debug!(%id, %peer, "a piece of no transfer of ours");
+            return;
+        };
+        let mut e = entry.lock().await;
+        if e.manifest.from != *peer || e.done_path.is_some() {
+            return;
+        }
+        match e.machine.on_piece(chunk, offset, data) {
+            PieceAction::Buffered | PieceAction::Duplicate => {}
+            PieceAction::Resend(c) => {
+                tracing::warn!(%id, chunk = c, "piece out of order; asking for the chunk again");
+                e.repaired += 1;
+                self.reply(conn, &Control::Nack { id, chunk: c }).await;
+            }
+            PieceAction::ChunkReady { chunk, pieces } => {
+                let Some(file) = e.file.clone() else { return };
+                let manifest = e.manifest.clone();
+                let written =
+                    blocking(move || disk::check_and_write(&file, &manifest, chunk, &pieces)).await;
+                let good = match written {
+                    Ok(good) => good,
+                    Err(err) => {
+                        drop(e);
+                        return self.storage_failed(conn, id, &err).await;
+                    }
+                };
+                if !good {
+                    tracing::warn!(%id, chunk, "chunk failed its digest; asking for it again");
+                    e.repaired += 1;
+                }
+                let msg = e.machine.checked(chunk, good);
+                if good && let Err(err) = self.checkpoint(&e).await {
+                    drop(e);
+                    return self.storage_failed(conn, id, &err).await;
+                }
+                let (now, bytes) = (self.now_ms(), e.machine.bytes_verified());
+                e.rate.record(now, bytes);
+                let view = self.in_view(&e);
+                self.files.view(id, |v| *v = view);
+                self.reply(conn, &msg).await;
+                if e.machine.complete() {
+                    self.finish(conn, &mut e).await;
+                }
+            }
+        }
+    }
+
+    async fn checkpoint(&self, e: &InEntry) -> std::io::Result<()> {
+        let cp = Checkpoint {
+            manifest: (*e.manifest).clone(),
+            have: e.machine.have(),
+            done_path: e.done_path.clone(),
+            started_at: e.started_at,
+        };
+        let layout = self.files.layout.clone();
+        blocking(move || match &cp.done_path {
+            None => disk::write_json(&layout.checkpoint(cp.manifest.id), &cp),
+            Some(_) => {
+                disk::write_json(&layout.done(cp.manifest.id), &cp)?;
+                std::fs::remove_file(layout.checkpoint(cp.manifest.id))
+            }
+        })
+        .await
+    }
+
+    async fn storage_failed(
+        self: &Arc<Self>,
+        conn: &Connection,
+        id: TransferId,
+        err: &std::io::Error,
+    ) {
+        tracing::error!(%id, "receiving a file failed: {err}");
+        let msg = Control::Cancel {
+            id,
+            code: RefuseCode::StorageError,
+            message: format!("the receiver could not write the file: {err}"),
+        };
+        self.reply(conn, &msg).await;
+        self.drop_incoming(
+            id,
+            TransferState::Failed,
+            RefuseCode::StorageError,
+            &err.to_string(),
+        );
+    }
+
+    /// Every chunk is verified: the whole-file check, then into place.
+    async fn finish(self: &Arc<Self>, conn: &Connection, e: &mut InEntry) {
+        let id = e.manifest.id;
+        let manifest = e.manifest.clone();
+        let layout = self.files.layout.clone();
+        let checked = blocking(move || {
+            let check = disk::check_whole(&layout.part(manifest.id), &manifest)?;
+            if check != WholeCheck::Good {
+                return Ok((check, None));
+            }
+            let path = disk::move_into_place(&layout, &manifest)?;
+            Ok((check, Some(path)))
+        })
+        .await;
+        match checked {
+            Ok((WholeCheck::Good, Some(path))) => {
+                tracing::info!(%id, path = %path.display(), "file received and verified");
+                e.done_path = Some(path);
+                e.file = None;
+                if let Err(err) = self.checkpoint(e).await {
+                    // The file is in place; only the record of it is missing.
+                    tracing::warn!(%id, "checkpoint of a finished file not written: {err}");
+                }
+                let view = self.in_view(e);
+                self.files.view(id, |v| *v = view);
+                self.reply(conn, &Control::Done { id }).await;
+            }
+            Ok((WholeCheck::BadChunks(bad), _)) => {
+                tracing::warn!(%id, chunks = ?bad, "whole-file check failed; asking for those chunks again");
+                e.repaired += bad.len() as u64;
+                for msg in e.machine.unverify(&bad) {
+                    self.reply(conn, &msg).await;
+                }
+                if let Err(err) = self.checkpoint(e).await {
+                    tracing::warn!(%id, "checkpoint not written: {err}");
+                }
+            }
+            Ok((WholeCheck::Inconsistent, _)) | Ok((WholeCheck::Good, None)) => {
+                let msg = Control::Cancel {
+                    id,
+                    code: RefuseCode::InvalidManifest,
+                    message: "every chunk matches but the whole file does not".into(),
+                };
+                self.reply(conn, &msg).await;
+                self.drop_incoming(
+                    id,
+                    TransferState::Failed,
+                    RefuseCode::InvalidManifest,
+                    "inconsistent manifest",
+                );
+            }
+            Err(err) => self.storage_failed(conn, id, &err).await,
+        }
+    }
+
+    /// Forgets a transfer being received and removes its files.
+    fn drop_incoming(&self, id: TransferId, state: TransferState, code: RefuseCode, why: &str) {
+        lock(&self.files.incoming).remove(&id);
+        disk::remove_partial(&self.files.layout, id);
+        let now = self.now_ms();
+        self.files.view(id, |v| {
+            v.record.state = state;
+            v.record.error_code = Some(code.as_str().into());
+            v.record.error = Some(why.into());
+            v.record.updated_at = now;
+            v.record.rate_bps = 0;
+            v.record.eta_ms = None;
+        });
+    }
+
+    fn in_view(&self, e: &InEntry) -> TransferView {
+        let m = &e.manifest;
+        let bytes = e.machine.bytes_verified();
+        let state = if e.done_path.is_some() {
+            TransferState::Complete
+        } else if bytes == 0 && e.resumes == 0 {
+            TransferState::Offered
+        } else {
+            TransferState::Sending
+        };
+        TransferView {
+            direction: Direction::In,
+            record: TransferRecord {
+                id: m.id,
+                from: m.from.clone(),
+                to: m.to.clone(),
+                name: m.name.clone(),
+                size: m.size,
+                state,
+                bytes,
+                rate_bps: if state.is_final() {
+                    0
+                } else {
+                    e.rate.rate_bps()
+                },
+                eta_ms: if state.is_final() {
+                    None
+                } else {
+                    e.rate.eta_ms(m.size - bytes)
+                },
+                sent_bytes: 0,
+                repaired_chunks: e.repaired,
+                resumes: e.resumes,
+                error_code: None,
+                error: None,
+                started_at: e.started_at,
+                updated_at: self.now_ms(),
+                version: 0,
+            },
+            path: e.done_path.as_ref().map(|p| p.display().to_string()),
+        }
+    }
+}
+
+/// One send, from hashing the file to the receiver's `done`.
+struct Sender {
+    worker: Arc<Worker>,
+    path: PathBuf,
+    record: TransferRecord,
+    ctrl: mpsc::Receiver<Control>,
+    cancel: watch::Receiver<bool>,
+    rate: RateMeter,
+    last_progress: UnixMillis,
+    flipped: bool,
+}
+
+/// How a session with the receiver ended.
+enum SessionEnd {
+    LinkLost,
+    Final,
+}
+
+impl Sender {
+    async fn run(&mut self, manifest: Option<Manifest>) {
+        let window = self.worker.files.config.window;
+        let mut machine = match manifest {
+            // A previous run of this worker offered it already.
+            Some(m) => {
+                self.record.sent_bytes = 0;
+                Outgoing::new(m, window).restored(self.record.resumes, self.record.repaired_chunks)
+            }
+            None => match self.prepare().await {
+                Some(m) => Outgoing::new(m, window),
+                None => return,
+            },
+        };
+        let file = {
+            let path = self.path.clone();
+            match blocking(move || File::open(path)).await {
+                Ok(f) => Arc::new(f),
+                Err(e) => {
+                    return self
+                        .fail(
+                            &mut machine,
+                            RefuseCode::SourceChanged,
+                            &format!("the file cannot be opened: {e}"),
+                        )
+                        .await;
+                }
+            }
+        };
+        self.record.state = TransferState::Waiting;
+        self.save(&machine, true).await;
+        loop {
+            let Some(session) = self.wait_session().await else {
+                machine.end(TransferState::Cancelled);
+                self.record.error_code = Some(RefuseCode::Cancelled.as_str().into());
+                self.record.error = Some("cancelled by the sender's operator".into());
+                self.save(&machine, true).await;
+                return;
+            };
+            match self.over(&session, &mut machine, &file).await {
+                SessionEnd::Final => {
+                    self.save(&machine, true).await;
+                    return;
+                }
+                SessionEnd::LinkLost => {
+                    machine.link_lost();
+                    tracing::info!(id = %self.record.id, to = %self.record.to, "link lost; the transfer waits for it");
+                    self.save(&machine, true).await;
+                }
+            }
+        }
+    }
+
+    /// Hashes the file and signs the manifest.
+    async fn prepare(&mut self) -> Option<Manifest> {
+        let size = self.record.size;
+        let Some(chunk_size) = chunk_size_for(size) else {
+            let mut m = Outgoing::new(self.placeholder(), 1);
+            self.fail(&mut m, RefuseCode::TooLarge, "too large to send")
+                .await;
+            return None;
+        };
+        let path = self.path.clone();
+        let hashed = blocking(move || disk::hash_file(&path, chunk_size)).await;
+        let (size, sha256, chunks) = match hashed {
+            Ok(h) => h,
+            Err(e) => {
+                let mut m = Outgoing::new(self.placeholder(), 1);
+                self.fail(
+                    &mut m,
+                    RefuseCode::SourceChanged,
+                    &format!("reading the file: {e}"),
+                )
+                .await;
+                return None;
+            }
+        };
+        self.record.size = size;
+        let mut manifest = Manifest {
+            id: self.record.id,
+            from: self.record.from.clone(),
+            to: self.record.to.clone(),
+            name: self.record.name.clone(),
+            size,
+            chunk_size,
+            sha256,
+            chunks,
+            ts: self.worker.now_ms(),
+            sig: String::new(),
+            kid: None,
+        };
+        if let Err(e) = manifest.sign(self.worker.identity()) {
+            let mut m = Outgoing::new(self.placeholder(), 1);
+            self.fail(
+                &mut m,
+                RefuseCode::InvalidManifest,
+                &format!("signing: {e}"),
+            )
+            .await;
+            return None;
+        }
+        Some(manifest)
+    }
+
+    /// A manifest-less stand-in for recording a failure before the manifest exists.
+    fn placeholder(&self) -> Manifest {
+        Manifest {
+            id: self.record.id,
+            from: self.record.from.clone(),
+            to: self.record.to.clone(),
+            name: self.record.name.clone(),
+            size: 0,
+            chunk_size: mesh_types::transfer::MIN_CHUNK_SIZE,
+            sha256: mesh_types::transfer::Digest([0; 32]),
+            chunks: Vec::new(),
+            ts: 0,
+            sig: String::new(),
+            kid: None,
+        }
+    }
+
+    async fn fail(&mut self, machine: &mut Outgoing, code: RefuseCode, why: &str) {
+        tracing::warn!(id = %self.record.id, code = code.as_str(), "file transfer failed: {why}");
+        machine.end(TransferState::Failed);
+        self.record.error_code = Some(code.as_str().into());
+        self.record.error = Some(why.into());
+        self.save(machine, true).await;
+    }
+
+    /// Waits for a link to the receiver, asking for one; `None` when cancelled.
+    async fn wait_session(&mut self) -> Option<Session> {
+        let files = &self.worker.files;
+        let mut changed = files.sessions_changed.subscribe();
+        loop {
+            if *self.cancel.borrow() {
+                return None;
+            }
+            if let Some(s) = self.worker.session(&self.record.to) {
+                return Some(s);
+            }
+            if !self.worker.has_link(&self.record.to) {
+                self.worker.rejoin(self.record.to.clone(), "file transfer");
+            }
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = self.cancel.changed() => {}
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    }
+
+    /// Carries the transfer over one link until it ends or the link does.
+    async fn over(&mut self, s: &Session, machine: &mut Outgoing, file: &Arc<File>) -> SessionEnd {
+        let mut closed = s.closed.clone();
+        let Some(offer) = machine.link_up() else {
+            return SessionEnd::Final;
+        };
+        let offer = offer.encode();
+        if s.conn.send(Channel::File, &offer, false).await.is_err() {
+            return SessionEnd::LinkLost;
+        }
+        self.save(machine, true).await;
+        let mut retry = tokio::time::interval(OFFER_RETRY);
+        retry.tick().await;
+        loop {
+            while let Ok(c) = self.ctrl.try_recv() {
+                self.on_control(machine, &c).await;
+            }
+            if machine.state().is_final() {
+                return SessionEnd::Final;
+            }
+            if *self.cancel.borrow() {
+                let msg = Control::Cancel {
+                    id: self.record.id,
+                    code: RefuseCode::Cancelled,
+                    message: "cancelled by the sender's operator".into(),
+                };
+                let _ = s.conn.send(Channel::File, &msg.encode(), false).await;
+                machine.end(TransferState::Cancelled);
+                self.record.error_code = Some(RefuseCode::Cancelled.as_str().into());
+                self.record.error = Some("cancelled by the sender's operator".into());
+                return SessionEnd::Final;
+            }
+            if let Some(chunk) = machine.next_chunk() {
+                let f = file.clone();
+                let m = Arc::new(machine.manifest().clone());
+                let read = blocking(move || disk::read_chunk(&f, &m, chunk)).await;
+                let data = match read {
+                    Ok(ChunkRead::Good(d)) => d,
+                    Ok(ChunkRead::Changed) => {
+                        self.cancel_on(
+                            s,
+                            RefuseCode::SourceChanged,
+                            "the file changed while it was being sent",
+                        )
+                        .await;
+                        self.fail(
+                            machine,
+                            RefuseCode::SourceChanged,
+                            "the file changed while it was being sent",
+                        )
+                        .await;
+                        return SessionEnd::Final;
+                    }
+                    Err(e) => {
+                        let why = format!("reading the file: {e}");
+                        self.cancel_on(s, RefuseCode::SourceChanged, &why).await;
+                        self.fail(machine, RefuseCode::SourceChanged, &why).await;
+                        return SessionEnd::Final;
+                    }
+                };
+                if !self.send_chunk(s, &mut closed, chunk, data).await {
+                    return SessionEnd::LinkLost;
+                }
+                continue;
+            }
+            tokio::select! {
+                c = self.ctrl.recv() => match c {
+                    Some(c) => self.on_control(machine, &c).await,
+                    None => return SessionEnd::Final,
+                },
+                r = closed.changed() => if r.is_err() { return SessionEnd::LinkLost },
+                _ = self.cancel.changed() => {}
+                _ = retry.tick(), if machine.state() == TransferState::Offered => {
+                    if s.conn.send(Channel::File, &offer, false).await.is_err() {
+                        return SessionEnd::LinkLost;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn cancel_on(&self, s: &Session, code: RefuseCode, why: &str) {
+        let msg = Control::Cancel {
+            id: self.record.id,
+            code,
+            message: why.into(),
+        };
+        let _ = s.conn.send(Channel::File, &msg.encode(), false).await;
+    }
+
+    /// Sends one chunk as pieces; false when the link ended under it.
+    async fn send_chunk(
+        &mut self,
+        s: &Session,
+        closed: &mut watch::Receiver<()>,
+        chunk: u32,
+        mut data: Vec<u8>,
+    ) -> bool {
+        if self.worker.files.config.flip_chunk == Some(chunk) && !self.flipped && !data.is_empty() {
+            self.flipped = true;
+            data[0] ^= 0xff;
+            tracing::warn!(id = %self.record.id, chunk, "fault injection: one byte of this chunk flipped");
+        }
+        let id = self.record.id;
+        let mut offset = 0usize;
+        // An empty chunk does not exist (an empty file has none), so every chunk sends a piece.
+        while offset < data.len() {
+            let end = (offset + PIECE_SIZE).min(data.len());
+            let buf = piece_buffer(id, chunk, offset as u32, &data[offset..end]);
+            tokio::select! {
+                r = s.conn.send_owned(Channel::File, buf) => if r.is_err() { return false },
+                r = closed.changed() => if r.is_err() { return false },
+            }
+            self.record.sent_bytes += (end - offset) as u64;
+            offset = end;
+        }
+        true
+    }
+
+    async fn on_control(&mut self, machine: &mut Outgoing, c: &Control) {
+        let event = machine.on_control(c);
+        match (&event, c) {
+            (SenderEvent::Ended, Control::Refuse { code, message, .. })
+            | (SenderEvent::Ended, Control::Cancel { code, message, .. }) => {
+                tracing::info!(id = %self.record.id, code = code.as_str(), "the receiver ended the transfer: {message}");
+                self.record.error_code = Some(code.as_str().into());
+                self.record.error = Some(message.clone());
+            }
+            (SenderEvent::Accepted { missing }, _) => {
+                tracing::info!(id = %self.record.id, to = %self.record.to, missing, "transfer accepted");
+            }
+            (SenderEvent::Repair(chunk), _) => {
+                tracing::warn!(id = %self.record.id, chunk, "the receiver asks for a chunk again");
+            }
+            (SenderEvent::Complete, _) => {
+                tracing::info!(id = %self.record.id, to = %self.record.to, "transfer complete");
+            }
+            _ => {}
+        }
+        let significant = !matches!(event, SenderEvent::Progress | SenderEvent::Ignored);
+        self.save(machine, significant).await;
+    }
+
+    /// Updates the record; writes it to the store (and, on a state change, the state file).
+    async fn save(&mut self, machine: &Outgoing, significant: bool) {
+        let now = self.worker.now_ms();
+        let state = machine.state();
+        let changed = state != self.record.state;
+        let bytes = machine.bytes_verified();
+        self.rate.record(now, bytes);
+        if !(significant || changed || now.saturating_sub(self.last_progress) >= PROGRESS_EVERY_MS)
+        {
+            return;
+        }
+        self.last_progress = now;
+        self.record.state = state;
+        self.record.bytes = bytes;
+        self.record.size = machine.manifest().size.max(self.record.size);
+        self.record.repaired_chunks = machine.repaired;
+        self.record.resumes = machine.resumes;
+        let live = state == TransferState::Sending;
+        self.record.rate_bps = if live { self.rate.rate_bps() } else { 0 };
+        self.record.eta_ms = if live {
+            self.rate.eta_ms(self.record.size.saturating_sub(bytes))
+        } else {
+            None
+        };
+        self.record.updated_at = now;
+        self.record.version += 1;
+        let id = self.record.id;
+        let record = self.record.clone();
+        self.worker.files.view(id, |v| v.record = record.clone());
+        self.worker
+            .spool
+            .push(crate::spool::Write::Transfer(Box::new(record.clone())));
+        if changed || significant {
+            let state_file = OutgoingFile {
+                path: self.path.clone(),
+                manifest: (machine.manifest().chunk_count() > 0 || machine.manifest().size == 0)
+                    .then(|| machine.manifest().clone())
+                    .filter(|m| !m.sig.is_empty()),
+                record,
+            };
+            let path = self.worker.files.layout.outgoing(id);
+            if let Err(e) = blocking(move || disk::write_json(&path, &state_file)).await {
+                tracing::warn!(%id, "transfer state not saved: {e}");
+            }
+        }
+    }
+}
