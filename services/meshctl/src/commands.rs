@@ -1,11 +1,12 @@
-//! The commands that speak to a proxy: `peers`, `links`, `connect`, `gossip` and
-//! `keygen --register`. Each prints a table, or with `--json` the proxy's answer as it is.
+//! The commands that speak to a proxy: `peers`, `links`, `connect`, `gossip`, `send`,
+//! `transfers` and `keygen --register`. Each prints a table, or with `--json` the proxy's answer as it is.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
 use mesh_types::signing::Signed as _;
+use mesh_types::transfer::{TransferRecord, TransferState};
 use mesh_types::{Endpoints, Link, PeerId, PeerRegistration};
 use serde_json::{Value, json};
 
@@ -235,4 +236,175 @@ pub fn peer_id(s: &str) -> Result<String, String> {
     PeerId::new(s)
         .map(|p| p.as_str().to_string())
         .map_err(|e| e.to_string())
+}
+
+/// `1.5 MiB`, `256 MiB`, … (binary units, as file sizes go).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn eta(ms: Option<u64>) -> String {
+    match ms {
+        None => "–".into(),
+        Some(ms) if ms < 60_000 => format!("{} s", ms.div_ceil(1000)),
+        Some(ms) => format!("{} min", ms / 60_000),
+    }
+}
+
+fn percent(t: &TransferRecord) -> f64 {
+    if t.size == 0 {
+        100.0
+    } else {
+        t.bytes as f64 * 100.0 / t.size as f64
+    }
+}
+
+fn state_name(s: TransferState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// One transfer's progress on one line.
+pub fn progress_line(t: &TransferRecord) -> String {
+    let mut line = format!(
+        "{} → {}  {}  {} / {} ({:.0} %)  {}/s  ETA {}  {}",
+        t.from,
+        t.to,
+        t.name,
+        bytes(t.bytes),
+        bytes(t.size),
+        percent(t),
+        bytes(t.rate_bps),
+        eta(t.eta_ms),
+        state_name(t.state),
+    );
+    if let Some(code) = &t.error_code {
+        let _ = write!(line, ": {code}");
+        if let Some(e) = &t.error {
+            let _ = write!(line, " ({e})");
+        }
+    }
+    line
+}
+
+/// The transfers table.
+pub fn transfers_table(all: &[TransferRecord], now: u64) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{:<8} {:<24} {:<20} {:>10} {:>6} {:>11} {:>7} {:<9}  UPDATED",
+        "ID", "FROM → TO", "NAME", "SIZE", "DONE", "RATE", "ETA", "STATE"
+    );
+    for x in all {
+        let _ = writeln!(
+            t,
+            "{:<8} {:<24} {:<20} {:>10} {:>5.0}% {:>11} {:>7} {:<9}  {}{}",
+            &x.id.to_string()[..8],
+            format!("{} → {}", x.from, x.to),
+            x.name,
+            bytes(x.size),
+            percent(x),
+            format!("{}/s", bytes(x.rate_bps)),
+            eta(x.eta_ms),
+            state_name(x.state),
+            ago(x.updated_at, now),
+            x.error_code
+                .as_deref()
+                .map(|c| format!("  {c}"))
+                .unwrap_or_default(),
+        );
+    }
+    if all.is_empty() {
+        t.push_str("(no transfers)\n");
+    }
+    t
+}
+
+pub async fn transfers(remote: &Remote, limit: usize, json: bool) -> anyhow::Result<()> {
+    let v = Client::new(remote)?
+        .get(&format!("/api/mesh-rtc/transfers?limit={limit}"))
+        .await?;
+    if json {
+        return print_json(&v);
+    }
+    let all: Vec<TransferRecord> = serde_json::from_value(v["transfers"].clone())?;
+    print(&transfers_table(&all, mesh_service::now_ms()))
+}
+
+/// `meshctl send`: starts the transfer, then follows its record until it ends.
+pub async fn send(
+    remote: &Remote,
+    from: &str,
+    to: &str,
+    path: &Path,
+    detach: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    // A path that exists here is made absolute, so that with `meshctl up` (whose workers run on
+    // this machine) it names the same file from any directory; otherwise it is the sending
+    // machine's, as given.
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let client = Client::new(remote)?;
+    let started = client
+        .post(
+            "/api/mesh-rtc/transfers",
+            &json!({ "from": from, "to": to, "path": path.display().to_string() }),
+        )
+        .await?;
+    let id = started["id"].as_str().unwrap_or_default().to_string();
+    if detach {
+        if json {
+            return print_json(&started);
+        }
+        return print(&format!(
+            "transfer {id} started; `meshctl transfers` shows it\n"
+        ));
+    }
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut last = String::new();
+    loop {
+        let v = client.get("/api/mesh-rtc/transfers?limit=500").await?;
+        let all: Vec<TransferRecord> = serde_json::from_value(v["transfers"].clone())?;
+        if let Some(t) = all.into_iter().find(|t| t.id.to_string() == id) {
+            let line = progress_line(&t);
+            if line != last && !json {
+                if tty {
+                    print(&format!("\r\x1b[2K{line}"))?;
+                } else {
+                    print(&format!("{line}\n"))?;
+                }
+                last = line;
+            }
+            if t.state.is_final() {
+                if tty && !json {
+                    print("\n")?;
+                }
+                if json {
+                    print_json(&serde_json::to_value(&t)?)?;
+                }
+                return match t.state {
+                    TransferState::Complete => Ok(()),
+                    _ => Err(anyhow::anyhow!(
+                        "transfer {id} {}: {}",
+                        state_name(t.state),
+                        t.error.unwrap_or_default()
+                    )),
+                };
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }

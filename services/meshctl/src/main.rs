@@ -118,6 +118,40 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send a file from one peer to another, straight over their link (needs an operator token).
+    ///
+    /// PATH is on the sending peer's machine, inside its worker's send root (with `meshctl up`:
+    /// the directory `up` was started in). Follows the transfer until it ends, showing bytes,
+    /// rate and time left; the receiver keeps the file under its files directory,
+    /// `received/<from>/<name>`.
+    Send {
+        #[command(flatten)]
+        remote: Remote,
+        /// The sending peer.
+        #[arg(long, value_parser = commands::peer_id)]
+        from: String,
+        /// The receiving peer.
+        #[arg(long, value_parser = commands::peer_id)]
+        to: String,
+        path: PathBuf,
+        /// Start it and return at once.
+        #[arg(long)]
+        detach: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show file transfers, most recently active first, with their progress.
+    Transfers {
+        #[command(flatten)]
+        remote: Remote,
+        /// How many (1 to 500).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=500))]
+        limit: u64,
+        /// Print the proxy's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate a peer's Ed25519 key, and optionally register it with the proxy.
     ///
     /// Writes the seed to a file only you can read and prints the public key; with --register,
@@ -225,6 +259,19 @@ async fn main() -> ExitCode {
             limit,
             json,
         } => commands::gossip(&remote, limit as usize, json).await,
+        Command::Send {
+            remote,
+            from,
+            to,
+            path,
+            detach,
+            json,
+        } => commands::send(&remote, &from, &to, &path, detach, json).await,
+        Command::Transfers {
+            remote,
+            limit,
+            json,
+        } => commands::transfers(&remote, limit as usize, json).await,
         Command::Keygen {
             id,
             out,

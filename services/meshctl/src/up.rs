@@ -111,12 +111,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     ));
 
     let qos = opts.qos_every.as_secs().to_string();
+    // `meshctl send` reads files from where `up` was started: the operator's own directory.
+    let send_root = std::env::current_dir()
+        .context("the working directory")?
+        .display()
+        .to_string();
     let mut peers = Vec::new();
     for (id, key_path) in &identities {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let url = format!("http://{}", listener.local_addr()?);
         let key_path = key_path.display().to_string();
+        let files_dir = opts.data_dir.join("files").join(id.as_str());
+        let files_dir = files_dir.display().to_string();
         let config = WorkerConfig::from_source(&HashMap::from([
+            ("MESH_FILES_DIR", files_dir.as_str()),
+            ("MESH_SEND_ROOT", send_root.as_str()),
             ("PEER_ID", id.as_str()),
             ("MESH_SIGNING_KEY_FILE", key_path.as_str()),
             ("MESH_STORE", store_spec.as_str()),

@@ -31,6 +31,8 @@ impl Up {
             .args(["--gossip-every", "1", "--qos-every", "1"])
             .arg("--data-dir")
             .arg(dir)
+            // The send root of `up`'s workers: the test's own directory.
+            .current_dir(dir.parent().unwrap())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -196,6 +198,46 @@ async fn up_forms_a_mesh_gossips_stops_on_sigint_and_resumes() {
     assert_eq!(registered["peer"]["region"], "eu-west1");
     let peers_now = meshctl_json(&dir, &["peers"]).unwrap();
     assert_eq!(peers_now["count"], 4);
+
+    // A file from peer-1 to peer-2 over their link; `send` follows it to the end.
+    let file = tmp.path().join("notes.bin");
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 5).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let sent = meshctl_json(
+        &dir,
+        &[
+            "send",
+            "--from",
+            "peer-1",
+            "--to",
+            "peer-2",
+            file.to_str().unwrap(),
+        ],
+    )
+    .expect("meshctl send");
+    assert_eq!(sent["state"], "complete", "{sent}");
+    assert_eq!(sent["bytes"], data.len());
+    let received = dir.join("files/peer-2/received/peer-1/notes.bin");
+    assert_eq!(std::fs::read(&received).unwrap(), data);
+    let listed = meshctl_json(&dir, &["transfers"]).unwrap();
+    assert_eq!(listed["transfers"][0]["id"], sent["id"], "{listed}");
+    // Outside the directory `up` was started in: refused before anything moves.
+    let refused = Command::new(MESHCTL)
+        .args([
+            "send",
+            "--from",
+            "peer-1",
+            "--to",
+            "peer-2",
+            "/etc/hostname",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("path_not_allowed"), "{err}");
 
     // One `up` per data directory.
     let second = Command::new(MESHCTL)

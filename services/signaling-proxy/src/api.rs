@@ -35,6 +35,10 @@ pub fn routes(proxy: Arc<Proxy>) -> Router {
         .route("/api/mesh-rtc/answer", post(answer))
         .route("/api/mesh-rtc/connect", post(connect))
         .route("/api/mesh-rtc/links", get(links))
+        .route(
+            "/api/mesh-rtc/transfers",
+            get(list_transfers).post(start_transfer),
+        )
         .with_state(proxy)
 }
 
@@ -315,6 +319,57 @@ async fn links(
         })
         .await?;
     Ok(axum::Json(json!({ "count": links.len(), "links": links })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferRequest {
+    from: PeerId,
+    to: PeerId,
+    /// On `from`'s machine, inside its worker's send root.
+    path: String,
+}
+
+/// `POST /api/mesh-rtc/transfers`: asks `from`'s worker to send a file to `to`; 202 with the
+/// transfer. Operators only: it reads a file on `from`'s machine.
+async fn start_transfer(
+    State(proxy): State<Arc<Proxy>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<TransferRequest>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    caller.require(Role::Operator)?;
+    let from = peer(&proxy, &req.from).await?;
+    peer(&proxy, &req.to).await?;
+    let started: Value = proxy
+        .upstream
+        .post(
+            &from,
+            Step::Transfer,
+            &json!({ "to": req.to, "path": req.path }),
+        )
+        .await?;
+    tracing::info!(from = %req.from, to = %req.to, id = %started["id"], "file transfer started");
+    Ok((StatusCode::ACCEPTED, axum::Json(started)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransfersQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /api/mesh-rtc/transfers?limit=`: the senders' records, most recently updated first.
+async fn list_transfers(
+    State(proxy): State<Arc<Proxy>>,
+    caller: Caller,
+    query: Result<Query<TransfersQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::Json<Value>> {
+    caller.require(Role::Read)?;
+    let limit = page_limit(query_of(query)?.limit, 50, 500)?;
+    let transfers = proxy.store.list_transfers(limit).await?;
+    Ok(axum::Json(
+        json!({ "count": transfers.len(), "transfers": transfers }),
+    ))
 }
 
 /// A query string, or 400 `invalid_query` saying what is wrong with it.

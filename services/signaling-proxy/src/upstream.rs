@@ -20,6 +20,8 @@ pub enum Step {
     Offer,
     Answer,
     WaitUp,
+    /// Asking a worker to send a file (not part of a handshake).
+    Transfer,
 }
 
 impl Step {
@@ -29,6 +31,7 @@ impl Step {
             Step::Offer => "offer",
             Step::Answer => "answer",
             Step::WaitUp => "wait_up",
+            Step::Transfer => "transfer",
         }
     }
 
@@ -38,6 +41,7 @@ impl Step {
             Step::Offer => "/offer",
             Step::Answer => "/answer",
             Step::WaitUp => "/links",
+            Step::Transfer => "/transfers",
         }
     }
 }

@@ -172,6 +172,8 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
+    // Each part is configured on its own; a builder would only rename the arguments.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         identity: Identity,
         store: SharedStore,

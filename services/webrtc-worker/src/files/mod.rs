@@ -339,6 +339,8 @@ impl Worker {
             source: SendPathError::Unreadable(e.to_string()),
         })?;
         let now = self.now_ms();
+        // A driver: ids come from the OS's randomness.
+        #[allow(clippy::disallowed_methods)]
         let id = TransferId::random(&mut rand::rng());
         let record = TransferRecord {
             id,
@@ -371,7 +373,7 @@ impl Worker {
     /// `GET /transfers`: newest first.
     pub fn transfers(&self) -> Vec<TransferView> {
         let mut all: Vec<TransferView> = lock(&self.files.views).values().cloned().collect();
-        all.sort_by(|a, b| b.record.started_at.cmp(&a.record.started_at));
+        all.sort_by_key(|v| std::cmp::Reverse(v.record.started_at));
         all
     }
 
