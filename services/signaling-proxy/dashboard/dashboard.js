@@ -169,6 +169,14 @@ function time(ts) {
   return el("time", { datetime: when.toISOString(), title: when.toLocaleString(), dataset: { ts } }, ago(ts));
 }
 
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) { v /= 1024; u += 1; }
+  return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
+}
+
 function healthBadge(health) {
   return el("span", { class: `health ${health}` }, health);
 }
@@ -225,6 +233,20 @@ function render(o) {
     el("td", { class: "num" }, r.succeeded),
     el("td", { class: "num" }, r.failed),
     el("td", {}, r.reason || ""))));
+
+  fillTable("transfers", (o.transfers || []).map((t) => {
+    const pct = t.size > 0 ? Math.floor((t.bytes * 100) / t.size) : 100;
+    return el("tr", { dataset: { transfer: t.id, state: t.state } },
+      el("th", { scope: "row" }, t.name),
+      el("td", {}, `${t.from} → ${t.to}`),
+      el("td", {},
+        el("progress", { max: "100", value: String(pct), "aria-label": `${t.name}: ${pct} %` }),
+        ` ${bytes(t.bytes)} / ${bytes(t.size)} (${pct} %)`),
+      el("td", { class: "num" }, t.rateBps ? `${bytes(t.rateBps)}/s` : "–"),
+      el("td", { class: "num" }, t.etaMs != null ? `${Math.ceil(t.etaMs / 1000)} s` : "–"),
+      el("td", {}, t.errorCode ? `${t.state}: ${t.errorCode}` : t.state),
+      el("td", {}, time(t.updatedAt)));
+  }));
 
   updatePeerChoices(o.peers.map((p) => p.id));
   drawTopology(o.peers, o.links);

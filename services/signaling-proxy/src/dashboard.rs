@@ -41,6 +41,8 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 const OVERVIEW_LINKS: usize = 500;
 /// Audit records in the overview's recent-gossip table.
 const OVERVIEW_GOSSIP: usize = 50;
+/// File transfers in the overview (most recently active first).
+const OVERVIEW_TRANSFERS: usize = 20;
 const GOSSIP_DEFAULT_LIMIT: usize = 50;
 const HOUR_MS: u64 = 3_600_000;
 
@@ -208,6 +210,9 @@ pub struct Overview {
     pub links: Vec<Link>,
     /// Newest first, at most [`OVERVIEW_GOSSIP`].
     pub gossip: Vec<AuditRecord>,
+    /// Most recently active first, at most [`OVERVIEW_TRANSFERS`]: the senders' records with
+    /// bytes, rate and ETA.
+    pub transfers: Vec<mesh_types::transfer::TransferRecord>,
     /// The last read of the store failed; the rest is what the previous read found.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -236,6 +241,7 @@ impl Proxy {
             MAX_LIST_LIMIT
         };
         let audit = self.store.list_audit(audit_limit).await?;
+        let transfers = self.store.list_transfers(OVERVIEW_TRANSFERS).await?;
         let mut summary = summarise(
             &peers,
             &all_links,
@@ -252,6 +258,7 @@ impl Proxy {
             peers,
             links: all_links.into_iter().take(OVERVIEW_LINKS).collect(),
             gossip: audit.into_iter().take(OVERVIEW_GOSSIP).collect(),
+            transfers,
             error: None,
         })
     }
@@ -330,6 +337,7 @@ async fn poll(proxy: Arc<Proxy>) {
                         peers: Vec::new(),
                         links: Vec::new(),
                         gossip: Vec::new(),
+                        transfers: Vec::new(),
                         error,
                     },
                 }

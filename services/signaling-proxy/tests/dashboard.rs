@@ -174,8 +174,9 @@ async fn the_feed_sends_the_overview_then_each_change_and_ends_when_the_proxy_st
 #[tokio::test]
 async fn chromium_connects_a_pair_from_the_dashboard_and_sees_it_come_up_live() {
     let mesh = Mesh::new(&[("MESH_LIVE_INTERVAL_MS", "250")]);
+    let send_root = mesh.dir.path().display().to_string();
     let _workers = [
-        mesh.worker("dash-a", 81),
+        mesh.worker_with("dash-a", 81, &[("MESH_SEND_ROOT", send_root.as_str())]),
         mesh.worker("dash-b", 82),
         mesh.worker("dash-c", 83),
     ];
@@ -264,6 +265,27 @@ async fn chromium_connects_a_pair_from_the_dashboard_and_sees_it_come_up_live() 
         ),
         Duration::from_secs(30),
         "an RTT figure in the link row",
+    )
+    .await;
+    // A file sent over the new link shows in the transfers table, with its progress bar full.
+    let file = mesh.dir.path().join("snapshot.tar");
+    std::fs::write(&file, vec![7u8; 5 << 20]).unwrap();
+    let (status, started) = mesh
+        .post(
+            "/api/mesh-rtc/transfers",
+            Some(OPERATOR),
+            &serde_json::json!({"from": "dash-a", "to": "dash-c", "path": file}),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap();
+    page.wait_for(
+        &format!(
+            "document.querySelector('#transfers tr[data-transfer=\"{id}\"]')?.dataset.state === 'complete' \
+             && document.querySelector('#transfers tr[data-transfer=\"{id}\"] progress').value === 100"
+        ),
+        Duration::from_secs(30),
+        "the finished transfer in the transfers table",
     )
     .await;
     let shot = artefacts_dir().join("dashboard.png");

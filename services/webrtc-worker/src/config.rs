@@ -230,7 +230,7 @@ impl WorkerConfig {
         if spool_capacity == 0 {
             return Err(env.invalid(MESH_SPOOL_CAPACITY, "a number of writes, 1 or more"));
         }
-        let files = files_config(&env, identity.id())?;
+        let files = files_config(&env, identity.id(), &service.store)?;
         Ok(WorkerConfig {
             files,
             spool_capacity,
@@ -297,13 +297,20 @@ impl WorkerConfig {
     }
 }
 
-/// `MESH_FILES_*`: the files directory defaults to `mesh-files/<peer>` in the working directory,
-/// the send root to its `outbox`.
-fn files_config(env: &Env<'_>, me: &PeerId) -> Result<crate::files::FilesConfig, ConfigError> {
-    let dir = env
-        .optional(MESH_FILES_DIR)
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new("mesh-files").join(me.as_str()));
+/// `MESH_FILES_*`. The files directory defaults to `files/<peer>` in the embedded store's
+/// directory, or with Firestore to `mesh-files/<peer>` in the temporary directory (on Cloud Run
+/// the only writable place); the send root to the files directory's `outbox`.
+fn files_config(
+    env: &Env<'_>,
+    me: &PeerId,
+    store: &mesh_store::StoreConfig,
+) -> Result<crate::files::FilesConfig, ConfigError> {
+    let dir = match (env.optional(MESH_FILES_DIR), store) {
+        (Some(dir), _) => std::path::PathBuf::from(dir),
+        (None, mesh_store::StoreConfig::Embedded { dir }) => dir.join("files").join(me.as_str()),
+        #[allow(unreachable_patterns)]
+        (None, _) => std::env::temp_dir().join("mesh-files").join(me.as_str()),
+    };
     let mut files = crate::files::FilesConfig::new(dir);
     if let Some(root) = env.optional(MESH_SEND_ROOT) {
         files.send_root = root.into();
