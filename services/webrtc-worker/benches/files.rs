@@ -1,0 +1,244 @@
+//! The file-transfer benchmark, run by `scripts/bench.sh files`: a 256 MiB file between two real
+//! worker processes (release build, loopback), against the worker's raw DataChannel throughput
+//! (the same transport settings, in one process, no files, no hashing) and Chromium's libwebrtc
+//! DataChannel measured in the same run. Chromium runs first and alone. JSON on stdout.
+//!
+//! File throughput is end to end: from `POST /transfers` to the sender's `complete`, so it
+//! includes hashing the file for the manifest, every chunk check on both sides, the writes and
+//! the receiver's whole-file check before the rename. "Wire" throughput is from the receiver's
+//! accept to `complete`. Peak memory is each worker process's VmHWM after the runs.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::disallowed_methods)] // A driver that reports.
+
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::response::Html;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use mesh_testkit::browser::Chromium;
+use mesh_testkit::workers::Mesh;
+use serde_json::{Value, json};
+use webrtc_worker::transport::{
+    Channel, ConnEvent, DEFAULT_RECEIVE_WINDOW, Transport, TransportConfig,
+};
+
+const PAGE: &str = include_str!("chromium.html");
+const FILE_BYTES: u64 = 256 << 20;
+const CHROMIUM_BYTES: usize = 64 << 20;
+const RUNS: usize = 3;
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// The worker's defaults: 1 MiB send buffer, 256 KiB receive window.
+fn transport() -> Transport {
+    Transport::new(TransportConfig {
+        ice_servers: vec![],
+        relay_only: false,
+        udp_addrs: vec!["127.0.0.1:0".parse().unwrap()],
+        gather_timeout: Duration::from_secs(5),
+        prompt_driver: true,
+        send_buffer_limit: 1 << 20,
+        receive_window: DEFAULT_RECEIVE_WINDOW,
+    })
+}
+
+/// MB/s of `total` bytes in 64 KiB messages over a worker transport's `file` channel.
+async fn raw_datachannel(total: usize) -> f64 {
+    let t = transport();
+    let (a, mut a_rx) = t.connect().await.unwrap();
+    let (b, mut b_rx) = t.connect().await.unwrap();
+    let offer = a.offer().await.unwrap();
+    let answer = b.answer(&offer).await.unwrap();
+    a.accept_answer(&answer).await.unwrap();
+    loop {
+        if let Some(ConnEvent::Open(Channel::File)) = a_rx.recv().await {
+            break;
+        }
+    }
+    loop {
+        if let Some(ConnEvent::Open(Channel::File)) = b_rx.recv().await {
+            break;
+        }
+    }
+    let mut queue = b.take_file_queue().unwrap();
+    let receiver = tokio::spawn(async move {
+        let mut got = 0;
+        while got < total {
+            match queue.recv().await {
+                Some(m) => got += m.len(),
+                None => break,
+            }
+        }
+        got
+    });
+    // Keep the event streams drained, as the worker's link driver does.
+    let drain_a = tokio::spawn(async move { while a_rx.recv().await.is_some() {} });
+    let drain_b = tokio::spawn(async move { while b_rx.recv().await.is_some() {} });
+    let msg = vec![7u8; 65536];
+    let t0 = Instant::now();
+    let mut sent = 0;
+    while sent < total {
+        a.send(Channel::File, &msg, false).await.unwrap();
+        sent += msg.len();
+    }
+    let got = receiver.await.unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(got, total);
+    a.close().await;
+    b.close().await;
+    drain_a.abort();
+    drain_b.abort();
+    total as f64 / secs / 1e6
+}
+
+async fn chromium() -> Value {
+    let (tx, rx) = tokio::sync::oneshot::channel::<Value>();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let app = Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route(
+            "/result",
+            post(move |Json(v): Json<Value>| {
+                let tx = tx.clone();
+                async move {
+                    if let Some(tx) = tx.lock().unwrap().take() {
+                        let _ = tx.send(v);
+                    }
+                    Json(json!({}))
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/?setups=1&bytes={CHROMIUM_BYTES}",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let browser = Chromium::open(&url, &["--disable-features=WebRtcHideLocalIpsWithMdns"]);
+    let result = tokio::time::timeout(Duration::from_secs(600), rx)
+        .await
+        .expect("chromium finished")
+        .unwrap();
+    drop(browser);
+    assert_eq!(result["ok"], true, "{result}");
+    result
+}
+
+fn vm_hwm_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    kb / 1024.0
+}
+
+/// Three transfers of one 256 MiB file between two worker processes.
+async fn files() -> Value {
+    let mesh = Mesh::new();
+    let outbox = mesh.dir.path().join("outbox");
+    std::fs::create_dir_all(&outbox).unwrap();
+    {
+        let mut f =
+            std::io::BufWriter::new(std::fs::File::create(outbox.join("bench.bin")).unwrap());
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..(FILE_BYTES >> 20) {
+            for w in block.chunks_exact_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                w.copy_from_slice(&x.to_le_bytes());
+            }
+            f.write_all(&block).unwrap();
+        }
+        f.flush().unwrap();
+    }
+    let root = outbox.display().to_string();
+    // QoS as in production (15 s), probes every 500 ms.
+    let env = [
+        ("MESH_SEND_ROOT", root.as_str()),
+        ("QOS_INTERVAL_SECS", "15"),
+        ("MESH_PROBE_INTERVAL_MS", "500"),
+    ];
+    let a = mesh.worker("bench-a", 1, &env);
+    let b = mesh.worker("bench-b", 2, &env);
+    mesh.connect(&a, &b).await;
+    mesh.wait_up(&a, &b).await;
+    let (mut total, mut wire) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let t0 = Instant::now();
+        let (s, started) = mesh
+            .post(&a, "/transfers", &json!({"to": "bench-b", "path": "bench.bin"}))
+            .await;
+        assert_eq!(s, 202, "{started}");
+        let id = started["id"].as_str().unwrap().to_string();
+        let mut accepted: Option<Instant> = None;
+        loop {
+            let v = mesh.get(&a, &format!("/transfers/{id}")).await;
+            if accepted.is_none() && (v["state"] == "sending" || v["state"] == "complete") {
+                accepted = Some(Instant::now());
+            }
+            if v["state"] == "complete" {
+                break;
+            }
+            assert!(
+                !["failed", "refused", "cancelled"].contains(&v["state"].as_str().unwrap()),
+                "{v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let end = Instant::now();
+        total.push(FILE_BYTES as f64 / (end - t0).as_secs_f64() / 1e6);
+        wire.push(FILE_BYTES as f64 / (end - accepted.unwrap()).as_secs_f64() / 1e6);
+    }
+    json!({
+        "fileMB": FILE_BYTES >> 20,
+        "endToEndMBps": median(&total),
+        "endToEndRunsMBps": total,
+        "wireMBps": median(&wire),
+        "wireRunsMBps": wire,
+        "senderPeakRssMB": vm_hwm_mb(a.proc.pid()),
+        "receiverPeakRssMB": vm_hwm_mb(b.proc.pid()),
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    mesh_service::install_crypto_provider();
+    let chromium = chromium().await;
+    let chromium_mbps = chromium["throughputMBps"]["65536"].as_f64().unwrap();
+    let mut raw = Vec::new();
+    for _ in 0..RUNS {
+        raw.push(raw_datachannel(FILE_BYTES as usize).await);
+    }
+    let raw_mbps = median(&raw);
+    let files = files().await;
+    let file_mbps = files["endToEndMBps"].as_f64().unwrap();
+    let report = json!({
+        "chromium": {
+            "userAgent": chromium["userAgent"],
+            "datachannelMBps": chromium_mbps,
+            "runsMBps": chromium["throughputRunsMBps"]["65536"],
+            "bytes": CHROMIUM_BYTES,
+        },
+        "workerRawDatachannel": {"MBps": raw_mbps, "runsMBps": raw, "bytes": FILE_BYTES},
+        "files": files,
+        "ratios": {
+            "fileVsChromium": file_mbps / chromium_mbps,
+            "fileVsRawDatachannel": file_mbps / raw_mbps,
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
