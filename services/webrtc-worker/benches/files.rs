@@ -177,7 +177,11 @@ async fn files() -> Value {
     for _ in 0..RUNS {
         let t0 = Instant::now();
         let (s, started) = mesh
-            .post(&a, "/transfers", &json!({"to": "bench-b", "path": "bench.bin"}))
+            .post(
+                &a,
+                "/transfers",
+                &json!({"to": "bench-b", "path": "bench.bin"}),
+            )
             .await;
         assert_eq!(s, 202, "{started}");
         let id = started["id"].as_str().unwrap().to_string();

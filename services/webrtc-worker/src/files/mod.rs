@@ -614,8 +614,13 @@ impl Worker {
             tracing::info!(%id, %peer, verified = have.len(), "resuming a file transfer");
             let view = self.in_view(&e);
             self.files.view(id, |v| *v = view);
-            drop(e);
-            return self.reply(conn, &Control::Accept { id, have }).await;
+            self.reply(conn, &Control::Accept { id, have }).await;
+            if e.machine.complete() {
+                // Every chunk was verified before a restart cut the finish short: finish now,
+                // nothing more will arrive.
+                self.finish(conn, &mut e).await;
+            }
+            return;
         }
         if let Some(allowed) = &self.files.config.accept_from
             && !allowed.contains(peer)
