@@ -9,21 +9,17 @@
 //! accept to `complete`. Peak memory is each worker process's VmHWM after the runs.
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::disallowed_methods)] // A driver that reports.
 
+mod common;
+
 use std::io::Write as _;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::response::Html;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use mesh_testkit::browser::Chromium;
 use mesh_testkit::workers::Mesh;
 use serde_json::{Value, json};
 use webrtc_worker::transport::{
     Channel, ConnEvent, DEFAULT_RECEIVE_WINDOW, Transport, TransportConfig,
 };
 
-const PAGE: &str = include_str!("chromium.html");
 const FILE_BYTES: u64 = 256 << 20;
 const CHROMIUM_BYTES: usize = 64 << 20;
 const RUNS: usize = 3;
@@ -94,39 +90,6 @@ async fn raw_datachannel(total: usize) -> f64 {
     drain_a.abort();
     drain_b.abort();
     total as f64 / secs / 1e6
-}
-
-async fn chromium() -> Value {
-    let (tx, rx) = tokio::sync::oneshot::channel::<Value>();
-    let tx = Arc::new(Mutex::new(Some(tx)));
-    let app = Router::new()
-        .route("/", get(|| async { Html(PAGE) }))
-        .route(
-            "/result",
-            post(move |Json(v): Json<Value>| {
-                let tx = tx.clone();
-                async move {
-                    if let Some(tx) = tx.lock().unwrap().take() {
-                        let _ = tx.send(v);
-                    }
-                    Json(json!({}))
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/?setups=1&bytes={CHROMIUM_BYTES}",
-        listener.local_addr().unwrap()
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let browser = Chromium::open(&url, &["--disable-features=WebRtcHideLocalIpsWithMdns"]);
-    let result = tokio::time::timeout(Duration::from_secs(600), rx)
-        .await
-        .expect("chromium finished")
-        .unwrap();
-    drop(browser);
-    assert_eq!(result["ok"], true, "{result}");
-    result
 }
 
 fn vm_hwm_mb(pid: u32) -> f64 {
@@ -221,7 +184,7 @@ async fn main() {
         return;
     }
     mesh_service::install_crypto_provider();
-    let chromium = chromium().await;
+    let chromium = common::chromium(&format!("setups=1&bytes={CHROMIUM_BYTES}")).await;
     let chromium_mbps = chromium["throughputMBps"]["65536"].as_f64().unwrap();
     let mut raw = Vec::new();
     for _ in 0..RUNS {

@@ -8,16 +8,12 @@
 //! from one end to the other with the sender held back by a bounded send buffer.
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::disallowed_methods)] // A driver that reports.
 
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use axum::Json;
-use axum::Router;
-use axum::response::Html;
-use axum::routing::{get, post};
 use mesh_store::embedded::EmbeddedStore;
 use mesh_store::{PeerUpsert, Store};
-use mesh_testkit::browser::Chromium;
 use mesh_testkit::process::ServiceProcess;
 use mesh_types::signing::Signed;
 use mesh_types::{Answer, Endpoints, Offer};
@@ -27,7 +23,6 @@ use webrtc_worker::transport::{
     Channel, ConnEvent, Connection, DEFAULT_RECEIVE_WINDOW, Transport, TransportConfig,
 };
 
-const PAGE: &str = include_str!("chromium.html");
 const SETUPS: usize = 30;
 const BYTES: usize = 32 << 20;
 /// Fresh-process idle measurements per runtime.
@@ -344,41 +339,6 @@ async fn worker_with_links(links: usize) -> Value {
     })
 }
 
-async fn chromium() -> Value {
-    let (tx, rx) = tokio::sync::oneshot::channel::<Value>();
-    let tx = Arc::new(Mutex::new(Some(tx)));
-    let app = Router::new()
-        .route("/", get(|| async { Html(PAGE) }))
-        .route(
-            "/result",
-            post(move |Json(v): Json<Value>| {
-                let tx = tx.clone();
-                async move {
-                    if let Some(tx) = tx.lock().unwrap().take() {
-                        let _ = tx.send(v);
-                    }
-                    Json(json!({}))
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/?setups={SETUPS}&bytes={BYTES}",
-        listener.local_addr().unwrap()
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    // Real addresses instead of mDNS names between the page's two connections, as two services
-    // would have; mDNS resolution is not what is being measured.
-    let browser = Chromium::open(&url, &["--disable-features=WebRtcHideLocalIpsWithMdns"]);
-    let result = tokio::time::timeout(Duration::from_secs(300), rx)
-        .await
-        .expect("chromium finished")
-        .unwrap();
-    drop(browser);
-    assert_eq!(result["ok"], true, "{result}");
-    result
-}
-
 /// Throughput on loopback swings with scheduling; three runs, the median.
 async fn median_of_3<F, Fut>(run: F) -> f64
 where
@@ -432,7 +392,7 @@ async fn main() {
     });
 
     eprintln!("[1/5] chromium (libwebrtc) reference...");
-    let chrome = chromium().await;
+    let chrome = common::chromium(&format!("setups={SETUPS}&bytes={BYTES}")).await;
     let chrome_setups: Vec<f64> = chrome["setupMs"]
         .as_array()
         .unwrap()
