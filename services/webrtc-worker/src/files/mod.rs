@@ -200,16 +200,20 @@ impl Files {
     }
 }
 
+/// A piece as one message: the header, then the data copied once.
 fn piece_buffer(id: TransferId, chunk: u32, offset: u32, data: &[u8]) -> BytesMut {
-    let mut v = Vec::new();
+    let mut header = Vec::with_capacity(PIECE_HEADER);
     Piece {
         id,
         chunk,
         offset,
-        data,
+        data: &[],
     }
-    .encode_into(&mut v);
-    BytesMut::from(&v[..])
+    .encode_into(&mut header);
+    let mut buf = BytesMut::with_capacity(PIECE_HEADER + data.len());
+    buf.extend_from_slice(&header);
+    buf.extend_from_slice(data);
+    buf
 }
 
 async fn blocking<T: Send + 'static>(
@@ -1283,9 +1287,9 @@ impl Sender {
         if changed || significant {
             let state_file = OutgoingFile {
                 path: self.path.clone(),
-                manifest: (machine.manifest().chunk_count() > 0 || machine.manifest().size == 0)
-                    .then(|| machine.manifest().clone())
-                    .filter(|m| !m.sig.is_empty()),
+                // A real manifest is signed; the stand-in of a send that failed before it had
+                // one is not, and is not kept.
+                manifest: Some(machine.manifest().clone()).filter(|m| !m.sig.is_empty()),
                 record,
             };
             let path = self.worker.files.layout.outgoing(id);
