@@ -24,8 +24,23 @@ fn free_udp_port() -> u16 {
 }
 
 impl Coturn {
-    /// Starts `turnserver` on a free loopback port and waits until it answers STUN.
+    /// Starts `turnserver` on a free loopback port and waits until it answers STUN. The port is
+    /// free when picked but may be taken again before coturn binds it (other tests' workers
+    /// bind ephemeral UDP ports all the time): then a new port, up to three times.
     pub fn start() -> Self {
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let turn = Self::spawn();
+            if try_stun(("127.0.0.1", turn.port), Duration::from_secs(10)) {
+                return turn;
+            }
+            last_log = std::fs::read_to_string(turn._dir.path().join("turn.log"))
+                .unwrap_or_else(|e| format!("(no log: {e})"));
+        }
+        panic!("coturn did not answer STUN on three ports; its last log:\n{last_log}");
+    }
+
+    fn spawn() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_udp_port();
         let relay_base = 40_000 + (port % 1000) * 20;
@@ -50,13 +65,11 @@ impl Coturn {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start turnserver (Debian package coturn): {e}"));
-        let turn = Coturn {
+        Coturn {
             child,
             port,
             _dir: dir,
-        };
-        turn.wait_ready(Duration::from_secs(15));
-        turn
+        }
     }
 
     /// The `ICE_SERVERS` value a worker needs to use this server.
@@ -66,38 +79,39 @@ impl Coturn {
             self.port
         )
     }
-
-    fn wait_ready(&self, within: Duration) {
-        stun_ready(("127.0.0.1", self.port), within);
-    }
 }
 
 /// Waits until a STUN server at `addr` answers a Binding Request.
 pub fn stun_ready(addr: (&str, u16), within: Duration) {
-    {
-        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        // A STUN Binding Request: type 0x0001, length 0, magic cookie, transaction id.
-        let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
-        request.extend_from_slice(b"meshrtc-test");
-        let deadline = Instant::now() + within;
-        let mut buf = [0u8; 512];
-        while Instant::now() < deadline {
-            let _ = socket.send_to(&request, addr);
-            if let Ok((n, _)) = socket.recv_from(&mut buf)
-                && n >= 20
-                && buf[0..2] == [0x01, 0x01]
-            {
-                return;
-            }
+    assert!(
+        try_stun(addr, within),
+        "coturn did not answer STUN on {}:{} within {within:?}",
+        addr.0,
+        addr.1
+    );
+}
+
+/// Whether a STUN server at `addr` answers a Binding Request within `within`.
+fn try_stun(addr: (&str, u16), within: Duration) -> bool {
+    let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // A STUN Binding Request: type 0x0001, length 0, magic cookie, transaction id.
+    let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    request.extend_from_slice(b"meshrtc-test");
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        let _ = socket.send_to(&request, addr);
+        if let Ok((n, _)) = socket.recv_from(&mut buf)
+            && n >= 20
+            && buf[0..2] == [0x01, 0x01]
+        {
+            return true;
         }
-        panic!(
-            "coturn did not answer STUN on {}:{} within {within:?}",
-            addr.0, addr.1
-        );
     }
+    false
 }
 
 impl Drop for Coturn {

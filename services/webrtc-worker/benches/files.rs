@@ -178,19 +178,116 @@ async fn files() -> Value {
     })
 }
 
+/// Waits for a connection's `file` channel to open, keeping its other events drained after.
+async fn file_channel_open(mut rx: tokio::sync::mpsc::Receiver<ConnEvent>) {
+    loop {
+        if let Some(ConnEvent::Open(Channel::File)) = rx.recv().await {
+            break;
+        }
+    }
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+}
+
+/// The receiving side of [`raw_two_processes`], in a process of its own: the offer on stdin,
+/// the answer on stdout, then `total` bytes on the `file` channel, then a line when they are in.
+async fn raw_peer(total: usize) {
+    use std::io::{BufRead, Write};
+    let offer = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let (b, b_rx) = transport().connect().await.unwrap();
+    let answer = b
+        .answer(&serde_json::from_str::<String>(&offer).unwrap())
+        .await
+        .unwrap();
+    let say = |line: String| {
+        let mut out = std::io::stdout().lock();
+        out.write_all(line.as_bytes()).unwrap();
+        out.flush().unwrap();
+    };
+    say(format!("{}\n", json!(answer)));
+    file_channel_open(b_rx).await;
+    let mut queue = b.take_file_queue().unwrap();
+    let mut got = 0;
+    while got < total {
+        got += queue.recv().await.unwrap().len();
+    }
+    say(format!("{got}\n"));
+}
+
+/// MB/s of `total` bytes on the `file` channel between this process and a child process: the
+/// worker's raw DataChannel as two workers would use it, each end on its own process.
+async fn raw_two_processes(total: usize) -> f64 {
+    use std::io::{BufRead, Write};
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--bench")
+        .env("MESH_BENCH_RAW_PEER", total.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (a, a_rx) = transport().connect().await.unwrap();
+    let offer = a.offer().await.unwrap();
+    writeln!(stdin, "{}", json!(offer)).unwrap();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        (serde_json::from_str::<String>(&line).unwrap(), stdout)
+    });
+    let (answer, mut stdout) = answer.await.unwrap();
+    a.accept_answer(&answer).await.unwrap();
+    file_channel_open(a_rx).await;
+    let done = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        line.trim().parse::<usize>().unwrap()
+    });
+    let msg = vec![7u8; 65536];
+    let t0 = Instant::now();
+    let mut sent = 0;
+    while sent < total {
+        a.send(Channel::File, &msg, false).await.unwrap();
+        sent += msg.len();
+    }
+    let got = done.await.unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(got, total);
+    a.close().await;
+    let _ = child.wait();
+    total as f64 / secs / 1e6
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if let Ok(total) = std::env::var("MESH_BENCH_RAW_PEER") {
+        mesh_service::install_crypto_provider();
+        return raw_peer(total.parse().unwrap()).await;
+    }
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
     mesh_service::install_crypto_provider();
+    // `MESH_BENCH_PHASE=files`: the file transfers only (for quick checks).
+    if std::env::var("MESH_BENCH_PHASE").as_deref() == Ok("files") {
+        println!("{}", serde_json::to_string_pretty(&files().await).unwrap());
+        return;
+    }
     let chromium = common::chromium(&format!("setups=1&bytes={CHROMIUM_BYTES}")).await;
     let chromium_mbps = chromium["throughputMBps"]["65536"].as_f64().unwrap();
     let mut raw = Vec::new();
+    let mut raw2 = Vec::new();
     for _ in 0..RUNS {
         raw.push(raw_datachannel(FILE_BYTES as usize).await);
+        raw2.push(raw_two_processes(FILE_BYTES as usize).await);
     }
     let raw_mbps = median(&raw);
+    let raw2_mbps = median(&raw2);
     let files = files().await;
     let file_mbps = files["endToEndMBps"].as_f64().unwrap();
     let report = json!({
@@ -200,11 +297,18 @@ async fn main() {
             "runsMBps": chromium["throughputRunsMBps"]["65536"],
             "bytes": CHROMIUM_BYTES,
         },
-        "workerRawDatachannel": {"MBps": raw_mbps, "runsMBps": raw, "bytes": FILE_BYTES},
+        "workerRawDatachannel": {
+            "oneProcessMBps": raw_mbps,
+            "oneProcessRunsMBps": raw,
+            "twoProcessesMBps": raw2_mbps,
+            "twoProcessesRunsMBps": raw2,
+            "bytes": FILE_BYTES,
+        },
         "files": files,
         "ratios": {
             "fileVsChromium": file_mbps / chromium_mbps,
-            "fileVsRawDatachannel": file_mbps / raw_mbps,
+            "fileVsRawTwoProcesses": file_mbps / raw2_mbps,
+            "fileVsRawOneProcess": file_mbps / raw_mbps,
         },
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());

@@ -120,13 +120,14 @@ pub fn read_chunk(file: &File, manifest: &Manifest, i: u32) -> io::Result<ChunkR
     Ok(ChunkRead::Good(buf))
 }
 
-/// Checks an assembled chunk and, when it matches, writes it at its place in the part file.
-/// Returns whether it matched.
+/// Checks an assembled chunk and, when it matches, writes it at its place in the part file and
+/// feeds it to `whole`. Returns whether it matched.
 pub fn check_and_write(
     file: &File,
     manifest: &Manifest,
     chunk: u32,
     pieces: &[Bytes],
+    whole: &mut WholeHash,
 ) -> io::Result<bool> {
     let mut h = sha2::Sha256::new();
     for p in pieces {
@@ -140,7 +141,42 @@ pub fn check_and_write(
         file.write_all_at(p, at)?;
         at += p.len() as u64;
     }
+    whole.feed(chunk, pieces);
     Ok(true)
+}
+
+/// The whole file's digest, computed as chunks are verified, while they come in order from the
+/// first: then the whole-file check need not read the file again. Any other order (a resume, a
+/// repair) leaves it behind, and the check reads the file.
+#[derive(Debug, Clone)]
+pub struct WholeHash {
+    next: u32,
+    state: sha2::Sha256,
+}
+
+impl Default for WholeHash {
+    fn default() -> Self {
+        WholeHash {
+            next: 0,
+            state: sha2::Sha256::new(),
+        }
+    }
+}
+
+impl WholeHash {
+    fn feed(&mut self, chunk: u32, pieces: &[Bytes]) {
+        if chunk == self.next {
+            for p in pieces {
+                self.state.update(p);
+            }
+            self.next += 1;
+        }
+    }
+
+    /// The digest, if every one of `chunks` chunks went through in order.
+    pub fn finish(self, chunks: u32) -> Option<Digest> {
+        (self.next == chunks).then(|| Digest(self.state.finalize().into()))
+    }
 }
 
 /// The receiver's checkpoint: enough to resume after a restart.
@@ -157,11 +193,24 @@ pub struct Checkpoint {
 
 /// Writes `value` as JSON to `path` atomically (a temporary file, synced, then renamed).
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    write_json_with(path, value, true)
+}
+
+/// [`write_json`] without the sync: it survives the process being killed, and what a power
+/// loss takes back is caught later (for a checkpoint: by the whole-file check, which finds the
+/// chunks that are not on disk after all). A sync per chunk would cost more than the chunk.
+pub fn write_json_unsynced<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    write_json_with(path, value, false)
+}
+
+fn write_json_with<T: Serialize>(path: &Path, value: &T, sync: bool) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = File::create(&tmp)?;
         f.write_all(&serde_json::to_vec(value).map_err(io::Error::other)?)?;
-        f.sync_data()?;
+        if sync {
+            f.sync_data()?;
+        }
     }
     fs::rename(&tmp, path)
 }

@@ -147,13 +147,21 @@ struct OutSlot {
 struct InEntry {
     machine: Incoming,
     manifest: Arc<Manifest>,
-    file: Option<Arc<File>>,
     started_at: UnixMillis,
     done_path: Option<PathBuf>,
     resumes: u64,
     repaired: u64,
     rate: RateMeter,
+    /// Assembled chunks on their way to the writer task, which checks, writes and acknowledges
+    /// them while the next ones arrive; `None` once the file is in place.
+    writer: Option<mpsc::Sender<WriteJob>>,
 }
+
+/// A whole chunk, in its pieces.
+type WriteJob = (u32, Vec<Bytes>);
+
+/// Chunks waiting for the writer: enough to keep it busy while the link carries the next.
+const WRITER_QUEUE: usize = 4;
 
 /// The worker's transfers.
 pub struct Files {
@@ -267,19 +275,8 @@ impl Worker {
             } else {
                 None
             };
-            let entry = InEntry {
-                machine: Incoming::new(cp.manifest.clone(), &cp.have),
-                manifest: Arc::new(cp.manifest),
-                file,
-                started_at: cp.started_at,
-                done_path: cp.done_path,
-                resumes: 0,
-                repaired: 0,
-                rate: RateMeter::new(5_000),
-            };
-            let view = self.in_view(&entry);
-            lock(&self.files.views).insert(id, view);
-            lock(&self.files.incoming).insert(id, Arc::new(tokio::sync::Mutex::new(entry)));
+            self.new_incoming(cp.manifest, &cp.have, cp.started_at, cp.done_path, file)
+                .await;
         }
         for out in outgoing {
             if out.record.state.is_final() {
@@ -622,7 +619,7 @@ impl Worker {
             if e.machine.complete() {
                 // Every chunk was verified before a restart cut the finish short: finish now,
                 // nothing more will arrive.
-                self.finish(conn, &mut e).await;
+                self.finish(&mut e, None).await;
             }
             return;
         }
@@ -701,20 +698,10 @@ impl Worker {
             }
         };
         tracing::info!(%id, %peer, name = %manifest.name, size, "receiving a file");
-        let entry = InEntry {
-            machine: Incoming::new(manifest.clone(), &[]),
-            manifest: Arc::new(manifest),
-            file: Some(Arc::new(file)),
-            started_at: self.now_ms(),
-            done_path: None,
-            resumes: 0,
-            repaired: 0,
-            rate: RateMeter::new(5_000),
-        };
-        lock(&self.files.views).insert(id, self.in_view(&entry));
-        let complete = entry.machine.complete();
-        let entry = Arc::new(tokio::sync::Mutex::new(entry));
-        lock(&self.files.incoming).insert(id, entry.clone());
+        let complete = manifest.chunk_count() == 0;
+        let entry = self
+            .new_incoming(manifest, &[], self.now_ms(), None, Some(Arc::new(file)))
+            .await;
         self.reply(
             conn,
             &Control::Accept {
@@ -726,7 +713,103 @@ impl Worker {
         if complete {
             // An empty file: nothing will arrive; finish at once.
             let mut e = entry.lock().await;
-            self.finish(conn, &mut e).await;
+            self.finish(&mut e, None).await;
+        }
+    }
+
+    /// Registers a transfer being received (new, or from a checkpoint) and starts its writer.
+    async fn new_incoming(
+        self: &Arc<Self>,
+        manifest: Manifest,
+        have: &[u32],
+        started_at: UnixMillis,
+        done_path: Option<PathBuf>,
+        file: Option<Arc<File>>,
+    ) -> Arc<tokio::sync::Mutex<InEntry>> {
+        let id = manifest.id;
+        let manifest = Arc::new(manifest);
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let entry = InEntry {
+            machine: Incoming::new((*manifest).clone(), have),
+            manifest: manifest.clone(),
+            started_at,
+            done_path,
+            resumes: 0,
+            repaired: 0,
+            rate: RateMeter::new(5_000),
+            writer: file.is_some().then_some(tx),
+        };
+        lock(&self.files.views).insert(id, self.in_view(&entry));
+        let entry = Arc::new(tokio::sync::Mutex::new(entry));
+        lock(&self.files.incoming).insert(id, entry.clone());
+        if let Some(file) = file {
+            // Weak: the writer ends when the entry is dropped (its queue's sender with it).
+            tokio::spawn(
+                self.clone()
+                    .write_chunks(Arc::downgrade(&entry), file, manifest, rx),
+            );
+        }
+        entry
+    }
+
+    /// The writer of one transfer being received: checks each assembled chunk against its
+    /// digest, writes it, checkpoints, acknowledges it, and finishes the file after the last.
+    async fn write_chunks(
+        self: Arc<Self>,
+        entry: std::sync::Weak<tokio::sync::Mutex<InEntry>>,
+        file: Arc<File>,
+        manifest: Arc<Manifest>,
+        mut jobs: mpsc::Receiver<WriteJob>,
+    ) {
+        let id = manifest.id;
+        let mut whole = disk::WholeHash::default();
+        while let Some((chunk, pieces)) = jobs.recv().await {
+            let (f, m) = (file.clone(), manifest.clone());
+            let mut w = std::mem::take(&mut whole);
+            let written = blocking(move || {
+                let good = disk::check_and_write(&f, &m, chunk, &pieces, &mut w)?;
+                Ok((good, w))
+            })
+            .await;
+            let Some(entry) = entry.upgrade() else { return };
+            let mut e = entry.lock().await;
+            let good = match written {
+                Ok((good, w)) => {
+                    whole = w;
+                    good
+                }
+                Err(err) => {
+                    drop(e);
+                    return self.storage_failed(&manifest.from, id, &err).await;
+                }
+            };
+            if !good {
+                tracing::warn!(%id, chunk, "chunk failed its digest; asking for it again");
+                e.repaired += 1;
+            }
+            let msg = e.machine.checked(chunk, good);
+            if good && let Err(err) = self.checkpoint(&e).await {
+                drop(e);
+                return self.storage_failed(&manifest.from, id, &err).await;
+            }
+            let (now, bytes) = (self.now_ms(), e.machine.bytes_verified());
+            e.rate.record(now, bytes);
+            let view = self.in_view(&e);
+            self.files.view(id, |v| *v = view);
+            // Lost with the link if it dropped meanwhile: the next offer's `have` says it.
+            self.tell(&manifest.from, &msg).await;
+            if e.machine.complete() {
+                let digest = whole.clone().finish(manifest.chunk_count());
+                self.finish(&mut e, digest).await;
+            }
+        }
+    }
+
+    /// Sends `msg` over the current link to `peer`, if there is one.
+    async fn tell(&self, peer: &PeerId, msg: &Control) {
+        match self.session(peer) {
+            Some(s) => self.reply(&s.conn, msg).await,
+            None => tracing::debug!(%peer, "no link; file message not sent"),
         }
     }
 
@@ -743,47 +826,28 @@ impl Worker {
             tracing::debug!(%id, %peer, "a piece of no transfer of ours");
             return;
         };
-        let mut e = entry.lock().await;
-        if e.manifest.from != *peer || e.done_path.is_some() {
-            return;
-        }
-        match e.machine.on_piece(chunk, offset, data) {
-            PieceAction::Buffered | PieceAction::Duplicate => {}
-            PieceAction::Resend(c) => {
-                tracing::warn!(%id, chunk = c, "piece out of order; asking for the chunk again");
-                e.repaired += 1;
-                self.reply(conn, &Control::Nack { id, chunk: c }).await;
+        let job = {
+            let mut e = entry.lock().await;
+            if e.manifest.from != *peer || e.done_path.is_some() {
+                return;
             }
-            PieceAction::ChunkReady { chunk, pieces } => {
-                let Some(file) = e.file.clone() else { return };
-                let manifest = e.manifest.clone();
-                let written =
-                    blocking(move || disk::check_and_write(&file, &manifest, chunk, &pieces)).await;
-                let good = match written {
-                    Ok(good) => good,
-                    Err(err) => {
-                        drop(e);
-                        return self.storage_failed(conn, id, &err).await;
-                    }
-                };
-                if !good {
-                    tracing::warn!(%id, chunk, "chunk failed its digest; asking for it again");
+            match e.machine.on_piece(chunk, offset, data) {
+                PieceAction::Buffered | PieceAction::Duplicate => None,
+                PieceAction::Resend(c) => {
+                    tracing::warn!(%id, chunk = c, "piece out of order; asking for the chunk again");
                     e.repaired += 1;
-                }
-                let msg = e.machine.checked(chunk, good);
-                if good && let Err(err) = self.checkpoint(&e).await {
                     drop(e);
-                    return self.storage_failed(conn, id, &err).await;
+                    self.reply(conn, &Control::Nack { id, chunk: c }).await;
+                    None
                 }
-                let (now, bytes) = (self.now_ms(), e.machine.bytes_verified());
-                e.rate.record(now, bytes);
-                let view = self.in_view(&e);
-                self.files.view(id, |v| *v = view);
-                self.reply(conn, &msg).await;
-                if e.machine.complete() {
-                    self.finish(conn, &mut e).await;
+                PieceAction::ChunkReady { chunk, pieces } => {
+                    e.writer.clone().map(|w| (w, (chunk, pieces)))
                 }
             }
+        };
+        // Outside the entry's lock, which the writer takes: a full queue waits for it.
+        if let Some((writer, job)) = job {
+            let _ = writer.send(job).await;
         }
     }
 
@@ -796,7 +860,7 @@ impl Worker {
         };
         let layout = self.files.layout.clone();
         blocking(move || match &cp.done_path {
-            None => disk::write_json(&layout.checkpoint(cp.manifest.id), &cp),
+            None => disk::write_json_unsynced(&layout.checkpoint(cp.manifest.id), &cp),
             Some(_) => {
                 disk::write_json(&layout.done(cp.manifest.id), &cp)?;
                 std::fs::remove_file(layout.checkpoint(cp.manifest.id))
@@ -805,19 +869,14 @@ impl Worker {
         .await
     }
 
-    async fn storage_failed(
-        self: &Arc<Self>,
-        conn: &Connection,
-        id: TransferId,
-        err: &std::io::Error,
-    ) {
+    async fn storage_failed(self: &Arc<Self>, from: &PeerId, id: TransferId, err: &std::io::Error) {
         tracing::error!(%id, "receiving a file failed: {err}");
         let msg = Control::Cancel {
             id,
             code: RefuseCode::StorageError,
             message: format!("the receiver could not write the file: {err}"),
         };
-        self.reply(conn, &msg).await;
+        self.tell(from, &msg).await;
         self.drop_incoming(
             id,
             TransferState::Failed,
@@ -826,13 +885,23 @@ impl Worker {
         );
     }
 
-    /// Every chunk is verified: the whole-file check, then into place.
-    async fn finish(self: &Arc<Self>, conn: &Connection, e: &mut InEntry) {
+    /// Every chunk is verified: the whole-file check (no need to read the file again when
+    /// `whole`, computed on the way, matches), then into place.
+    async fn finish(
+        self: &Arc<Self>,
+        e: &mut InEntry,
+        whole: Option<mesh_types::transfer::Digest>,
+    ) {
         let id = e.manifest.id;
+        let from = e.manifest.from.clone();
         let manifest = e.manifest.clone();
         let layout = self.files.layout.clone();
         let checked = blocking(move || {
-            let check = disk::check_whole(&layout.part(manifest.id), &manifest)?;
+            let check = if whole == Some(manifest.sha256) {
+                WholeCheck::Good
+            } else {
+                disk::check_whole(&layout.part(manifest.id), &manifest)?
+            };
             if check != WholeCheck::Good {
                 return Ok((check, None));
             }
@@ -844,20 +913,20 @@ impl Worker {
             Ok((WholeCheck::Good, Some(path))) => {
                 tracing::info!(%id, path = %path.display(), "file received and verified");
                 e.done_path = Some(path);
-                e.file = None;
+                e.writer = None;
                 if let Err(err) = self.checkpoint(e).await {
                     // The file is in place; only the record of it is missing.
                     tracing::warn!(%id, "checkpoint of a finished file not written: {err}");
                 }
                 let view = self.in_view(e);
                 self.files.view(id, |v| *v = view);
-                self.reply(conn, &Control::Done { id }).await;
+                self.tell(&from, &Control::Done { id }).await;
             }
             Ok((WholeCheck::BadChunks(bad), _)) => {
                 tracing::warn!(%id, chunks = ?bad, "whole-file check failed; asking for those chunks again");
                 e.repaired += bad.len() as u64;
                 for msg in e.machine.unverify(&bad) {
-                    self.reply(conn, &msg).await;
+                    self.tell(&from, &msg).await;
                 }
                 if let Err(err) = self.checkpoint(e).await {
                     tracing::warn!(%id, "checkpoint not written: {err}");
@@ -869,7 +938,7 @@ impl Worker {
                     code: RefuseCode::InvalidManifest,
                     message: "every chunk matches but the whole file does not".into(),
                 };
-                self.reply(conn, &msg).await;
+                self.tell(&from, &msg).await;
                 self.drop_incoming(
                     id,
                     TransferState::Failed,
@@ -877,7 +946,7 @@ impl Worker {
                     "inconsistent manifest",
                 );
             }
-            Err(err) => self.storage_failed(conn, id, &err).await,
+            Err(err) => self.storage_failed(&from, id, &err).await,
         }
     }
 
@@ -1112,6 +1181,13 @@ impl Sender {
     /// Carries the transfer over one link until it ends or the link does.
     async fn over(&mut self, s: &Session, machine: &mut Outgoing, file: &Arc<File>) -> SessionEnd {
         let mut closed = s.closed.clone();
+        let manifest = Arc::new(machine.manifest().clone());
+        let read = |chunk: u32| {
+            let (f, m) = (file.clone(), manifest.clone());
+            tokio::task::spawn_blocking(move || disk::read_chunk(&f, &m, chunk))
+        };
+        // The next chunk, read and checked while this one is on its way.
+        let mut ahead: Option<(u32, tokio::task::JoinHandle<std::io::Result<ChunkRead>>)> = None;
         let Some(offer) = machine.link_up() else {
             return SessionEnd::Final;
         };
@@ -1142,10 +1218,13 @@ impl Sender {
                 return SessionEnd::Final;
             }
             if let Some(chunk) = machine.next_chunk() {
-                let f = file.clone();
-                let m = Arc::new(machine.manifest().clone());
-                let read = blocking(move || disk::read_chunk(&f, &m, chunk)).await;
-                let data = match read {
+                let pending = match ahead.take() {
+                    Some((c, handle)) if c == chunk => handle,
+                    _ => read(chunk),
+                };
+                let got = pending.await.map_err(std::io::Error::other).and_then(|r| r);
+                ahead = machine.peek_next().map(|next| (next, read(next)));
+                let data = match got {
                     Ok(ChunkRead::Good(d)) => d,
                     Ok(ChunkRead::Changed) => {
                         self.cancel_on(

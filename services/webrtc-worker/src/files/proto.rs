@@ -7,7 +7,7 @@
 //! never has more than `window` chunks unacknowledged; after a link drops, chunks in flight go back
 //! to the front of the queue in their order, verified ones are never sent again.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use mesh_types::transfer::{Control, Manifest, TransferState};
@@ -115,6 +115,16 @@ impl Outgoing {
         let c = self.pending.pop_front()?;
         self.in_flight.push_back(c);
         Some(c)
+    }
+
+    /// The chunk [`next_chunk`](Self::next_chunk) will hand out next, window permitting: what
+    /// the driver may read ahead.
+    pub fn peek_next(&self) -> Option<u32> {
+        if self.state == TransferState::Sending {
+            self.pending.front().copied()
+        } else {
+            None
+        }
     }
 
     /// Sets a final state from this side (cancelled, failed).
@@ -236,8 +246,9 @@ pub struct Incoming {
     manifest: Manifest,
     verified: Vec<bool>,
     current: Option<Assembly>,
-    /// A chunk handed out as ready and not yet checked.
-    checking: Option<u32>,
+    /// Chunks handed out as ready and not yet checked (the driver checks and writes them while
+    /// the next ones arrive).
+    checking: BTreeSet<u32>,
 }
 
 impl Incoming {
@@ -253,7 +264,7 @@ impl Incoming {
             manifest,
             verified: v,
             current: None,
-            checking: None,
+            checking: BTreeSet::new(),
         }
     }
 
@@ -283,14 +294,14 @@ impl Incoming {
     /// starts it again from its first piece.
     pub fn restart(&mut self) {
         self.current = None;
-        self.checking = None;
+        self.checking.clear();
     }
 
     pub fn on_piece(&mut self, chunk: u32, offset: u32, data: Bytes) -> PieceAction {
         let Some(&done) = self.verified.get(chunk as usize) else {
             return PieceAction::Resend(chunk);
         };
-        if done || self.checking == Some(chunk) {
+        if done || self.checking.contains(&chunk) {
             return PieceAction::Duplicate;
         }
         let len = self.manifest.chunk_len(chunk);
@@ -320,15 +331,13 @@ impl Incoming {
         }
         let pieces = std::mem::take(&mut a.pieces);
         self.current = None;
-        self.checking = Some(chunk);
+        self.checking.insert(chunk);
         PieceAction::ChunkReady { chunk, pieces }
     }
 
     /// The driver checked (and, if good, wrote) a ready chunk: the message for the sender.
     pub fn checked(&mut self, chunk: u32, good: bool) -> Control {
-        if self.checking == Some(chunk) {
-            self.checking = None;
-        }
+        self.checking.remove(&chunk);
         let id = self.manifest.id;
         if good {
             if let Some(v) = self.verified.get_mut(chunk as usize) {
@@ -573,6 +582,35 @@ mod tests {
         assert_eq!(i.checked(1, false), nack(1));
         assert!(!i.complete());
         assert_eq!(i.have(), vec![0]);
+    }
+
+    #[test]
+    fn several_chunks_can_be_checked_at_once() {
+        let mut i = Incoming::new(manifest(2 * MIB), &[]);
+        let whole = MIB as usize;
+        assert!(matches!(
+            i.on_piece(0, 0, piece(whole)),
+            PieceAction::ChunkReady { chunk: 0, .. }
+        ));
+        assert!(matches!(
+            i.on_piece(1, 0, piece(whole)),
+            PieceAction::ChunkReady { chunk: 1, .. }
+        ));
+        assert_eq!(i.on_piece(0, 0, piece(1)), PieceAction::Duplicate);
+        assert_eq!(i.checked(1, true), ack(1));
+        assert_eq!(i.checked(0, true), ack(0));
+        assert!(i.complete());
+    }
+
+    #[test]
+    fn the_sender_says_what_it_will_read_next() {
+        let mut o = Outgoing::new(manifest(3 * MIB), 1);
+        assert_eq!(o.peek_next(), None, "not before accept");
+        o.link_up();
+        o.on_control(&accept(&[1]));
+        assert_eq!(o.peek_next(), Some(0));
+        assert_eq!(drain(&mut o), vec![0]);
+        assert_eq!(o.peek_next(), Some(2), "even while the window is full");
     }
 
     #[test]
