@@ -273,6 +273,16 @@ async fn main() {
         return;
     }
     mesh_service::install_crypto_provider();
+    // `MESH_BENCH_PHASE=raw`: the raw DataChannel figures only (for quick checks).
+    if std::env::var("MESH_BENCH_PHASE").as_deref() == Ok("raw") {
+        let one = raw_datachannel(FILE_BYTES as usize).await;
+        let two = raw_two_processes(FILE_BYTES as usize).await;
+        println!(
+            "{}",
+            json!({"oneProcessMBps": one, "twoProcessesMBps": two})
+        );
+        return;
+    }
     // `MESH_BENCH_PHASE=files`: the file transfers only (for quick checks).
     if std::env::var("MESH_BENCH_PHASE").as_deref() == Ok("files") {
         println!("{}", serde_json::to_string_pretty(&files().await).unwrap());

@@ -250,12 +250,14 @@ async fn a_transfer_resumes_after_a_hang_up_and_after_either_side_is_killed() {
             |v| v["resumes"].as_u64().unwrap() >= 2,
         )
         .await;
-    // Verified chunks were not sent again: beyond the file, only what was in flight at each of
-    // the two breaks (at most the window, 4 chunks of 1 MiB, each time).
+    // Verified chunks were not sent again: beyond what is verified, only what was in flight at
+    // each break (at most the window, 4 chunks of 1 MiB; a loaded machine may see the link
+    // drop more than the twice we caused) and what is in flight now.
     let sent = v["sentBytes"].as_u64().unwrap();
     let verified = v["bytes"].as_u64().unwrap();
+    let breaks = v["resumes"].as_u64().unwrap();
     assert!(
-        sent <= verified + 2 * 4 * MIB + 4 * MIB,
+        sent <= verified + (breaks + 1) * 4 * MIB,
         "sent {sent} for {verified} verified: {v}"
     );
 
@@ -285,8 +287,9 @@ async fn a_transfer_resumes_after_a_hang_up_and_after_either_side_is_killed() {
     // (`sentBytes` counts from the worker's start.)
     let resent = done["sentBytes"].as_u64().unwrap();
     let missing = size - before["bytes"].as_u64().unwrap();
+    let breaks = done["resumes"].as_u64().unwrap() - before["resumes"].as_u64().unwrap();
     assert!(
-        resent <= missing + 4 * MIB,
+        resent <= missing + breaks * 4 * MIB,
         "{resent} sent for {missing} missing: {done}"
     );
     assert!(done["resumes"].as_u64().unwrap() >= 3, "{done}");

@@ -11,8 +11,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-use mesh_types::transfer::{Digest, Manifest, TransferId};
+use bytes::{Bytes, BytesMut};
+use mesh_types::transfer::{Digest, Manifest, PIECE_HEADER, PIECE_SIZE, Piece, TransferId};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
@@ -34,6 +34,11 @@ impl Layout {
     }
     pub fn checkpoint(&self, id: TransferId) -> PathBuf {
         self.partial_dir().join(format!("{id}.json"))
+    }
+    /// The verified chunks of a transfer being received, one bit each: rewritten in place after
+    /// every chunk (the checkpoint's JSON, with the manifest, is written once).
+    pub fn have(&self, id: TransferId) -> PathBuf {
+        self.partial_dir().join(format!("{id}.have"))
     }
     /// Records of finished receptions, so a sender that missed our `done` hears it again.
     pub fn done_dir(&self) -> PathBuf {
@@ -100,24 +105,49 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 /// What reading a chunk to send found.
 #[derive(Debug)]
 pub enum ChunkRead {
-    Good(Vec<u8>),
+    /// The chunk as the messages that carry it: each a piece header followed by its data,
+    /// read from the file straight into place (no copy on the way to the channel).
+    Good(Vec<BytesMut>),
     /// The file no longer holds what the manifest promised.
     Changed,
 }
 
-/// Reads chunk `i` of the file behind `manifest` and checks it against its digest.
-pub fn read_chunk(file: &File, manifest: &Manifest, i: u32) -> io::Result<ChunkRead> {
+/// Reads chunk `i` of the file behind `manifest` as pieces of transfer `id`; with `check`, also
+/// against its digest. (The receiver checks every chunk anyway; a sender checks again only a
+/// chunk the receiver found bad, to tell a fault on the way from a file that changed.)
+pub fn read_pieces(file: &File, manifest: &Manifest, i: u32, check: bool) -> io::Result<ChunkRead> {
     let len = manifest.chunk_len(i) as usize;
-    let mut buf = vec![0u8; len];
-    match file.read_exact_at(&mut buf, manifest.chunk_offset(i)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(ChunkRead::Changed),
-        Err(e) => return Err(e),
+    let start = manifest.chunk_offset(i);
+    let mut digest = sha2::Sha256::new();
+    let mut pieces = Vec::with_capacity(len.div_ceil(PIECE_SIZE));
+    let mut header = Vec::with_capacity(PIECE_HEADER);
+    let mut offset = 0;
+    while offset < len {
+        let n = (len - offset).min(PIECE_SIZE);
+        Piece {
+            id: manifest.id,
+            chunk: i,
+            offset: offset as u32,
+            data: &[],
+        }
+        .encode_into(&mut header);
+        let mut buf = BytesMut::zeroed(PIECE_HEADER + n);
+        buf[..PIECE_HEADER].copy_from_slice(&header);
+        match file.read_exact_at(&mut buf[PIECE_HEADER..], start + offset as u64) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(ChunkRead::Changed),
+            Err(e) => return Err(e),
+        }
+        if check {
+            digest.update(&buf[PIECE_HEADER..]);
+        }
+        pieces.push(buf);
+        offset += n;
     }
-    if manifest.chunks.get(i as usize) != Some(&Digest::of(&buf)) {
+    if check && manifest.chunks.get(i as usize) != Some(&Digest(digest.finalize().into())) {
         return Ok(ChunkRead::Changed);
     }
-    Ok(ChunkRead::Good(buf))
+    Ok(ChunkRead::Good(pieces))
 }
 
 /// Checks an assembled chunk and, when it matches, writes it at its place in the part file and
@@ -193,24 +223,11 @@ pub struct Checkpoint {
 
 /// Writes `value` as JSON to `path` atomically (a temporary file, synced, then renamed).
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    write_json_with(path, value, true)
-}
-
-/// [`write_json`] without the sync: it survives the process being killed, and what a power
-/// loss takes back is caught later (for a checkpoint: by the whole-file check, which finds the
-/// chunks that are not on disk after all). A sync per chunk would cost more than the chunk.
-pub fn write_json_unsynced<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    write_json_with(path, value, false)
-}
-
-fn write_json_with<T: Serialize>(path: &Path, value: &T, sync: bool) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = File::create(&tmp)?;
         f.write_all(&serde_json::to_vec(value).map_err(io::Error::other)?)?;
-        if sync {
-            f.sync_data()?;
-        }
+        f.sync_data()?;
     }
     fs::rename(&tmp, path)
 }
@@ -230,6 +247,34 @@ pub fn json_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Records `have` (chunk indices) as a bitmap at the start of `path`. Not synced: it survives
+/// the process being killed; what a power loss takes back the whole-file check catches.
+pub fn write_have(path: &Path, have: &[u32]) -> io::Result<()> {
+    let len = have.iter().max().map_or(0, |m| *m as usize / 8 + 1);
+    let mut bits = vec![0u8; len];
+    for &c in have {
+        bits[c as usize / 8] |= 1 << (c % 8);
+    }
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    f.write_all_at(&bits, 0)
+}
+
+/// The chunk indices [`write_have`] recorded at `path`; none when there is no such file.
+pub fn read_have(path: &Path) -> io::Result<Vec<u32>> {
+    let bits = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok((0..bits.len() as u32 * 8)
+        .filter(|c| bits[*c as usize / 8] & (1 << (c % 8)) != 0)
+        .collect())
 }
 
 /// Result of the whole-file check.
@@ -280,7 +325,7 @@ pub fn move_into_place(layout: &Layout, manifest: &Manifest) -> io::Result<PathB
 
 /// Removes what a transfer left under `.partial`.
 pub fn remove_partial(layout: &Layout, id: TransferId) {
-    for p in [layout.part(id), layout.checkpoint(id)] {
+    for p in [layout.part(id), layout.checkpoint(id), layout.have(id)] {
         if let Err(e) = fs::remove_file(&p)
             && e.kind() != io::ErrorKind::NotFound
         {
@@ -368,6 +413,74 @@ mod tests {
             );
             assert!(ok, "{p}: {got:?}");
         }
+    }
+
+    #[test]
+    fn pieces_carry_the_chunk_and_a_check_finds_a_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..(1 << 20) + 100_000).map(|i| (i % 249) as u8).collect();
+        fs::write(&p, &data).expect("write");
+        let (size, sha256, chunks) = hash_file(&p, 1 << 20).expect("hash");
+        let manifest = Manifest {
+            id: TransferId([3; 16]),
+            from: "a".parse().expect("id"),
+            to: "b".parse().expect("id"),
+            name: "f".into(),
+            size,
+            chunk_size: 1 << 20,
+            sha256,
+            chunks,
+            ts: 0,
+            sig: String::new(),
+            kid: None,
+        };
+        let f = File::open(&p).expect("open");
+        let ChunkRead::Good(pieces) = read_pieces(&f, &manifest, 1, true).expect("read") else {
+            panic!("chunk 1 should match")
+        };
+        let mut back = Vec::new();
+        for piece in &pieces {
+            let mesh_types::transfer::Frame::Piece(p) =
+                mesh_types::transfer::Frame::decode(piece).expect("frame")
+            else {
+                panic!("a piece")
+            };
+            assert_eq!((p.chunk, p.offset as usize), (1, back.len()));
+            back.extend_from_slice(p.data);
+        }
+        assert_eq!(back, data[1 << 20..]);
+        let mut changed = data.clone();
+        changed[(1 << 20) + 5] ^= 1;
+        fs::write(&p, &changed).expect("write");
+        let f = File::open(&p).expect("open");
+        assert!(matches!(
+            read_pieces(&f, &manifest, 1, true),
+            Ok(ChunkRead::Changed)
+        ));
+        assert!(
+            matches!(read_pieces(&f, &manifest, 1, false), Ok(ChunkRead::Good(_))),
+            "unchecked"
+        );
+        fs::write(&p, &data[..100]).expect("truncate");
+        let f = File::open(&p).expect("open");
+        assert!(
+            matches!(read_pieces(&f, &manifest, 1, false), Ok(ChunkRead::Changed)),
+            "shorter"
+        );
+    }
+
+    #[test]
+    fn the_have_bitmap_round_trips() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("x.have");
+        assert_eq!(read_have(&p).expect("none"), Vec::<u32>::new());
+        write_have(&p, &[0, 3, 9, 511]).expect("write");
+        assert_eq!(read_have(&p).expect("read"), vec![0, 3, 9, 511]);
+        // Only grows while a transfer runs; a shorter map leaves no stale bits behind it in
+        // the bytes it covers.
+        write_have(&p, &[0, 3, 9, 10, 511]).expect("write");
+        assert_eq!(read_have(&p).expect("read"), vec![0, 3, 9, 10, 511]);
     }
 
     #[test]

@@ -27,8 +27,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use mesh_types::signing::{Signed, verify_signature};
 use mesh_types::transfer::{
-    Control, Frame, Manifest, PIECE_HEADER, PIECE_SIZE, Piece, RefuseCode, TransferId,
-    TransferRecord, TransferState, chunk_size_for,
+    Control, Frame, Manifest, PIECE_HEADER, RefuseCode, TransferId, TransferRecord, TransferState,
+    chunk_size_for,
 };
 use mesh_types::{PeerId, UnixMillis};
 use serde::{Deserialize, Serialize};
@@ -208,22 +208,6 @@ impl Files {
     }
 }
 
-/// A piece as one message: the header, then the data copied once.
-fn piece_buffer(id: TransferId, chunk: u32, offset: u32, data: &[u8]) -> BytesMut {
-    let mut header = Vec::with_capacity(PIECE_HEADER);
-    Piece {
-        id,
-        chunk,
-        offset,
-        data: &[],
-    }
-    .encode_into(&mut header);
-    let mut buf = BytesMut::with_capacity(PIECE_HEADER + data.len());
-    buf.extend_from_slice(&header);
-    buf.extend_from_slice(data);
-    buf
-}
-
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
@@ -246,7 +230,11 @@ impl Worker {
                 .chain(disk::json_files(&layout.done_dir())?)
             {
                 match disk::read_json::<Checkpoint>(&p) {
-                    Ok(cp) => cps.push(cp),
+                    Ok(mut cp) => {
+                        cp.have
+                            .extend(disk::read_have(&layout.have(cp.manifest.id))?);
+                        cps.push(cp);
+                    }
                     Err(e) => tracing::warn!(path = %p.display(), "checkpoint not read: {e}"),
                 }
             }
@@ -458,6 +446,7 @@ impl Worker {
                 rate: RateMeter::new(5_000),
                 last_progress: 0,
                 flipped: false,
+                recheck: HashSet::new(),
             };
             sender.run(manifest).await;
             lock(&worker.files.outgoing).remove(&id);
@@ -860,10 +849,15 @@ impl Worker {
         };
         let layout = self.files.layout.clone();
         blocking(move || match &cp.done_path {
-            None => disk::write_json_unsynced(&layout.checkpoint(cp.manifest.id), &cp),
+            // The manifest is in the checkpoint since the transfer began; only `have` changes.
+            None => disk::write_have(&layout.have(cp.manifest.id), &cp.have),
             Some(_) => {
                 disk::write_json(&layout.done(cp.manifest.id), &cp)?;
-                std::fs::remove_file(layout.checkpoint(cp.manifest.id))
+                std::fs::remove_file(layout.checkpoint(cp.manifest.id))?;
+                match std::fs::remove_file(layout.have(cp.manifest.id)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                }
             }
         })
         .await
@@ -1019,6 +1013,8 @@ struct Sender {
     rate: RateMeter,
     last_progress: UnixMillis,
     flipped: bool,
+    /// Chunks the receiver found bad: checked against the manifest when read again.
+    recheck: HashSet<u32>,
 }
 
 /// How a session with the receiver ended.
@@ -1182,9 +1178,9 @@ impl Sender {
     async fn over(&mut self, s: &Session, machine: &mut Outgoing, file: &Arc<File>) -> SessionEnd {
         let mut closed = s.closed.clone();
         let manifest = Arc::new(machine.manifest().clone());
-        let read = |chunk: u32| {
+        let read = |chunk: u32, check: bool| {
             let (f, m) = (file.clone(), manifest.clone());
-            tokio::task::spawn_blocking(move || disk::read_chunk(&f, &m, chunk))
+            tokio::task::spawn_blocking(move || disk::read_pieces(&f, &m, chunk, check))
         };
         // The next chunk, read and checked while this one is on its way.
         let mut ahead: Option<(u32, tokio::task::JoinHandle<std::io::Result<ChunkRead>>)> = None;
@@ -1218,12 +1214,17 @@ impl Sender {
                 return SessionEnd::Final;
             }
             if let Some(chunk) = machine.next_chunk() {
+                // A chunk the receiver found bad is read again and checked: a changed file
+                // ends the transfer, a fault on the way is repaired by sending it again.
+                let check = self.recheck.remove(&chunk);
                 let pending = match ahead.take() {
-                    Some((c, handle)) if c == chunk => handle,
-                    _ => read(chunk),
+                    Some((c, handle)) if c == chunk && !check => handle,
+                    _ => read(chunk, check),
                 };
                 let got = pending.await.map_err(std::io::Error::other).and_then(|r| r);
-                ahead = machine.peek_next().map(|next| (next, read(next)));
+                ahead = machine
+                    .peek_next()
+                    .map(|next| (next, read(next, self.recheck.contains(&next))));
                 let data = match got {
                     Ok(ChunkRead::Good(d)) => d,
                     Ok(ChunkRead::Changed) => {
@@ -1278,31 +1279,29 @@ impl Sender {
         let _ = s.conn.send(Channel::File, &msg.encode(), false).await;
     }
 
-    /// Sends one chunk as pieces; false when the link ended under it.
+    /// Sends one chunk's pieces; false when the link ended under it.
     async fn send_chunk(
         &mut self,
         s: &Session,
         closed: &mut watch::Receiver<()>,
         chunk: u32,
-        mut data: Vec<u8>,
+        mut pieces: Vec<BytesMut>,
     ) -> bool {
-        if self.worker.files.config.flip_chunk == Some(chunk) && !self.flipped && !data.is_empty() {
+        if self.worker.files.config.flip_chunk == Some(chunk)
+            && !self.flipped
+            && let Some(first) = pieces.first_mut().filter(|p| p.len() > PIECE_HEADER)
+        {
             self.flipped = true;
-            data[0] ^= 0xff;
+            first[PIECE_HEADER] ^= 0xff;
             tracing::warn!(id = %self.record.id, chunk, "fault injection: one byte of this chunk flipped");
         }
-        let id = self.record.id;
-        let mut offset = 0usize;
-        // An empty chunk does not exist (an empty file has none), so every chunk sends a piece.
-        while offset < data.len() {
-            let end = (offset + PIECE_SIZE).min(data.len());
-            let buf = piece_buffer(id, chunk, offset as u32, &data[offset..end]);
+        for buf in pieces {
+            let n = (buf.len() - PIECE_HEADER) as u64;
             tokio::select! {
                 r = s.conn.send_owned(Channel::File, buf) => if r.is_err() { return false },
                 r = closed.changed() => if r.is_err() { return false },
             }
-            self.record.sent_bytes += (end - offset) as u64;
-            offset = end;
+            self.record.sent_bytes += n;
         }
         true
     }
@@ -1321,6 +1320,7 @@ impl Sender {
             }
             (SenderEvent::Repair(chunk), _) => {
                 tracing::warn!(id = %self.record.id, chunk, "the receiver asks for a chunk again");
+                self.recheck.insert(*chunk);
             }
             (SenderEvent::Complete, _) => {
                 tracing::info!(id = %self.record.id, to = %self.record.to, "transfer complete");

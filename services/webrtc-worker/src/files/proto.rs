@@ -143,6 +143,9 @@ impl Outgoing {
         }
         match msg {
             Control::Accept { have, .. } if self.state == TransferState::Offered => {
+                // The receiver's list is the truth: a chunk acknowledged before a restart of
+                // the receiver but not in its checkpoint is wanted again.
+                self.verified.iter_mut().for_each(|v| *v = false);
                 for &c in have {
                     if let Some(v) = self.verified.get_mut(c as usize) {
                         *v = true;
@@ -489,6 +492,21 @@ mod tests {
         o.on_control(&accept(&[0, 1, 4]));
         assert_eq!(drain(&mut o), vec![2, 3, 5]);
         assert_eq!(o.bytes_verified(), 3 * MIB);
+    }
+
+    #[test]
+    fn the_receivers_list_is_the_truth_on_resume() {
+        let mut o = Outgoing::new(manifest(3 * MIB), 3);
+        o.link_up();
+        o.on_control(&accept(&[]));
+        drain(&mut o);
+        o.on_control(&ack(0));
+        o.on_control(&ack(1));
+        o.link_lost();
+        o.link_up();
+        // The receiver restarted and its checkpoint holds chunk 0 only.
+        o.on_control(&accept(&[0]));
+        assert_eq!(drain(&mut o), vec![1, 2]);
     }
 
     #[test]
