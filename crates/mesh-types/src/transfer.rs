@@ -29,6 +29,9 @@ pub const MAX_NAME_BYTES: usize = 255;
 
 const CONTROL_TAG: u8 = 0x01;
 const PIECE_TAG: u8 = 0x02;
+const MESSAGE_TAG: u8 = 0x03;
+/// Type byte and sequence number (8 bytes, big-endian) and kind (1 byte) of a queued message.
+pub const MESSAGE_HEADER: usize = 1 + 8 + 1;
 
 /// The chunk size for a file of `size` bytes: the smallest power of two from [`MIN_CHUNK_SIZE`]
 /// that needs no more than [`MAX_CHUNKS`] chunks, or `None` when the file is too large.
@@ -331,6 +334,20 @@ pub enum Control {
         code: RefuseCode,
         message: String,
     },
+    /// Queued messages (proto/FILES.md, "Queued messages"), sent by each side when a link comes
+    /// up: the last message from the other side this side has delivered.
+    MsgState { delivered: u64 },
+    /// Receiver → sender: every message up to this sequence number is delivered.
+    MsgAck {
+        #[serde(rename = "upTo")]
+        up_to: u64,
+    },
+    /// Sender → receiver: messages up to this one were dropped (the sender's queue was full)
+    /// and will not come; the receiver records them as lost.
+    MsgSkip {
+        #[serde(rename = "upTo")]
+        up_to: u64,
+    },
 }
 
 /// One message on the `file` channel.
@@ -338,6 +355,27 @@ pub enum Control {
 pub enum Frame<'a> {
     Control(Control),
     Piece(Piece<'a>),
+    Message(QueuedMessage<'a>),
+}
+
+/// A queued application message: the sender numbers its messages to a peer from 1, without
+/// gaps, so the receiver delivers each exactly once and in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage<'a> {
+    pub seq: u64,
+    pub text: bool,
+    pub data: &'a [u8],
+}
+
+impl QueuedMessage<'_> {
+    /// The message's header; its data follows it on the wire.
+    pub fn header(seq: u64, text: bool) -> [u8; MESSAGE_HEADER] {
+        let mut h = [0u8; MESSAGE_HEADER];
+        h[0] = MESSAGE_TAG;
+        h[1..9].copy_from_slice(&seq.to_be_bytes());
+        h[9] = u8::from(!text);
+        h
+    }
 }
 
 /// Part of a chunk: `data` starts `offset` bytes into chunk `chunk`.
@@ -396,6 +434,19 @@ impl<'a> Frame<'a> {
                 }))
             }
             Some((&PIECE_TAG, _)) => Err(bad("a piece shorter than its header".into())),
+            Some((&MESSAGE_TAG, rest)) if rest.len() >= MESSAGE_HEADER - 1 => {
+                let mut seq = [0u8; 8];
+                seq.copy_from_slice(&rest[..8]);
+                match rest[8] {
+                    kind @ (0 | 1) => Ok(Frame::Message(QueuedMessage {
+                        seq: u64::from_be_bytes(seq),
+                        text: kind == 0,
+                        data: &rest[9..],
+                    })),
+                    other => Err(bad(format!("unknown message kind {other}"))),
+                }
+            }
+            Some((&MESSAGE_TAG, _)) => Err(bad("a message shorter than its header".into())),
             Some((tag, _)) => Err(bad(format!("unknown frame type {tag:#04x}"))),
             None => Err(bad("empty".into())),
         }
@@ -628,11 +679,39 @@ mod tests {
                 Frame::Control(c)
             );
         }
+        let mut m = QueuedMessage::header(7, true).to_vec();
+        m.extend_from_slice(b"hi");
+        assert_eq!(
+            Frame::decode(&m).expect("message"),
+            Frame::Message(QueuedMessage {
+                seq: 7,
+                text: true,
+                data: b"hi"
+            })
+        );
+        for c in [
+            Control::MsgState { delivered: 3 },
+            Control::MsgAck { up_to: 4 },
+            Control::MsgSkip { up_to: 5 },
+        ] {
+            assert_eq!(
+                Frame::decode(&c.encode()).expect("control"),
+                Frame::Control(c)
+            );
+        }
+        assert_eq!(
+            String::from_utf8(Control::MsgAck { up_to: 4 }.encode()[1..].to_vec()).expect("utf-8"),
+            r#"{"t":"msg_ack","upTo":4}"#
+        );
+        let mut bad_kind = QueuedMessage::header(1, true).to_vec();
+        bad_kind[9] = 7;
         for bad in [
             &b""[..],
             &[0x02, 1, 2][..],
             &[0x09][..],
             &b"\x01{\"t\":\"x\"}"[..],
+            &[0x03, 0, 0][..],
+            &bad_kind[..],
         ] {
             assert!(Frame::decode(bad).is_err(), "{bad:?} decoded");
         }

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::files::FileError;
+use crate::queue::Sent;
 use crate::transport::TransportError;
 use crate::worker::{Worker, WorkerError};
 
@@ -113,6 +114,7 @@ async fn status(State(w): State<Arc<Worker>>) -> ApiJson<Value> {
         "quorum": crate::quorum::quorum(w.live_peer_count(), up),
         "rejoining": rejoining,
         "spool": w.spool.stats(),
+        "queues": w.queues.views(),
     }))
 }
 
@@ -181,7 +183,7 @@ async fn send(
     Path(peer): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> ApiResult<ApiJson<Value>> {
+) -> ApiResult<(StatusCode, ApiJson<Value>)> {
     let peer = peer_param(&peer)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -218,8 +220,19 @@ async fn send(
             "send application/json ({\"text\"} or {\"base64\"}), text/plain or application/octet-stream",
         ));
     };
-    w.send(&peer, &data, text).await?;
-    Ok(ApiJson(json!({"ok": true, "bytes": data.len()})))
+    let bytes = data.len();
+    Ok(match w.send_message(&peer, data, text).await? {
+        Sent::Direct => (StatusCode::OK, ApiJson(json!({"ok": true, "bytes": bytes}))),
+        Sent::Queued { seq, linked: true } => (
+            StatusCode::OK,
+            ApiJson(json!({"ok": true, "bytes": bytes, "seq": seq})),
+        ),
+        // Accepted for delivery when the peer's link is back.
+        Sent::Queued { seq, linked: false } => (
+            StatusCode::ACCEPTED,
+            ApiJson(json!({"ok": true, "bytes": bytes, "seq": seq, "queued": true})),
+        ),
+    })
 }
 
 #[derive(Debug, Deserialize)]

@@ -40,6 +40,7 @@ pub const MESH_FILES_MAX_BYTES: &str = "MESH_FILES_MAX_BYTES";
 pub const MESH_FILES_ACCEPT_FROM: &str = "MESH_FILES_ACCEPT_FROM";
 pub const MESH_FILES_WINDOW: &str = "MESH_FILES_WINDOW";
 pub const MESH_FAULT_FLIP_CHUNK: &str = "MESH_FAULT_FLIP_CHUNK";
+pub const MESH_QUEUE_CAPACITY: &str = "MESH_QUEUE_CAPACITY";
 
 #[derive(Debug)]
 pub struct WorkerConfig {
@@ -338,6 +339,14 @@ fn files_config(
     files.window = match env.parse_or(MESH_FILES_WINDOW, files.window, "chunks from 1 to 64")? {
         n @ 1..=64 => n,
         _ => return Err(env.invalid(MESH_FILES_WINDOW, "chunks from 1 to 64")),
+    };
+    files.queue_capacity = match env.parse_or(
+        MESH_QUEUE_CAPACITY,
+        files.queue_capacity,
+        "messages from 1 to 1000000",
+    )? {
+        n @ 1..=1_000_000 => n,
+        _ => return Err(env.invalid(MESH_QUEUE_CAPACITY, "messages from 1 to 1000000")),
     };
     files.flip_chunk = match env.optional(MESH_FAULT_FLIP_CHUNK) {
         None => None,

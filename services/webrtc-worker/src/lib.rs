@@ -14,6 +14,7 @@ pub mod liveness;
 mod metrics;
 pub mod prompt_runtime;
 pub mod qos;
+pub mod queue;
 pub mod quorum;
 pub mod rejoin;
 pub mod signaling;
@@ -97,6 +98,10 @@ pub async fn run(
         .restore_transfers()
         .await
         .map_err(|e| anyhow::anyhow!("files directory {}: {e}", config.files.dir.display()))?;
+    worker
+        .restore_queues()
+        .await
+        .map_err(|e| anyhow::anyhow!("message queues in {}: {e}", config.files.dir.display()))?;
     // The peers we were linked with may be waiting for us (we restarted); not fatal if the
     // store cannot say.
     match worker.rejoin_recent().await {

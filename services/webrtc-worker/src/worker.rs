@@ -161,6 +161,8 @@ pub struct Worker {
     pub(crate) stopping: std::sync::atomic::AtomicBool,
     /// File transfers, sending and receiving.
     pub(crate) files: crate::files::Files,
+    /// Queued messages to and from worker peers.
+    pub(crate) queues: crate::queue::Queues,
 }
 
 impl std::fmt::Debug for Worker {
@@ -201,6 +203,7 @@ impl Worker {
             spool: Arc::new(crate::spool::Spool::new(spool_capacity)),
             rejoining: Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            queues: crate::queue::Queues::new(files.dir.join("queue"), files.queue_capacity),
             files: crate::files::Files::new(files),
         })
     }
@@ -503,6 +506,11 @@ impl Worker {
             tracing::warn!(%peer, "mesh send failed: {e}");
             WorkerError::NotConnected(peer.clone())
         })
+    }
+
+    /// Puts a message from `from` in the inbox `GET /messages` reads.
+    pub(crate) fn to_inbox(&self, from: PeerId, data: &[u8], text: bool) {
+        lock(&self.inbox).push(from, self.clock.now_ms(), data, text);
     }
 
     pub fn links(&self) -> Vec<LinkView> {

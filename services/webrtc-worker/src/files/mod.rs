@@ -60,6 +60,8 @@ pub struct FilesConfig {
     pub accept_from: Option<HashSet<PeerId>>,
     /// Chunks a sender may have unacknowledged.
     pub window: usize,
+    /// Messages held per peer for delivery (`queue`); beyond it the oldest are dropped, counted.
+    pub queue_capacity: usize,
     /// Testing aid: flip one byte of this chunk the first time it is sent, to exercise the
     /// receiver's check and the repair (`MESH_FAULT_FLIP_CHUNK`).
     pub flip_chunk: Option<u32>,
@@ -73,6 +75,7 @@ impl FilesConfig {
             max_bytes: 4 << 30,
             accept_from: None,
             window: 8,
+            queue_capacity: 1000,
             flip_chunk: None,
         }
     }
@@ -410,6 +413,11 @@ impl Worker {
         lock(&self.files.sessions).get(peer).cloned()
     }
 
+    /// Whether a link to `peer` has its file session (a worker peer, linked now).
+    pub(crate) fn has_file_session(&self, peer: &PeerId) -> bool {
+        lock(&self.files.sessions).contains_key(peer)
+    }
+
     fn spawn_send(
         self: &Arc<Self>,
         path: PathBuf,
@@ -479,11 +487,12 @@ impl Worker {
         let worker = self.clone();
         tokio::spawn(async move {
             let mut closed = closed;
+            worker.queue_session_started(&peer, &conn).await;
             loop {
                 tokio::select! {
                     biased;
                     m = queue.recv() => match m {
-                        Some(m) => worker.on_file_message(&peer, &conn, m).await,
+                        Some(m) => worker.on_file_message(&peer, &conn, &closed, m).await,
                         None => break,
                     },
                     r = closed.changed() => if r.is_err() { break },
@@ -502,7 +511,13 @@ impl Worker {
         });
     }
 
-    async fn on_file_message(self: &Arc<Self>, peer: &PeerId, conn: &Connection, m: Bytes) {
+    async fn on_file_message(
+        self: &Arc<Self>,
+        peer: &PeerId,
+        conn: &Arc<Connection>,
+        closed: &watch::Receiver<()>,
+        m: Bytes,
+    ) {
         let frame = match Frame::decode(&m) {
             Ok(f) => f,
             Err(e) => {
@@ -516,6 +531,13 @@ impl Worker {
                 self.on_piece(peer, conn, id, chunk, offset, m.slice(PIECE_HEADER..))
                     .await;
             }
+            Frame::Message(q) => {
+                self.on_queued_message(peer, conn, q.seq, q.text, q.data)
+                    .await;
+            }
+            Frame::Control(
+                c @ (Control::MsgState { .. } | Control::MsgAck { .. } | Control::MsgSkip { .. }),
+            ) => self.on_queue_control(peer, conn, closed, &c).await,
             Frame::Control(Control::Offer { manifest }) => {
                 self.on_offer(peer, conn, *manifest).await
             }
@@ -527,7 +549,10 @@ impl Worker {
                     | Control::Nack { id, .. }
                     | Control::Done { id }
                     | Control::Cancel { id, .. } => *id,
-                    Control::Offer { .. } => return,
+                    Control::Offer { .. }
+                    | Control::MsgState { .. }
+                    | Control::MsgAck { .. }
+                    | Control::MsgSkip { .. } => return,
                 };
                 let to_sender = lock(&self.files.outgoing)
                     .get(&id)
