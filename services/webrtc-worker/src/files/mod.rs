@@ -413,11 +413,6 @@ impl Worker {
         lock(&self.files.sessions).get(peer).cloned()
     }
 
-    /// Whether a link to `peer` has its file session (a worker peer, linked now).
-    pub(crate) fn has_file_session(&self, peer: &PeerId) -> bool {
-        lock(&self.files.sessions).contains_key(peer)
-    }
-
     fn spawn_send(
         self: &Arc<Self>,
         path: PathBuf,

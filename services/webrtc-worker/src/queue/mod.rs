@@ -43,6 +43,12 @@ struct OutSlot {
     log: Mutex<OutLog>,
     /// Woken when a message is queued or a link comes up.
     wake: Notify,
+    /// Counts the links that carried this outbox; the courier of an older one leaves the
+    /// outbox alone when it stops. 0: none since start-up.
+    link: std::sync::atomic::AtomicU64,
+    /// The current link's receiver speaks this protocol (it said where it stands); until then
+    /// messages for a connected peer go on the mesh channel (a browser never says).
+    linked: std::sync::atomic::AtomicBool,
 }
 
 struct OutLog {
@@ -121,11 +127,20 @@ impl Queues {
             outbox: Mutex::new(outbox),
             log: Mutex::new(log),
             wake: Notify::new(),
+            link: Default::default(),
+            linked: Default::default(),
         });
         Ok(lock(&self.outboxes)
             .entry(peer.clone())
             .or_insert(slot)
             .clone())
+    }
+
+    /// Whether the current link to `peer` carries its queue.
+    fn linked(&self, peer: &PeerId) -> bool {
+        lock(&self.outboxes)
+            .get(peer)
+            .is_some_and(|s| s.linked.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// Queues a message for `peer`. Blocking (it appends to the log).
@@ -408,16 +423,19 @@ impl Worker {
         if data.len() > MAX_MESSAGE_BYTES {
             return Err(WorkerError::MessageTooLarge(data.len()));
         }
-        let linked = self.has_file_session(peer);
+        let linked = self.queues.linked(peer);
         if !linked && self.connected(peer).is_some() {
-            // Connected without a file session: a browser, which has only the mesh channel.
+            // Connected, but the other side has not taken part in queueing on this link: a
+            // browser (mesh channel only), or a worker whose link is seconds old.
             self.send(peer, &data, text).await?;
             return Ok(Sent::Direct);
         }
         if !linked {
-            // Only to a peer that exists: a queue for a typo would wait forever.
+            // Queued only for a worker (a peer with a worker URL): a browser that is away may
+            // never come back to this worker, and a queue for a typo would wait forever.
             match self.store().get_peer(peer).await {
-                Ok(_) => {}
+                Ok(p) if p.endpoints.https.is_some() => {}
+                Ok(_) => return Err(WorkerError::NotConnected(peer.clone())),
                 Err(e) if e.kind() == mesh_store::ErrorKind::NotFound => {
                     return Err(WorkerError::UnknownPeer(peer.clone()));
                 }
@@ -470,8 +488,21 @@ impl Worker {
                         return;
                     }
                 };
-                lock(&slot.outbox).link_up(delivered);
-                tokio::spawn(courier(slot, conn.clone(), closed.clone(), peer.clone()));
+                // Under the outbox's lock, as the old courier's check is: it sees this link.
+                let link = {
+                    let mut outbox = lock(&slot.outbox);
+                    outbox.link_up(delivered);
+                    slot.linked
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    slot.link.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1
+                };
+                tokio::spawn(courier(
+                    slot,
+                    link,
+                    conn.clone(),
+                    closed.clone(),
+                    peer.clone(),
+                ));
             }
             Control::MsgAck { up_to } => {
                 let worker = self.clone();
@@ -537,11 +568,17 @@ impl Worker {
 /// Carries `slot`'s messages over one link until it ends.
 async fn courier(
     slot: Arc<OutSlot>,
+    link: u64,
     conn: Arc<Connection>,
     mut closed: watch::Receiver<()>,
     peer: PeerId,
 ) {
+    let current = |slot: &OutSlot| slot.link.load(std::sync::atomic::Ordering::Acquire) == link;
     loop {
+        if !current(&slot) {
+            // A newer link carries the outbox now.
+            return;
+        }
         let next = lock(&slot.outbox).next_send();
         let frame = match next {
             Some(OutboxSend::Skip(up_to)) => {
@@ -571,7 +608,15 @@ async fn courier(
             break;
         }
     }
-    lock(&slot.outbox).link_lost();
+    // Only if no newer link took over meanwhile: it has set where sending starts. (Checked
+    // under the outbox's lock, which a new link's `link_up` takes too.)
+    let mut outbox = lock(&slot.outbox);
+    if current(&slot) {
+        slot.linked
+            .store(false, std::sync::atomic::Ordering::Release);
+        outbox.link_lost();
+    }
+    drop(outbox);
     tracing::debug!(%peer, "queue courier stopped with its link");
 }
 
