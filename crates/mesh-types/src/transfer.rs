@@ -358,22 +358,52 @@ pub enum Frame<'a> {
     Message(QueuedMessage<'a>),
 }
 
-/// A queued application message: the sender numbers its messages to a peer from 1, without
-/// gaps, so the receiver delivers each exactly once and in order.
+/// A queued message: the sender numbers its messages to a peer from 1, without gaps, so the
+/// receiver delivers each exactly once and in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedMessage<'a> {
     pub seq: u64,
-    pub text: bool,
+    pub kind: MessageKind,
     pub data: &'a [u8],
+}
+
+/// What a queued message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// An application message sent as text (UTF-8).
+    Text,
+    /// An application message sent as binary.
+    Binary,
+    /// A gossip frame (an envelope, proto/GOSSIP.md) for a peer that was away.
+    Gossip,
+}
+
+impl MessageKind {
+    pub fn as_u8(self) -> u8 {
+        match self {
+            MessageKind::Text => 0,
+            MessageKind::Binary => 1,
+            MessageKind::Gossip => 2,
+        }
+    }
+
+    pub fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(MessageKind::Text),
+            1 => Some(MessageKind::Binary),
+            2 => Some(MessageKind::Gossip),
+            _ => None,
+        }
+    }
 }
 
 impl QueuedMessage<'_> {
     /// The message's header; its data follows it on the wire.
-    pub fn header(seq: u64, text: bool) -> [u8; MESSAGE_HEADER] {
+    pub fn header(seq: u64, kind: MessageKind) -> [u8; MESSAGE_HEADER] {
         let mut h = [0u8; MESSAGE_HEADER];
         h[0] = MESSAGE_TAG;
         h[1..9].copy_from_slice(&seq.to_be_bytes());
-        h[9] = u8::from(!text);
+        h[9] = kind.as_u8();
         h
     }
 }
@@ -437,13 +467,13 @@ impl<'a> Frame<'a> {
             Some((&MESSAGE_TAG, rest)) if rest.len() >= MESSAGE_HEADER - 1 => {
                 let mut seq = [0u8; 8];
                 seq.copy_from_slice(&rest[..8]);
-                match rest[8] {
-                    kind @ (0 | 1) => Ok(Frame::Message(QueuedMessage {
+                match MessageKind::from_u8(rest[8]) {
+                    Some(kind) => Ok(Frame::Message(QueuedMessage {
                         seq: u64::from_be_bytes(seq),
-                        text: kind == 0,
+                        kind,
                         data: &rest[9..],
                     })),
-                    other => Err(bad(format!("unknown message kind {other}"))),
+                    None => Err(bad(format!("unknown message kind {}", rest[8]))),
                 }
             }
             Some((&MESSAGE_TAG, _)) => Err(bad("a message shorter than its header".into())),
@@ -679,16 +709,18 @@ mod tests {
                 Frame::Control(c)
             );
         }
-        let mut m = QueuedMessage::header(7, true).to_vec();
-        m.extend_from_slice(b"hi");
-        assert_eq!(
-            Frame::decode(&m).expect("message"),
-            Frame::Message(QueuedMessage {
-                seq: 7,
-                text: true,
-                data: b"hi"
-            })
-        );
+        for kind in [MessageKind::Text, MessageKind::Binary, MessageKind::Gossip] {
+            let mut m = QueuedMessage::header(7, kind).to_vec();
+            m.extend_from_slice(b"hi");
+            assert_eq!(
+                Frame::decode(&m).expect("message"),
+                Frame::Message(QueuedMessage {
+                    seq: 7,
+                    kind,
+                    data: b"hi"
+                })
+            );
+        }
         for c in [
             Control::MsgState { delivered: 3 },
             Control::MsgAck { up_to: 4 },
@@ -703,7 +735,7 @@ mod tests {
             String::from_utf8(Control::MsgAck { up_to: 4 }.encode()[1..].to_vec()).expect("utf-8"),
             r#"{"t":"msg_ack","upTo":4}"#
         );
-        let mut bad_kind = QueuedMessage::header(1, true).to_vec();
+        let mut bad_kind = QueuedMessage::header(1, MessageKind::Text).to_vec();
         bad_kind[9] = 7;
         for bad in [
             &b""[..],

@@ -7,6 +7,10 @@
 //! a WebRTC stack without heartbeats on the data path notices. Settings are the defaults
 //! (probes every 500 ms, suspect after 1.5 s, dead after 4 s, rejoin waits up to 4 s).
 //!
+//! Messages: in each rejoin run the survivor sends 5 queued messages just before the kill (in
+//! flight when it happens) and 20 while the peer is down; once rejoined, the restarted peer's
+//! count of messages delivered and lost is read from its `GET /status`.
+//!
 //! MESH_BENCH_RUNS (default 20) sets the runs per scenario. Prints a JSON report.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods, clippy::print_stdout)]
 
@@ -60,8 +64,44 @@ async fn is_up(mesh: &Mesh, a: &Peer, peer: &str) -> bool {
         .any(|l| l["peer"] == peer && l["state"] == "connected" && l["health"] == "up")
 }
 
-/// One run: (detection, rejoin) in ms; rejoin only with the detector's defaults.
-async fn run(n: usize, env: &[(&str, &str)], rejoin: bool) -> (f64, Option<f64>) {
+/// Messages sent, delivered and lost in one run.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    sent: u64,
+    delivered: u64,
+    lost: u64,
+}
+
+async fn send(mesh: &Mesh, from: &Peer, to: &str, n: u64) {
+    let (status, body) = mesh
+        .post(
+            from,
+            &format!("/links/{to}/messages"),
+            &json!({"text": format!("m{n}")}),
+        )
+        .await;
+    assert!(status == 200 || status == 202, "{status} {body}");
+}
+
+/// `p`'s inlet for `from` (delivered, lost), from `GET /status`.
+async fn inlet(mesh: &Mesh, p: &Peer, from: &str) -> (u64, u64) {
+    let status = mesh.get(p, "/status").await;
+    status["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["peer"] == from)
+        .map_or((0, 0), |q| {
+            (
+                q["in"]["delivered"].as_u64().unwrap_or(0),
+                q["in"]["lost"].as_u64().unwrap_or(0),
+            )
+        })
+}
+
+/// One run: (detection, rejoin) in ms and the message counts; rejoin and messages only with the
+/// detector's defaults.
+async fn run(n: usize, env: &[(&str, &str)], rejoin: bool) -> (f64, Option<f64>, Counts) {
     let mesh = Mesh::new();
     let (an, bn) = (format!("ra{n}"), format!("rb{n}"));
     let a = mesh.worker(&an, 1000 + n as u64, env);
@@ -75,6 +115,13 @@ async fn run(n: usize, env: &[(&str, &str)], rejoin: bool) -> (f64, Option<f64>)
     })
     .await;
 
+    let mut sent = 0;
+    if rejoin {
+        for _ in 0..5 {
+            sent += 1;
+            send(&mesh, &a, &bn, sent).await;
+        }
+    }
     let killed = Instant::now();
     drop(b);
     wait(Duration::from_secs(60), "the link down", || async {
@@ -83,7 +130,11 @@ async fn run(n: usize, env: &[(&str, &str)], rejoin: bool) -> (f64, Option<f64>)
     .await;
     let detection = killed.elapsed().as_secs_f64() * 1000.0;
     if !rejoin {
-        return (detection, None);
+        return (detection, None, Counts::default());
+    }
+    for _ in 0..20 {
+        sent += 1;
+        send(&mesh, &a, &bn, sent).await;
     }
     let b = mesh.worker(&bn, 2000 + n as u64, env);
     let back = Instant::now();
@@ -92,8 +143,18 @@ async fn run(n: usize, env: &[(&str, &str)], rejoin: bool) -> (f64, Option<f64>)
     })
     .await;
     let rejoined = back.elapsed().as_secs_f64() * 1000.0;
+    let (delivered_upto, lost) = wait(Duration::from_secs(60), "the queued messages", || async {
+        let (d, l) = inlet(&mesh, &b, &an).await;
+        (d >= sent).then_some((d, l))
+    })
+    .await;
     drop(b);
-    (detection, Some(rejoined))
+    let counts = Counts {
+        sent,
+        delivered: delivered_upto - lost,
+        lost,
+    };
+    (detection, Some(rejoined), counts)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -125,15 +186,19 @@ async fn main() {
     let mut detection = Vec::new();
     let mut rejoin = Vec::new();
     let mut ice_only = Vec::new();
+    let mut messages = Counts::default();
     for n in 0..runs {
-        let (d, r) = run(n, DEFAULTS, true).await;
+        let (d, r, c) = run(n, DEFAULTS, true).await;
         eprintln!(
-            "run {n}: detection {d:.0} ms, rejoin {:.0} ms",
+            "run {n}: detection {d:.0} ms, rejoin {:.0} ms, messages {c:?}",
             r.unwrap_or(0.0)
         );
         detection.push(d);
         rejoin.extend(r);
-        let (d, _) = run(1000 + n, ICE_ONLY, false).await;
+        messages.sent += c.sent;
+        messages.delivered += c.delivered;
+        messages.lost += c.lost;
+        let (d, _, _) = run(1000 + n, ICE_ONLY, false).await;
         eprintln!("run {n}: ICE-only detection {d:.0} ms");
         ice_only.push(d);
     }
@@ -148,9 +213,11 @@ async fn main() {
         "rejoin": summary(rejoin.clone()),
         "ice_only_detection": summary(ice_only.clone()),
         "detection_vs_ice_only_p99": (p99(&detection) / p99(&ice_only) * 100.0).round() / 100.0,
+        "messages": {"sent": messages.sent, "delivered": messages.delivered, "lost": messages.lost},
         "targets": {
             "detection_p99_le_5000_ms": p99(&detection) <= 5000.0,
             "rejoin_p99_le_10000_ms": p99(&rejoin) <= 10000.0,
+            "no_message_lost": messages.lost == 0 && messages.delivered == messages.sent,
         },
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());

@@ -469,10 +469,38 @@ impl Worker {
         };
         let mut result = match self.deliver_https(peer, envelope).await {
             Ok(()) => target(peer, Transport::Https, None),
-            Err(e) => target(peer, Transport::Https, Some(e)),
+            Err(e) => {
+                // A worker that neither path reached gets it when its link is back.
+                let queued = match self.peer_info(peer).and_then(|p| p.https) {
+                    Some(_) => self.queue_gossip(peer, envelope).await,
+                    None => None,
+                };
+                target(
+                    peer,
+                    Transport::Https,
+                    Some(match queued {
+                        Some(seq) => format!("{e}; queued for the link's return (message {seq})"),
+                        None => e,
+                    }),
+                )
+            }
         };
         result.fallback = Some(fallback);
         result
+    }
+
+    async fn queue_gossip(self: &Arc<Self>, peer: &PeerId, envelope: &Envelope) -> Option<u64> {
+        let frame = serde_json::to_vec(&GossipFrame::Envelope {
+            envelope: envelope.clone(),
+        })
+        .ok()?;
+        match self.queue_envelope(peer, frame).await {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                tracing::warn!(%peer, "gossip envelope not queued: {e}");
+                None
+            }
+        }
     }
 
     /// Sends on the gossip channel and waits for the ack; `Err` says why HTTPS should be tried.

@@ -5,7 +5,8 @@
 //! 2. with UDP between the NATs dropped by the public router, a new link still comes up (the
 //!    relay is the only path it needs);
 //! 3. cutting one site's uplink (a partition) takes the link down within the detection bound;
-//!    restoring it brings the link back by itself, and gossip flows over it again.
+//!    messages sent meanwhile wait in the sender's outbox; restoring the uplink brings the link
+//!    back by itself, the messages arrive in order with none lost, and gossip flows again.
 //!
 //! One test, in order: the sites use fixed addresses.
 //!
@@ -195,6 +196,16 @@ async fn links_cross_two_nats_through_turn_and_heal_after_a_partition() {
         "nat: partition detected in {} ms",
         cut.elapsed().as_millis()
     );
+    // Messages sent while the sites are apart wait in site 1's outbox.
+    for n in 1..=10 {
+        let (s, body) = post(
+            &http,
+            &format!("{}/links/{}/messages", one.url, two.id),
+            &json!({"text": format!("during the partition {n}")}),
+        )
+        .await;
+        assert!(s == 200 || s == 202, "{s} {body}");
+    }
     sites.set_uplink(2, true);
     let healed = Instant::now();
     wait_up(&http, &one, &two, Duration::from_secs(30)).await;
@@ -202,6 +213,34 @@ async fn links_cross_two_nats_through_turn_and_heal_after_a_partition() {
         "nat: link back {} ms after the uplink",
         healed.elapsed().as_millis()
     );
+    // None of them lost, in order, after the message of step 1.
+    let texts = eventually(
+        Duration::from_secs(20),
+        "the partition's messages",
+        || async {
+            let m = get(&http, format!("{}/messages?limit=100", two.url)).await?;
+            let texts: Vec<String> = m["messages"]
+                .as_array()?
+                .iter()
+                .filter_map(|m| m["text"].as_str().map(str::to_string))
+                .collect();
+            (texts.len() >= 11).then_some(texts)
+        },
+    )
+    .await;
+    let want: Vec<String> = std::iter::once("through two NATs".to_string())
+        .chain((1..=10).map(|n| format!("during the partition {n}")))
+        .collect();
+    assert_eq!(texts, want);
+    let status = get(&http, format!("{}/status", two.url)).await.unwrap();
+    let from_one = status["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["peer"] == one.id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(from_one["in"]["lost"], 0, "{from_one}");
     // Gossip flows again: a push from site 1 reaches site 2 over the rejoined link.
     let (s, report) = post(
         &http,

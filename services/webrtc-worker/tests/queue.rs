@@ -208,3 +208,59 @@ async fn a_full_outbox_drops_the_oldest_and_both_sides_count_them() {
             .contains("messages lost: the sender's outbox was full")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_for_a_peer_that_is_down_is_queued_and_delivered_when_it_is_back() {
+    let mesh = Mesh::new();
+    let a = mesh.worker("g-a", 97, FAST);
+    let b = mesh.worker("g-b", 98, FAST);
+    mesh.connect(&a, &b).await;
+    mesh.wait_up(&a, &b).await;
+    kill(&b);
+    drop(b);
+    eventually(Duration::from_secs(10), "g-a to drop the link", || async {
+        (mesh.link_count(&a).await == 0).then_some(())
+    })
+    .await;
+
+    // Neither the link nor HTTPS reaches g-b: the envelope waits in g-a's queue for it.
+    let (status, report) = mesh
+        .post(&a, "/gossip/push", &json!({"targets": ["g-b"]}))
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let target = &report["targets"][0];
+    assert_eq!(target["ok"], false, "{report}");
+    assert!(
+        target["error"]
+            .as_str()
+            .unwrap()
+            .contains("queued for the link's return"),
+        "{report}"
+    );
+    let envelope = report["envelopeId"].as_str().unwrap().to_string();
+
+    let b = mesh.worker("g-b", 98, FAST);
+    eventually(
+        Duration::from_secs(30),
+        "the queued envelope at g-b",
+        || async {
+            let q = queue_of(&mesh, &b, "g-a").await;
+            (q["in"]["delivered"] == 1).then_some(())
+        },
+    )
+    .await;
+    // Checked and merged like any envelope (it is well within the age limit).
+    eventually(Duration::from_secs(10), "g-b to accept it", || async {
+        let log = b.proc.log();
+        log.lines()
+            .any(|l| l.contains("gossip envelope accepted") && l.contains(&envelope))
+            .then_some(())
+    })
+    .await;
+    let ours = eventually(Duration::from_secs(10), "the acknowledgement", || async {
+        let q = queue_of(&mesh, &a, "g-b").await;
+        (q["out"]["pending"] == 0).then_some(q)
+    })
+    .await;
+    assert_eq!(ours["out"]["delivered"], 1, "{ours}");
+}

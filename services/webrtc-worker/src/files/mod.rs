@@ -527,7 +527,7 @@ impl Worker {
                     .await;
             }
             Frame::Message(q) => {
-                self.on_queued_message(peer, conn, q.seq, q.text, q.data)
+                self.on_queued_message(peer, conn, q.seq, q.kind, q.data)
                     .await;
             }
             Frame::Control(

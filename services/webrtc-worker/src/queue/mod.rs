@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use mesh_types::PeerId;
-use mesh_types::transfer::{Control, QueuedMessage};
+use mesh_types::transfer::{Control, MessageKind, QueuedMessage};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
@@ -144,15 +144,15 @@ impl Queues {
     }
 
     /// Queues a message for `peer`. Blocking (it appends to the log).
-    fn push(&self, peer: &PeerId, text: bool, data: Bytes) -> std::io::Result<u64> {
+    fn push(&self, peer: &PeerId, kind: MessageKind, data: Bytes) -> std::io::Result<u64> {
         let slot = self.outbox(peer)?;
         let mut outbox = lock(&slot.outbox);
         let mut log = lock(&slot.log);
-        let (seq, dropped) = outbox.push(text, data.clone());
+        let (seq, dropped) = outbox.push(kind, data.clone());
         let mut rec = Vec::with_capacity(14 + data.len());
         rec.push(PUT);
         rec.extend_from_slice(&seq.to_be_bytes());
-        rec.push(u8::from(text));
+        rec.push(kind.as_u8());
         rec.extend_from_slice(&(data.len() as u32).to_be_bytes());
         rec.extend_from_slice(&data);
         if let Some(d) = &dropped {
@@ -300,9 +300,9 @@ fn read_log(path: &Path) -> std::io::Result<(u64, Vec<Queued>, Option<u64>)> {
     while at < bytes.len() {
         match bytes[at] {
             PUT => {
-                let (Some(seq), Some(&text), Some(len)) = (
+                let (Some(seq), Some(kind), Some(len)) = (
                     u64_at(&bytes, at + 1),
-                    bytes.get(at + 9),
+                    bytes.get(at + 9).and_then(|k| MessageKind::from_u8(*k)),
                     bytes
                         .get(at + 10..at + 14)
                         .map(|s| u32::from_be_bytes(s.try_into().unwrap_or_default()) as usize),
@@ -318,7 +318,7 @@ fn read_log(path: &Path) -> std::io::Result<(u64, Vec<Queued>, Option<u64>)> {
                         seq,
                         Queued {
                             seq,
-                            text: text == 1,
+                            kind,
                             data: Bytes::copy_from_slice(data),
                         },
                     );
@@ -377,7 +377,7 @@ fn compact(path: &Path, outbox: &Outbox) -> std::io::Result<OutLog> {
     for m in outbox.queued() {
         buf.push(PUT);
         buf.extend_from_slice(&m.seq.to_be_bytes());
-        buf.push(u8::from(m.text));
+        buf.push(m.kind.as_u8());
         buf.extend_from_slice(&(m.data.len() as u32).to_be_bytes());
         buf.extend_from_slice(&m.data);
     }
@@ -444,13 +444,40 @@ impl Worker {
         }
         let worker = self.clone();
         let to = peer.clone();
-        let seq = blocking(move || worker.queues.push(&to, text, Bytes::from(data)))
+        let kind = if text {
+            MessageKind::Text
+        } else {
+            MessageKind::Binary
+        };
+        let seq = blocking(move || worker.queues.push(&to, kind, Bytes::from(data)))
             .await
             .map_err(|e| WorkerError::Busy(format!("the outbox cannot be written: {e}")))?;
         if !linked && !self.has_link(peer) {
             self.rejoin(peer.clone(), "queued messages");
         }
         Ok(Sent::Queued { seq, linked })
+    }
+
+    /// Queues a gossip envelope for a worker peer that neither link nor HTTPS reached; it goes
+    /// when the link is back (and is refused there if it is older than the age limit by then).
+    /// Returns its number.
+    pub(crate) async fn queue_envelope(
+        self: &Arc<Self>,
+        peer: &PeerId,
+        frame: Vec<u8>,
+    ) -> std::io::Result<u64> {
+        let worker = self.clone();
+        let to = peer.clone();
+        let seq = blocking(move || {
+            worker
+                .queues
+                .push(&to, MessageKind::Gossip, Bytes::from(frame))
+        })
+        .await?;
+        if !self.has_link(peer) {
+            self.rejoin(peer.clone(), "queued gossip");
+        }
+        Ok(seq)
     }
 
     /// At the start of a file session: say what we have from the peer, and carry our outbox to
@@ -537,7 +564,7 @@ impl Worker {
         peer: &PeerId,
         conn: &Connection,
         seq: u64,
-        text: bool,
+        kind: MessageKind,
         data: &[u8],
     ) {
         let worker = self.clone();
@@ -549,7 +576,16 @@ impl Worker {
                 if let Arrival::AfterGap { lost } = arrival {
                     tracing::warn!(%peer, seq, lost, "messages missing before this one; counted lost");
                 }
-                self.to_inbox(peer.clone(), data, text);
+                match kind {
+                    MessageKind::Text => self.to_inbox(peer.clone(), data, true),
+                    MessageKind::Binary => self.to_inbox(peer.clone(), data, false),
+                    // Checked, merged and audited like one from the gossip channel.
+                    MessageKind::Gossip => {
+                        let worker = self.clone();
+                        let (from, frame) = (peer.clone(), Bytes::copy_from_slice(data));
+                        tokio::spawn(async move { worker.gossip_frame(from, frame).await });
+                    }
+                }
                 inlet
             }
             Err(e) => {
@@ -589,7 +625,7 @@ async fn courier(
             Some(OutboxSend::Message(m)) => {
                 let mut b =
                     BytesMut::with_capacity(mesh_types::transfer::MESSAGE_HEADER + m.data.len());
-                b.extend_from_slice(&QueuedMessage::header(m.seq, m.text));
+                b.extend_from_slice(&QueuedMessage::header(m.seq, m.kind));
                 b.extend_from_slice(&m.data);
                 b
             }
@@ -630,8 +666,12 @@ mod tests {
         let peer = PeerId::new("b").expect("id");
         let q = Queues::new(dir.path().to_path_buf(), 3);
         for n in 1..=5u8 {
-            q.push(&peer, n % 2 == 0, Bytes::from(vec![n; 10]))
-                .expect("push");
+            let kind = if n % 2 == 0 {
+                MessageKind::Text
+            } else {
+                MessageKind::Binary
+            };
+            q.push(&peer, kind, Bytes::from(vec![n; 10])).expect("push");
         }
         q.ack(&peer, 3).expect("ack");
         // 1 and 2 were dropped by the bound (3), 3 acknowledged: 4 and 5 wait, nothing to skip.
@@ -643,7 +683,9 @@ mod tests {
         assert_eq!(o.next_seq(), 6);
         assert_eq!(o.skip_due(), None);
         o.link_up(3);
-        assert!(matches!(o.next_send(), Some(OutboxSend::Message(m)) if m.seq == 4 && m.text));
+        assert!(
+            matches!(o.next_send(), Some(OutboxSend::Message(m)) if m.seq == 4 && m.kind == MessageKind::Text)
+        );
         drop(o);
         // A torn record at the end (a crash mid-append) is ignored.
         let path = q2.out_path(&peer);
@@ -659,7 +701,8 @@ mod tests {
         let peer = PeerId::new("b").expect("id");
         let q = Queues::new(dir.path().to_path_buf(), 2);
         for n in 1..=4u8 {
-            q.push(&peer, true, Bytes::from(vec![n])).expect("push");
+            q.push(&peer, MessageKind::Text, Bytes::from(vec![n]))
+                .expect("push");
         }
         let q2 = Queues::new(dir.path().to_path_buf(), 2);
         q2.restore().expect("restore");

@@ -10,13 +10,14 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
+use mesh_types::transfer::MessageKind;
 use serde::Serialize;
 
 /// One message waiting for its acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queued {
     pub seq: u64,
-    pub text: bool,
+    pub kind: MessageKind,
     pub data: Bytes,
 }
 
@@ -85,10 +86,10 @@ impl Outbox {
     }
 
     /// Queues a message; returns its number and the message the bound pushed out, if any.
-    pub fn push(&mut self, text: bool, data: Bytes) -> (u64, Option<Queued>) {
+    pub fn push(&mut self, kind: MessageKind, data: Bytes) -> (u64, Option<Queued>) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.queue.push_back(Queued { seq, text, data });
+        self.queue.push_back(Queued { seq, kind, data });
         let dropped = if self.queue.len() > self.capacity {
             let old = self.queue.pop_front();
             if let Some(old) = &old {
@@ -233,12 +234,12 @@ mod tests {
     #[test]
     fn nothing_goes_before_the_receiver_says_where_it_stands() {
         let mut o = Outbox::new(10);
-        assert_eq!(o.push(true, msg(1)).0, 1);
-        assert_eq!(o.push(true, msg(2)).0, 2);
+        assert_eq!(o.push(MessageKind::Text, msg(1)).0, 1);
+        assert_eq!(o.push(MessageKind::Text, msg(2)).0, 2);
         assert_eq!(o.next_send(), None);
         o.link_up(0);
         assert_eq!(seqs(&drain(&mut o)), vec![1, 2]);
-        o.push(false, msg(3));
+        o.push(MessageKind::Binary, msg(3));
         assert_eq!(seqs(&drain(&mut o)), vec![3]);
         o.ack(3);
         assert_eq!(
@@ -255,7 +256,7 @@ mod tests {
     fn a_new_link_resends_from_the_first_unacknowledged() {
         let mut o = Outbox::new(10);
         for n in 1..=5 {
-            o.push(true, msg(n));
+            o.push(MessageKind::Text, msg(n));
         }
         o.link_up(0);
         drain(&mut o);
@@ -272,7 +273,7 @@ mod tests {
     fn the_bound_drops_the_oldest_and_announces_it_first() {
         let mut o = Outbox::new(3);
         for n in 1..=5 {
-            let (_, dropped) = o.push(true, msg(n));
+            let (_, dropped) = o.push(MessageKind::Text, msg(n));
             assert_eq!(dropped.map(|d| d.seq), (n > 3).then(|| u64::from(n) - 3));
         }
         assert_eq!(o.stats().dropped, 2);
@@ -288,10 +289,10 @@ mod tests {
     fn a_drop_while_sending_keeps_the_order() {
         let mut o = Outbox::new(2);
         o.link_up(0);
-        o.push(true, msg(1));
+        o.push(MessageKind::Text, msg(1));
         assert_eq!(seqs(&drain(&mut o)), vec![1]);
-        o.push(true, msg(2));
-        o.push(true, msg(3)); // drops 1, which is in flight
+        o.push(MessageKind::Text, msg(2));
+        o.push(MessageKind::Text, msg(3)); // drops 1, which is in flight
         assert_eq!(seqs(&drain(&mut o)), vec![1001, 2, 3]);
     }
 
@@ -329,7 +330,7 @@ mod tests {
             x ^= x << 17;
             match x % 5 {
                 0 | 1 => {
-                    o.push(true, msg(0));
+                    o.push(MessageKind::Text, msg(0));
                 }
                 2 if !link => {
                     o.link_up(i.delivered);
