@@ -99,6 +99,15 @@ impl ServiceProcess {
         self.child.id()
     }
 
+    /// Sends `signal` (`"-KILL"`, `"-STOP"`, `"-CONT"`, …) with `kill(1)`; panics if it fails.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill {signal} {} failed", self.child.id());
+    }
+
     /// Sends SIGTERM and waits (up to `within`) for the exit status.
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")

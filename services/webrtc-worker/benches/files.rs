@@ -46,21 +46,12 @@ fn transport() -> Transport {
 /// MB/s of `total` bytes in 64 KiB messages over a worker transport's `file` channel.
 async fn raw_datachannel(total: usize) -> f64 {
     let t = transport();
-    let (a, mut a_rx) = t.connect().await.unwrap();
-    let (b, mut b_rx) = t.connect().await.unwrap();
+    let (a, a_rx) = t.connect().await.unwrap();
+    let (b, b_rx) = t.connect().await.unwrap();
     let offer = a.offer().await.unwrap();
     let answer = b.answer(&offer).await.unwrap();
     a.accept_answer(&answer).await.unwrap();
-    loop {
-        if let Some(ConnEvent::Open(Channel::File)) = a_rx.recv().await {
-            break;
-        }
-    }
-    loop {
-        if let Some(ConnEvent::Open(Channel::File)) = b_rx.recv().await {
-            break;
-        }
-    }
+    tokio::join!(file_channel_open(a_rx), file_channel_open(b_rx));
     let mut queue = b.take_file_queue().unwrap();
     let receiver = tokio::spawn(async move {
         let mut got = 0;
@@ -72,9 +63,6 @@ async fn raw_datachannel(total: usize) -> f64 {
         }
         got
     });
-    // Keep the event streams drained, as the worker's link driver does.
-    let drain_a = tokio::spawn(async move { while a_rx.recv().await.is_some() {} });
-    let drain_b = tokio::spawn(async move { while b_rx.recv().await.is_some() {} });
     let msg = vec![7u8; 65536];
     let t0 = Instant::now();
     let mut sent = 0;
@@ -87,8 +75,6 @@ async fn raw_datachannel(total: usize) -> f64 {
     assert_eq!(got, total);
     a.close().await;
     b.close().await;
-    drain_a.abort();
-    drain_b.abort();
     total as f64 / secs / 1e6
 }
 

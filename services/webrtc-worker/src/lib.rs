@@ -38,6 +38,15 @@ use crate::worker::Timings;
 
 pub(crate) use mesh_service::lock;
 
+/// Runs blocking file work on tokio's blocking pool; a panic there becomes an IO error.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)?
+}
+
 /// The worker's whole HTTP surface with the shared layers.
 pub fn app(worker: Arc<Worker>, limits: &HttpLimits) -> Router {
     let store = worker.store().clone();

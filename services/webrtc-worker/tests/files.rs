@@ -8,7 +8,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::{Mesh, Peer};
@@ -137,16 +136,6 @@ impl Setup {
     }
 }
 
-fn kill(p: &Peer) {
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", &p.proc.pid().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_256_mib_file_arrives_intact_with_progress_in_the_store() {
     let s = Setup::new();
@@ -238,7 +227,7 @@ async fn a_transfer_resumes_after_a_hang_up_and_after_either_side_is_killed() {
         at_least(size / 2),
     )
     .await;
-    kill(&b);
+    b.proc.signal("-KILL");
     drop(b);
     b = s.worker("res-b", 52, &[]);
     let v = s
@@ -271,7 +260,7 @@ async fn a_transfer_resumes_after_a_hang_up_and_after_either_side_is_killed() {
     )
     .await;
     let before = s.view(&a, &id).await;
-    kill(&a);
+    a.proc.signal("-KILL");
     drop(a);
     a = s.worker("res-a", 51, &window);
     let done = s

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Mesh, Peer};
@@ -24,17 +23,6 @@ const FAST: &[(&str, &str)] = &[
     // This test watches detection alone; rejoining is tested on its own.
     ("MESH_REJOIN", "false"),
 ];
-
-fn signal(peer: &Peer, sig: &str) {
-    let pid = peer.proc.pid().to_string();
-    assert!(
-        Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
 
 /// Waits for `message` to appear in `peer`'s log more often than `before` times.
 async fn logged(peer: &Peer, message: &str, before: usize, within: Duration) {
@@ -63,7 +51,7 @@ async fn a_paused_peer_is_suspected_and_cleared_and_a_killed_one_is_declared_dea
         count(&a, "peer suspect: no probe heard"),
         count(&a, "peer heard again; no longer suspect"),
     );
-    signal(&b, "-STOP");
+    b.proc.signal("-STOP");
     logged(
         &a,
         "peer suspect: no probe heard",
@@ -71,7 +59,7 @@ async fn a_paused_peer_is_suspected_and_cleared_and_a_killed_one_is_declared_dea
         Duration::from_secs(10),
     )
     .await;
-    signal(&b, "-CONT");
+    b.proc.signal("-CONT");
     logged(
         &a,
         "peer heard again; no longer suspect",

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{Mesh, Peer};
@@ -19,16 +18,6 @@ const FAST: &[(&str, &str)] = &[
     ("MESH_DEAD_AFTER_MS", "1500"),
     ("MESH_REJOIN_MAX_DELAY_MS", "500"),
 ];
-
-fn kill(p: &Peer) {
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", &p.proc.pid().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
 
 async fn send(mesh: &Mesh, from: &Peer, to: &str, text: &str) -> (u16, Value) {
     mesh.post(
@@ -74,7 +63,7 @@ async fn messages_to_a_peer_that_is_down_arrive_in_order_once_it_is_back() {
     let (status, first) = send(&mesh, &a, "q-b", "m1").await;
     assert_eq!(status, 200, "{first}");
 
-    kill(&b);
+    b.proc.signal("-KILL");
     drop(b);
     // Until a's detector says the link is gone, the courier may still hold it: give each
     // message its own number either way; those sent while no link exists are accepted (202).
@@ -129,7 +118,7 @@ async fn a_receiver_killed_mid_stream_misses_nothing_and_gets_nothing_twice() {
         (d >= 1).then_some(())
     })
     .await;
-    kill(&b);
+    b.proc.signal("-KILL");
     drop(b);
     for n in 151..=300 {
         let (status, body) = send(&mesh, &a, "k-b", &format!("{n}")).await;
@@ -166,7 +155,7 @@ async fn a_full_outbox_drops_the_oldest_and_both_sides_count_them() {
     let b = mesh.worker("f-b", 96, FAST);
     mesh.connect(&a, &b).await;
     mesh.wait_up(&a, &b).await;
-    kill(&b);
+    b.proc.signal("-KILL");
     drop(b);
     // Wait until a knows the link is gone, so nothing of this goes out on it.
     eventually(Duration::from_secs(10), "f-a to drop the link", || async {
@@ -216,7 +205,7 @@ async fn gossip_for_a_peer_that_is_down_is_queued_and_delivered_when_it_is_back(
     let b = mesh.worker("g-b", 98, FAST);
     mesh.connect(&a, &b).await;
     mesh.wait_up(&a, &b).await;
-    kill(&b);
+    b.proc.signal("-KILL");
     drop(b);
     eventually(Duration::from_secs(10), "g-a to drop the link", || async {
         (mesh.link_count(&a).await == 0).then_some(())

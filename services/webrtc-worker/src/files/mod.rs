@@ -34,9 +34,9 @@ use mesh_types::{PeerId, UnixMillis};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use crate::lock;
 use crate::transport::{Channel, Connection};
 use crate::worker::Worker;
+use crate::{blocking, lock};
 use disk::{Checkpoint, ChunkRead, Layout, SendPathError, WholeCheck};
 use proto::{Incoming, Outgoing, PieceAction, RateMeter, SenderEvent};
 
@@ -209,14 +209,6 @@ impl Files {
             update(v);
         }
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(std::io::Error::other)?
 }
 
 impl Worker {

@@ -26,9 +26,9 @@ use mesh_types::transfer::{Control, MessageKind, QueuedMessage};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
-use crate::lock;
 use crate::transport::{Channel, Connection};
 use crate::worker::Worker;
+use crate::{blocking, lock};
 use proto::{Arrival, Inlet, Outbox, OutboxSend, OutboxStats, Queued};
 
 const PUT: u8 = b'P';
@@ -389,14 +389,6 @@ fn compact(path: &Path, outbox: &Outbox) -> std::io::Result<OutLog> {
         file,
         len: buf.len() as u64,
     })
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(std::io::Error::other)?
 }
 
 impl Worker {
