@@ -370,6 +370,18 @@ impl Worker {
         lock(&self.gossip().peers).peers.get(peer).cloned()
     }
 
+    /// `peer`'s worker URL from the (cached) registry: `None` when it is not registered,
+    /// `Some(None)` for a peer without one (a browser).
+    pub(crate) async fn worker_url_of(
+        &self,
+        peer: &PeerId,
+    ) -> Result<Option<Option<String>>, WorkerError> {
+        if self.peer_info(peer).is_none() {
+            self.refresh_peers(true).await?;
+        }
+        Ok(self.peer_info(peer).map(|p| p.https))
+    }
+
     /// `POST /gossip/push`: originates an envelope and delivers it to each of `targets`.
     pub async fn gossip_push(
         self: &Arc<Self>,

@@ -125,15 +125,24 @@ async fn a_receiver_killed_mid_stream_misses_nothing_and_gets_nothing_twice() {
         assert!(status == 200 || status == 202, "{status} {body}");
     }
     let b = mesh.worker("k-b", 94, FAST);
-    let inlet = eventually(
-        Duration::from_secs(30),
-        "all 300 delivered at k-b",
-        || async {
+    let all = async {
+        loop {
             let q = queue_of(&mesh, &b, "k-a").await;
-            (q["in"]["delivered"] == 300).then_some(q)
-        },
-    )
-    .await;
+            if q["in"]["delivered"] == 300 {
+                return q;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    let Ok(inlet) = tokio::time::timeout(Duration::from_secs(30), all).await else {
+        panic!(
+            "not all 300 delivered at k-b within 30 s\nk-a: {}\nk-b: {}\nk-a log:\n{}\nk-b log:\n{}",
+            mesh.get(&a, "/status").await,
+            mesh.get(&b, "/status").await,
+            a.proc.log(),
+            b.proc.log()
+        );
+    };
     assert_eq!(inlet["in"]["lost"], 0, "{inlet}");
     // What arrived after the restart continues where the killed process stopped: consecutive
     // numbers up to 300, none twice.

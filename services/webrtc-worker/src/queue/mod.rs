@@ -46,9 +46,6 @@ struct OutSlot {
     /// Counts the links that carried this outbox; the courier of an older one leaves the
     /// outbox alone when it stops. 0: none since start-up.
     link: std::sync::atomic::AtomicU64,
-    /// The current link's receiver speaks this protocol (it said where it stands); until then
-    /// messages for a connected peer go on the mesh channel (a browser never says).
-    linked: std::sync::atomic::AtomicBool,
 }
 
 struct OutLog {
@@ -128,19 +125,11 @@ impl Queues {
             log: Mutex::new(log),
             wake: Notify::new(),
             link: Default::default(),
-            linked: Default::default(),
         });
         Ok(lock(&self.outboxes)
             .entry(peer.clone())
             .or_insert(slot)
             .clone())
-    }
-
-    /// Whether the current link to `peer` carries its queue.
-    fn linked(&self, peer: &PeerId) -> bool {
-        lock(&self.outboxes)
-            .get(peer)
-            .is_some_and(|s| s.linked.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// Queues a message for `peer`. Blocking (it appends to the log).
@@ -415,25 +404,20 @@ impl Worker {
         if data.len() > MAX_MESSAGE_BYTES {
             return Err(WorkerError::MessageTooLarge(data.len()));
         }
-        let linked = self.queues.linked(peer);
-        if !linked && self.connected(peer).is_some() {
-            // Connected, but the other side has not taken part in queueing on this link: a
-            // browser (mesh channel only), or a worker whose link is seconds old.
-            self.send(peer, &data, text).await?;
-            return Ok(Sent::Direct);
-        }
-        if !linked {
-            // Queued only for a worker (a peer with a worker URL): a browser that is away may
-            // never come back to this worker, and a queue for a typo would wait forever.
-            match self.store().get_peer(peer).await {
-                Ok(p) if p.endpoints.https.is_some() => {}
-                Ok(_) => return Err(WorkerError::NotConnected(peer.clone())),
-                Err(e) if e.kind() == mesh_store::ErrorKind::NotFound => {
-                    return Err(WorkerError::UnknownPeer(peer.clone()));
-                }
-                Err(e) => return Err(e.into()),
+        let connected = self.connected(peer).is_some();
+        // Workers (peers with a worker URL) get a queue; a browser has only the mesh channel,
+        // and one that is away may never come back to this worker.
+        match self.worker_url_of(peer).await? {
+            Some(Some(_)) => {}
+            Some(None) | None if connected => {
+                self.send(peer, &data, text).await?;
+                return Ok(Sent::Direct);
             }
+            Some(None) => return Err(WorkerError::NotConnected(peer.clone())),
+            None => return Err(WorkerError::UnknownPeer(peer.clone())),
         }
+        // Carried now (or as soon as the receiver says where it stands: a link seconds old).
+        let linked = connected;
         let worker = self.clone();
         let to = peer.clone();
         let kind = if text {
@@ -511,8 +495,6 @@ impl Worker {
                 let link = {
                     let mut outbox = lock(&slot.outbox);
                     outbox.link_up(delivered);
-                    slot.linked
-                        .store(true, std::sync::atomic::Ordering::Release);
                     slot.link.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1
                 };
                 tokio::spawn(courier(
@@ -640,8 +622,6 @@ async fn courier(
     // under the outbox's lock, which a new link's `link_up` takes too.)
     let mut outbox = lock(&slot.outbox);
     if current(&slot) {
-        slot.linked
-            .store(false, std::sync::atomic::Ordering::Release);
         outbox.link_lost();
     }
     drop(outbox);
