@@ -1064,7 +1064,6 @@ impl Sender {
                 }
             }
         };
-        self.record.state = TransferState::Waiting;
         self.save(&machine, true).await;
         loop {
             let Some(session) = self.wait_session().await else {
