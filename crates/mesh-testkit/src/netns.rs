@@ -188,6 +188,42 @@ impl Sites {
         )
     }
 
+    /// The private address of a site's host.
+    pub fn private_ip(site: usize) -> &'static str {
+        if site == 1 {
+            "192.168.1.2"
+        } else {
+            "192.168.2.2"
+        }
+    }
+
+    /// Gives a site's NAT an endpoint-independent mapping and filtering for one UDP port of its
+    /// host (what RFC 4787 asks of a NAT, and most home routers do): the host's `port` always
+    /// leaves as the NAT's `port`, and anything arriving there goes to the host. Plain
+    /// MASQUERADE is endpoint-dependent: a peer's check that reaches the NAT before the host
+    /// has sent to that peer claims the port, the host's own packets then leave from another,
+    /// and server-reflexive candidates on both sides never meet.
+    pub fn endpoint_independent(&self, site: usize, port: u16) {
+        let (nat, up) = if site == 1 {
+            (&self.names[1], format!("{}n1u", self.tag()))
+        } else {
+            (&self.names[3], format!("{}n2u", self.tag()))
+        };
+        let (public, private) = (Self::public_ip(site), Self::private_ip(site));
+        in_ns(
+            nat,
+            &format!(
+                "iptables -t nat -I POSTROUTING 1 -o {up} -p udp -s {private} --sport {port} -j SNAT --to-source {public}:{port}"
+            ),
+        );
+        in_ns(
+            nat,
+            &format!(
+                "iptables -t nat -A PREROUTING -i {up} -p udp --dport {port} -j DNAT --to-destination {private}:{port}"
+            ),
+        );
+    }
+
     /// The public router drops UDP between the two NATs: only TURN (in `pub`) connects them.
     pub fn block_udp_between_sites(&self) {
         for (a, b) in [("100.64.1.2", "100.64.2.2"), ("100.64.2.2", "100.64.1.2")] {

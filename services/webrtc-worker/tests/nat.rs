@@ -1,6 +1,9 @@
 //! Two workers on two sites, each behind its own NAT (network namespaces, iptables MASQUERADE;
-//! needs root), with coturn on the public network between them, the workers relaying through it
-//! as on Cloud Run (`MESH_ICE_POLICY=relay`):
+//! needs root), with coturn (STUN and TURN) on the public network between them:
+//! 0. with NATs that map a host's port independently of the destination (RFC 4787's
+//!    endpoint-independent mapping), a link comes up directly through both NATs from
+//!    server-reflexive candidates, without the relay;
+//! then, the workers relaying as on Cloud Run (`MESH_ICE_POLICY=relay`):
 //! 1. the link comes up through both NATs, relayed by TURN;
 //! 2. with UDP between the NATs dropped by the public router, a new link still comes up (the
 //!    relay is the only path it needs);
@@ -27,7 +30,18 @@ struct Site {
     proc: ServiceProcess,
 }
 
-fn start_worker(sites: &Sites, site: usize, store: &std::path::Path) -> Site {
+/// The UDP port a direct-path worker binds (fixed, so its NAT can map it).
+const DIRECT_UDP_PORT: u16 = 40_000;
+
+/// How a site's worker reaches the other: relayed through TURN (as on Cloud Run), or directly
+/// through both NATs from server-reflexive candidates.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Relay,
+    Direct,
+}
+
+fn start_worker(sites: &Sites, site: usize, store: &std::path::Path, path: Path) -> Site {
     let id = format!("nat-site-{site}");
     let identity = mesh_testkit::identity(&id, 70 + site as u64);
     let bin = mesh_testkit::workspace_bin("webrtc-worker", "webrtc-worker");
@@ -44,8 +58,15 @@ fn start_worker(sites: &Sites, site: usize, store: &std::path::Path) -> Site {
         ("MESH_SUSPECT_AFTER_MS", "600".into()),
         ("MESH_DEAD_AFTER_MS", "2000".into()),
         ("MESH_REJOIN_MAX_DELAY_MS", "2000".into()),
-        ("MESH_ICE_POLICY", "relay".into()),
     ];
+    let mut env = env.to_vec();
+    match path {
+        Path::Relay => env.push(("MESH_ICE_POLICY", "relay".into())),
+        Path::Direct => env.push((
+            "MESH_UDP_ADDRS",
+            format!("{}:{DIRECT_UDP_PORT}", Sites::private_ip(site)),
+        )),
+    }
     let proc = ServiceProcess::start_with_args(
         "ip",
         &["netns", "exec", sites.host(site), bin.to_str().unwrap()],
@@ -129,13 +150,31 @@ async fn candidate(http: &reqwest::Client, a: &Site, peer: &str) -> String {
 async fn links_cross_two_nats_through_turn_and_heal_after_a_partition() {
     let mut sites = Sites::new("t");
     sites.start_turn();
-    let store = mesh_testkit::data_dir();
-    let one = start_worker(&sites, 1, store.path());
-    let two = start_worker(&sites, 2, store.path());
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
+
+    // 0. Directly through both NATs, from server-reflexive candidates (STUN at the public
+    //    router), with NATs that map a host's port the same way whoever it talks to. The host
+    //    candidates (private addresses) cannot reach the other site, so a path that comes up
+    //    without TURN is the NATs' public mappings.
+    sites.endpoint_independent(1, DIRECT_UDP_PORT);
+    sites.endpoint_independent(2, DIRECT_UDP_PORT);
+    {
+        let store = mesh_testkit::data_dir();
+        let one = start_worker(&sites, 1, store.path(), Path::Direct);
+        let two = start_worker(&sites, 2, store.path(), Path::Direct);
+        connect(&http, &one, &two).await;
+        wait_up(&http, &one, &two, Duration::from_secs(30)).await;
+        let via = candidate(&http, &one, &two.id).await;
+        assert!(via != "relay", "a direct path was expected, got {via}");
+        eprintln!("nat: direct path through both NATs (local candidate {via})");
+    }
+
+    let store = mesh_testkit::data_dir();
+    let one = start_worker(&sites, 1, store.path(), Path::Relay);
+    let two = start_worker(&sites, 2, store.path(), Path::Relay);
 
     // 1. Through both NATs, relayed.
     connect(&http, &one, &two).await;
