@@ -112,7 +112,10 @@ impl Queues {
 
     /// The peer's outbox, opened (and rebuilt from its log) on first use. Blocking.
     fn outbox(&self, peer: &PeerId) -> std::io::Result<Arc<OutSlot>> {
-        if let Some(slot) = lock(&self.outboxes).get(peer) {
+        // Held while opening: two first uses at once would both compact the log, and one
+        // would keep appending to the file the other's rename replaced.
+        let mut outboxes = lock(&self.outboxes);
+        if let Some(slot) = outboxes.get(peer) {
             return Ok(slot.clone());
         }
         std::fs::create_dir_all(&self.dir)?;
@@ -126,10 +129,8 @@ impl Queues {
             wake: Notify::new(),
             link: Default::default(),
         });
-        Ok(lock(&self.outboxes)
-            .entry(peer.clone())
-            .or_insert(slot)
-            .clone())
+        outboxes.insert(peer.clone(), slot.clone());
+        Ok(slot)
     }
 
     /// Queues a message for `peer`. Blocking (it appends to the log).
@@ -173,7 +174,16 @@ impl Queues {
 
     /// What this worker has delivered from `peer`. Blocking on first use.
     fn inlet(&self, peer: &PeerId) -> std::io::Result<Inlet> {
-        if let Some(i) = lock(&self.inlets).get(peer) {
+        let mut inlets = lock(&self.inlets);
+        self.inlet_in(&mut inlets, peer)
+    }
+
+    fn inlet_in(
+        &self,
+        inlets: &mut HashMap<PeerId, Inlet>,
+        peer: &PeerId,
+    ) -> std::io::Result<Inlet> {
+        if let Some(i) = inlets.get(peer) {
             return Ok(*i);
         }
         let inlet = match std::fs::read(self.in_path(peer)) {
@@ -185,7 +195,8 @@ impl Queues {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Inlet::default(),
             Err(e) => return Err(e),
         };
-        Ok(*lock(&self.inlets).entry(peer.clone()).or_insert(inlet))
+        inlets.insert(peer.clone(), inlet);
+        Ok(inlet)
     }
 
     /// Applies `change` to `peer`'s inlet and persists it. Blocking.
@@ -194,7 +205,10 @@ impl Queues {
         peer: &PeerId,
         change: impl FnOnce(&mut Inlet) -> T,
     ) -> std::io::Result<(T, Inlet)> {
-        let mut inlet = self.inlet(peer)?;
+        // Held throughout: two links of one peer (an old one ending, a new one starting) must
+        // not interleave their read-modify-writes.
+        let mut inlets = lock(&self.inlets);
+        let mut inlet = self.inlet_in(&mut inlets, peer)?;
         let out = change(&mut inlet);
         std::fs::create_dir_all(&self.dir)?;
         let mut bytes = [0u8; 16];
@@ -206,7 +220,7 @@ impl Queues {
             .write(true)
             .open(self.in_path(peer))?
             .write_all_at(&bytes, 0)?;
-        lock(&self.inlets).insert(peer.clone(), inlet);
+        inlets.insert(peer.clone(), inlet);
         Ok((out, inlet))
     }
 
