@@ -63,6 +63,19 @@ async fn raw_datachannel(total: usize) -> f64 {
         }
         got
     });
+    let mbps = send_all(&a, total, async { receiver.await.unwrap() }).await;
+    a.close().await;
+    b.close().await;
+    mbps
+}
+
+/// Sends `total` bytes in 64 KiB messages on `a`'s `file` channel as fast as its send buffer
+/// allows; MB/s until `received` (the receiving side's count) says all arrived.
+async fn send_all(
+    a: &webrtc_worker::transport::Connection,
+    total: usize,
+    received: impl std::future::Future<Output = usize>,
+) -> f64 {
     let msg = vec![7u8; 65536];
     let t0 = Instant::now();
     let mut sent = 0;
@@ -70,11 +83,9 @@ async fn raw_datachannel(total: usize) -> f64 {
         a.send(Channel::File, &msg, false).await.unwrap();
         sent += msg.len();
     }
-    let got = receiver.await.unwrap();
+    let got = received.await;
     let secs = t0.elapsed().as_secs_f64();
-    assert_eq!(got, total);
-    a.close().await;
-    b.close().await;
+    assert_eq!(got, total, "every byte arrives");
     total as f64 / secs / 1e6
 }
 
@@ -234,19 +245,10 @@ async fn raw_two_processes(total: usize) -> f64 {
         stdout.read_line(&mut line).unwrap();
         line.trim().parse::<usize>().unwrap()
     });
-    let msg = vec![7u8; 65536];
-    let t0 = Instant::now();
-    let mut sent = 0;
-    while sent < total {
-        a.send(Channel::File, &msg, false).await.unwrap();
-        sent += msg.len();
-    }
-    let got = done.await.unwrap();
-    let secs = t0.elapsed().as_secs_f64();
-    assert_eq!(got, total);
+    let mbps = send_all(&a, total, async { done.await.unwrap() }).await;
     a.close().await;
     let _ = child.wait();
-    total as f64 / secs / 1e6
+    mbps
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
