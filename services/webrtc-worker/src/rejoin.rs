@@ -290,7 +290,7 @@ impl Worker {
     }
 
     /// Sends `offer` through the proxy, or to the peer's worker; its answer.
-    async fn deliver_offer(
+    pub(crate) async fn deliver_offer(
         &self,
         offer: &Offer,
         settings: &RejoinSettings,

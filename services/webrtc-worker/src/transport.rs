@@ -171,7 +171,9 @@ struct Events {
     tx: mpsc::Sender<ConnEvent>,
     file_tx: mpsc::Sender<Bytes>,
     activity: Activity,
-    gathered: watch::Sender<bool>,
+    /// Counts completed gatherings: an ICE restart gathers again, and its description must
+    /// wait for that round, not the first.
+    gathered: watch::Sender<u64>,
     channels: Arc<Mutex<Channels>>,
 }
 
@@ -179,7 +181,7 @@ struct Events {
 impl PeerConnectionEventHandler for Events {
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
-            let _ = self.gathered.send(true);
+            self.gathered.send_modify(|n| *n += 1);
         }
     }
 
@@ -259,7 +261,7 @@ pub struct Connection {
     file_tx: mpsc::Sender<Bytes>,
     /// The `file` channel's messages, until the link's file session takes them.
     file_rx: Mutex<Option<mpsc::Receiver<Bytes>>>,
-    gathered: watch::Receiver<bool>,
+    gathered: watch::Receiver<u64>,
     gather_timeout: Duration,
 }
 
@@ -290,7 +292,7 @@ impl Transport {
     pub async fn connect(&self) -> Result<(Connection, mpsc::Receiver<ConnEvent>), TransportError> {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let (file_tx, file_rx) = mpsc::channel(FILE_QUEUE);
-        let (gathered_tx, gathered) = watch::channel(false);
+        let (gathered_tx, gathered) = watch::channel(0);
         let ice_servers = self
             .config
             .ice_servers
@@ -355,6 +357,12 @@ impl Transport {
         };
         Ok((conn, rx))
     }
+}
+
+/// The value of a description's first `a=fingerprint:` line (`sha-256 AB:CD:…`).
+pub fn fingerprint_of(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=fingerprint:"))
 }
 
 /// Moves one channel's events into the connection's queue until the channel closes.
@@ -435,7 +443,38 @@ impl Connection {
         }
         let offer = self.pc.create_offer(None).await.map_err(lib)?;
         self.pc.set_local_description(offer).await.map_err(lib)?;
-        self.local_sdp().await
+        self.local_sdp(0).await
+    }
+
+    /// An offer that restarts ICE on this connection (new credentials, candidates gathered
+    /// again), keeping DTLS, SCTP and the channels: for a path that changed under a live link.
+    pub async fn restart_offer(&self) -> Result<String, TransportError> {
+        let round = *self.gathered.borrow();
+        self.pc.restart_ice().await.map_err(lib)?;
+        let offer = self.pc.create_offer(None).await.map_err(lib)?;
+        self.pc.set_local_description(offer).await.map_err(lib)?;
+        self.local_sdp(round).await
+    }
+
+    /// Answers the peer's ICE-restart offer on this connection.
+    pub async fn answer_restart(&self, offer_sdp: &str) -> Result<String, TransportError> {
+        let round = *self.gathered.borrow();
+        let offer = RTCSessionDescription::offer(offer_sdp.to_string())
+            .map_err(|e| TransportError::BadSdp(e.to_string()))?;
+        self.pc
+            .set_remote_description(offer)
+            .await
+            .map_err(|e| TransportError::BadSdp(e.to_string()))?;
+        let answer = self.pc.create_answer(None).await.map_err(lib)?;
+        self.pc.set_local_description(answer).await.map_err(lib)?;
+        self.local_sdp(round).await
+    }
+
+    /// The DTLS fingerprint the peer's description announced: the same on a re-offer from the
+    /// same connection, different on a new one.
+    pub async fn remote_fingerprint(&self) -> Option<String> {
+        let sdp = self.pc.remote_description().await?.sdp;
+        fingerprint_of(&sdp).map(str::to_string)
     }
 
     /// Applies a remote offer and returns the answer's SDP.
@@ -448,7 +487,7 @@ impl Connection {
             .map_err(|e| TransportError::BadSdp(e.to_string()))?;
         let answer = self.pc.create_answer(None).await.map_err(lib)?;
         self.pc.set_local_description(answer).await.map_err(lib)?;
-        self.local_sdp().await
+        self.local_sdp(0).await
     }
 
     /// Applies the remote answer to our offer.
@@ -461,10 +500,12 @@ impl Connection {
             .map_err(|e| TransportError::BadSdp(e.to_string()))
     }
 
-    async fn local_sdp(&self) -> Result<String, TransportError> {
+    /// The local description once gathering round `after` + 1 completed (or the gather
+    /// time-out passed).
+    async fn local_sdp(&self, after: u64) -> Result<String, TransportError> {
         let mut gathered = self.gathered.clone();
         // Not gathered in time: send what we have; more candidates would not reach the peer anyway.
-        let _ = tokio::time::timeout(self.gather_timeout, gathered.wait_for(|done| *done)).await;
+        let _ = tokio::time::timeout(self.gather_timeout, gathered.wait_for(|n| *n > after)).await;
         self.pc
             .local_description()
             .await

@@ -125,6 +125,8 @@ struct Entry {
     conn: Arc<Connection>,
     role: Role,
     phase: Phase,
+    /// This side offered an ICE restart on the connection and waits for the answer.
+    restarting: bool,
     view: watch::Receiver<LinkView>,
     stop: Arc<Notify>,
 }
@@ -380,6 +382,19 @@ impl Worker {
         offer_sdp: &str,
         replace: Replace,
     ) -> Result<String, WorkerError> {
+        // A re-offer from the connection we have (same DTLS fingerprint): an ICE restart, answered
+        // on that connection, which keeps its channels; anything else is a new connection.
+        if replace == Replace::Yes {
+            let existing = lock(&self.links).get(&from).map(|e| e.conn.clone());
+            if let Some(conn) = existing
+                && let Some(ours) = conn.remote_fingerprint().await
+                && crate::transport::fingerprint_of(offer_sdp) == Some(ours.as_str())
+            {
+                let sdp = conn.answer_restart(offer_sdp).await?;
+                tracing::info!(peer = %from, "ICE restart answered on the live connection");
+                return Ok(sdp);
+            }
+        }
         // Glare: when both sides dialled, the lower id's offer wins.
         let replaced = {
             let mut links = lock(&self.links);
@@ -429,26 +444,83 @@ impl Worker {
         let key = self.registered_key(&answer.peer_from).await?;
         lock(&self.verifier).verify(&answer, &key, self.clock.now_ms())?;
         let from = answer.peer_from.clone();
-        let (conn, generation) = {
+        let (conn, generation, restart) = {
             let mut links = lock(&self.links);
             let entry = links
                 .get_mut(&from)
                 .ok_or_else(|| WorkerError::NothingPending(from.clone()))?;
-            if entry.role != Role::Dialer || entry.phase != Phase::AwaitingAnswer {
+            if entry.restarting {
+                entry.restarting = false;
+                (entry.conn.clone(), entry.generation, true)
+            } else if entry.role != Role::Dialer || entry.phase != Phase::AwaitingAnswer {
                 return Err(WorkerError::WrongState {
                     peer: from.clone(),
                     state: entry.phase.as_str(),
                 });
+            } else {
+                entry.phase = Phase::Connecting;
+                (entry.conn.clone(), entry.generation, false)
             }
-            entry.phase = Phase::Connecting;
-            (entry.conn.clone(), entry.generation)
         };
+        if restart {
+            // The answer to our ICE restart. From the same connection (its DTLS fingerprint),
+            // the connection and its channels carry on; from a new one (the peer restarted
+            // meanwhile and answered as to a new link), ours is finished: dial anew.
+            if conn.remote_fingerprint().await.as_deref()
+                != crate::transport::fingerprint_of(&answer.sdp)
+            {
+                self.stop_generation(&from, generation);
+                self.rejoin(from.clone(), "the peer restarted during an ICE restart");
+                return Err(WorkerError::WrongState {
+                    peer: from,
+                    state: "restarted",
+                });
+            }
+            conn.accept_answer(&answer.sdp).await?;
+            tracing::info!(peer = %from, "ICE restarted on the live connection");
+            return Ok(());
+        }
         if let Err(e) = conn.accept_answer(&answer.sdp).await {
             // A broken answer leaves nothing behind: the dial is over.
             self.stop_generation(&from, generation);
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// The path of a live link broke (ICE disconnected): the dialler restarts ICE on the same
+    /// connection, through the same signalling as a rejoin. If that fails, the link's fate is
+    /// the detector's and ICE's as before (and a lost link is rejoined with a new connection).
+    pub(crate) async fn restart_ice(self: &Arc<Self>, peer: PeerId, generation: u64) {
+        let conn = {
+            let mut links = lock(&self.links);
+            match links.get_mut(&peer) {
+                Some(e)
+                    if e.generation == generation && e.role == Role::Dialer && !e.restarting =>
+                {
+                    e.restarting = true;
+                    e.conn.clone()
+                }
+                _ => return,
+            }
+        };
+        tracing::info!(%peer, "restarting ICE on the live connection");
+        let outcome = async {
+            let sdp = conn.restart_offer().await.map_err(|e| e.to_string())?;
+            let mut offer = Offer::new(self.id().clone(), peer.clone(), sdp, self.clock.now_ms());
+            offer.sign(&self.identity).map_err(|e| e.to_string())?;
+            let answer = self.deliver_offer(&offer, self.rejoin_settings()).await?;
+            self.accept_answer(answer).await.map_err(|e| e.to_string())
+        }
+        .await;
+        if let Err(why) = outcome {
+            tracing::warn!(%peer, "ICE restart failed: {why}");
+            if let Some(e) = lock(&self.links).get_mut(&peer)
+                && e.generation == generation
+            {
+                e.restarting = false;
+            }
+        }
     }
 
     /// `DELETE /links/{peer}`: hangs up, and stops any rejoining: the operator wants it down.
@@ -559,6 +631,7 @@ impl Worker {
                     conn: conn.clone(),
                     role,
                     phase,
+                    restarting: false,
                     view: view_rx,
                     stop: stop.clone(),
                 };
@@ -714,6 +787,10 @@ impl LinkDriver {
                     }
                     Some(ConnEvent::State(ConnState::Disconnected)) => {
                         connected = false;
+                        // The path broke under a live link: restart ICE on it.
+                        if established.is_some() {
+                            self.restart_ice();
+                        }
                         if let Some(at) = established {
                             self.write(Health::Down, LinkQos { last_ts: clock.now_ms(), ..Default::default() }, at).await;
                         }
@@ -794,6 +871,10 @@ impl LinkDriver {
                     match liveness.as_mut().and_then(|d| d.tick(clock.now_us())) {
                         Some(Transition::Suspected { silent }) => {
                             tracing::warn!(peer = %self.peer, silent_ms = silent.as_millis() as u64, "peer suspect: no probe heard");
+                            // Perhaps the path changed: a restart finds a new one while the
+                            // link is still alive (if the peer is gone, it fails and the
+                            // detector ends the link as before).
+                            self.restart_ice();
                         }
                         Some(Transition::Died { silent }) => {
                             tracing::warn!(peer = %self.peer, silent_ms = silent.as_millis() as u64, "peer dead: no probe heard; link down");
@@ -858,6 +939,13 @@ impl LinkDriver {
             self.worker.cancel_rejoin(&self.peer);
         }
         self.worker.forget(&self.peer, self.generation);
+    }
+
+    /// Restarts ICE on this link, off the driver's loop (only the dialler does, so the two
+    /// sides do not both offer; one restart at a time).
+    fn restart_ice(&self) {
+        let (worker, peer, generation) = (self.worker.clone(), self.peer.clone(), self.generation);
+        tokio::spawn(async move { worker.restart_ice(peer, generation).await });
     }
 
     /// Exchanges gossip state with the peer, off the driver's loop.

@@ -1,0 +1,101 @@
+//! ICE restart on a live link: when a link's path breaks (the peer falls silent and becomes
+//! suspect, or ICE reports it disconnected) and the failure detector has not given up on the
+//! peer, the dialler restarts ICE on the same
+//! connection through signed signalling; the answerer recognises the re-offer (same DTLS
+//! fingerprint) and answers it on that connection. The link keeps its connection and channels:
+//! no new link, the same `establishedAt`, messages go on.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // Tests fail loudly by design.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Mesh, Peer};
+use mesh_testkit::process::eventually;
+use serde_json::json;
+
+/// Suspicion early (it is what starts the restart), death out of reach (the peer is paused
+/// longer than ICE's 5 s disconnect time and must not be declared dead), rejoining off: only an
+/// ICE restart can be what brings the link back.
+const PATIENT: &[(&str, &str)] = &[
+    ("MESH_SUSPECT_AFTER_MS", "600"),
+    ("MESH_DEAD_AFTER_MS", "60000"),
+    ("MESH_REJOIN", "false"),
+];
+
+async fn logged(p: &Peer, message: &str, within: Duration) {
+    eventually(within, &format!("{message:?} in the log"), || {
+        let found = p.proc.log().contains(message);
+        async move { found.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_path_is_repaired_by_an_ice_restart_on_the_same_connection() {
+    let mesh = Mesh::new();
+    let a = mesh.worker("ice-a", 111, PATIENT);
+    let b = mesh.worker("ice-b", 112, PATIENT);
+    mesh.connect(&a, &b).await;
+    let before = mesh.wait_up(&a, &b).await;
+
+    // b stops answering anything, ICE checks included: a suspects it and restarts ICE.
+    b.proc.signal("-STOP");
+    logged(&a, "peer suspect: no probe heard", Duration::from_secs(20)).await;
+    logged(
+        &a,
+        "restarting ICE on the live connection",
+        Duration::from_secs(20),
+    )
+    .await;
+    // a is offering the restart (its request waits on the paused b).
+    b.proc.signal("-CONT");
+    logged(
+        &b,
+        "ICE restart answered on the live connection",
+        Duration::from_secs(30),
+    )
+    .await;
+    logged(
+        &a,
+        "ICE restarted on the live connection",
+        Duration::from_secs(30),
+    )
+    .await;
+    // Probes flow again over the restarted path.
+    logged(
+        &a,
+        "peer heard again; no longer suspect",
+        Duration::from_secs(10),
+    )
+    .await;
+    let after = mesh.wait_up(&a, &b).await;
+    assert_eq!(
+        after["establishedAt"], before["establishedAt"],
+        "the same connection, not a new one: {before} / {after}"
+    );
+    assert!(
+        !a.proc.log().contains("link ended") && !b.proc.log().contains("link ended"),
+        "no link ended:\n{}\n{}",
+        a.proc.log(),
+        b.proc.log()
+    );
+    // The channels carried on: a message crosses.
+    let (s, body) = mesh
+        .post(
+            &a,
+            "/links/ice-b/messages",
+            &json!({"text": "after the restart"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    eventually(Duration::from_secs(10), "the message at ice-b", || async {
+        let m = mesh.get(&b, "/messages?from=ice-a").await;
+        m["messages"]
+            .as_array()?
+            .iter()
+            .any(|m| m["text"] == "after the restart")
+            .then_some(())
+    })
+    .await;
+}
