@@ -229,6 +229,17 @@ async fn a_transfer_resumes_after_a_hang_up_and_after_either_side_is_killed() {
     .await;
     b.proc.signal("-KILL");
     drop(b);
+    // The store shows the gap: the link is written down while the receiver is gone.
+    let store = EmbeddedStore::open(s.mesh.store_dir()).await.unwrap();
+    let link: mesh_types::LinkId = "res-a<->res-b".parse().unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the link down in the store",
+        || async {
+            (store.get_link(&link).await.ok()?.health == mesh_types::Health::Down).then_some(())
+        },
+    )
+    .await;
     b = s.worker("res-b", 52, &[]);
     let v = s
         .wait(

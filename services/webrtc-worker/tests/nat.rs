@@ -280,6 +280,11 @@ async fn links_cross_two_nats_through_turn_and_heal_after_a_partition() {
         .cloned()
         .unwrap();
     assert_eq!(from_one["in"]["lost"], 0, "{from_one}");
+    eprintln!(
+        "nat: messages during the partition: 10 sent, {} delivered, {} lost",
+        texts.len() - 1,
+        from_one["in"]["lost"]
+    );
     // Gossip flows again: a push from site 1 reaches site 2 over the rejoined link.
     let (s, report) = post(
         &http,
