@@ -62,6 +62,11 @@ async fn messages_to_a_peer_that_is_down_arrive_in_order_once_it_is_back() {
     mesh.wait_up(&a, &b).await;
     let (status, first) = send(&mesh, &a, "q-b", "m1").await;
     assert_eq!(status, 200, "{first}");
+    // Delivered before the kill, so the restarted q-b must not get it again.
+    eventually(Duration::from_secs(10), "m1 at q-b", || async {
+        (texts(&mesh, &b, "q-a").await == ["m1"]).then_some(())
+    })
+    .await;
 
     b.proc.signal("-KILL");
     drop(b);
