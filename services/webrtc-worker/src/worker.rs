@@ -515,10 +515,19 @@ impl Worker {
         .await;
         if let Err(why) = outcome {
             tracing::warn!(%peer, "ICE restart failed: {why}");
-            if let Some(e) = lock(&self.links).get_mut(&peer)
-                && e.generation == generation
-            {
-                e.restarting = false;
+            let ours = {
+                let mut links = lock(&self.links);
+                match links.get_mut(&peer) {
+                    Some(e) if e.generation == generation => {
+                        e.restarting = false;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            // The link went meanwhile (or the peer answered as a new connection): a new one.
+            if !ours {
+                self.rejoin(peer, "an ICE restart could not finish");
             }
         }
     }
@@ -871,10 +880,6 @@ impl LinkDriver {
                     match liveness.as_mut().and_then(|d| d.tick(clock.now_us())) {
                         Some(Transition::Suspected { silent }) => {
                             tracing::warn!(peer = %self.peer, silent_ms = silent.as_millis() as u64, "peer suspect: no probe heard");
-                            // Perhaps the path changed: a restart finds a new one while the
-                            // link is still alive (if the peer is gone, it fails and the
-                            // detector ends the link as before).
-                            self.restart_ice();
                         }
                         Some(Transition::Died { silent }) => {
                             tracing::warn!(peer = %self.peer, silent_ms = silent.as_millis() as u64, "peer dead: no probe heard; link down");

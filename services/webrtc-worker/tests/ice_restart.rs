@@ -1,6 +1,6 @@
-//! ICE restart on a live link: when a link's path breaks (the peer falls silent and becomes
-//! suspect, or ICE reports it disconnected) and the failure detector has not given up on the
-//! peer, the dialler restarts ICE on the same
+//! ICE restart on a live link: when ICE reports a link's path disconnected and the failure
+//! detector has not given up on the peer (it is set more patient than ICE's 5 s), the dialler
+//! restarts ICE on the same
 //! connection through signed signalling; the answerer recognises the re-offer (same DTLS
 //! fingerprint) and answers it on that connection. The link keeps its connection and channels:
 //! no new link, the same `establishedAt`, messages go on.
@@ -14,11 +14,10 @@ use common::{Mesh, Peer};
 use mesh_testkit::process::eventually;
 use serde_json::json;
 
-/// Suspicion early (it is what starts the restart), death out of reach (the peer is paused
-/// longer than ICE's 5 s disconnect time and must not be declared dead), rejoining off: only an
-/// ICE restart can be what brings the link back.
+/// The detector set more patient than ICE (whose disconnected state, after 5 s of silence, is
+/// what starts a restart), rejoining off: only an ICE restart can be what brings the link back.
 const PATIENT: &[(&str, &str)] = &[
-    ("MESH_SUSPECT_AFTER_MS", "600"),
+    ("MESH_SUSPECT_AFTER_MS", "30000"),
     ("MESH_DEAD_AFTER_MS", "60000"),
     ("MESH_REJOIN", "false"),
 ];
@@ -39,9 +38,9 @@ async fn a_broken_path_is_repaired_by_an_ice_restart_on_the_same_connection() {
     mesh.connect(&a, &b).await;
     let before = mesh.wait_up(&a, &b).await;
 
-    // b stops answering anything, ICE checks included: a suspects it and restarts ICE.
+    // b stops answering anything, ICE checks included: a's ICE reports the path disconnected
+    // and a restarts ICE.
     b.proc.signal("-STOP");
-    logged(&a, "peer suspect: no probe heard", Duration::from_secs(20)).await;
     logged(
         &a,
         "restarting ICE on the live connection",
@@ -60,13 +59,6 @@ async fn a_broken_path_is_repaired_by_an_ice_restart_on_the_same_connection() {
         &a,
         "ICE restarted on the live connection",
         Duration::from_secs(30),
-    )
-    .await;
-    // Probes flow again over the restarted path.
-    logged(
-        &a,
-        "peer heard again; no longer suspect",
-        Duration::from_secs(10),
     )
     .await;
     let after = mesh.wait_up(&a, &b).await;

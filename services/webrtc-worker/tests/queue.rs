@@ -81,12 +81,25 @@ async fn messages_to_a_peer_that_is_down_arrive_in_order_once_it_is_back() {
     assert!(queued["out"]["pending"].as_u64().unwrap() > 0, "{queued}");
 
     let b = mesh.worker("q-b", 92, FAST);
-    let got = eventually(Duration::from_secs(30), "all twenty at q-b", || async {
-        let t = texts(&mesh, &b, "q-a").await;
-        // q-b restarted: its inbox is new, m1 was read into the old one.
-        (t.len() >= 19).then_some(t)
-    })
-    .await;
+    let all = async {
+        loop {
+            let t = texts(&mesh, &b, "q-a").await;
+            // q-b restarted: its inbox is new, m1 was read into the old one.
+            if t.len() >= 19 {
+                return t;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    let Ok(got) = tokio::time::timeout(Duration::from_secs(30), all).await else {
+        panic!(
+            "not all at q-b within 30 s\nq-a: {}\nq-b: {}\nq-a log:\n{}\nq-b log:\n{}",
+            mesh.get(&a, "/status").await,
+            mesh.get(&b, "/status").await,
+            a.proc.log(),
+            b.proc.log()
+        );
+    };
     let want: Vec<String> = (2..=20).map(|n| format!("m{n}")).collect();
     assert_eq!(got, want, "in order, none twice");
     let theirs = queue_of(&mesh, &b, "q-a").await;
