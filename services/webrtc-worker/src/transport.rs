@@ -456,8 +456,16 @@ impl Connection {
         self.local_sdp(round).await
     }
 
-    /// Answers the peer's ICE-restart offer on this connection.
-    pub async fn answer_restart(&self, offer_sdp: &str) -> Result<String, TransportError> {
+    /// The DTLS fingerprint the peer's description announced: the same on a re-offer from the
+    /// same connection, different on a new one.
+    pub async fn remote_fingerprint(&self) -> Option<String> {
+        let sdp = self.pc.remote_description().await?.sdp;
+        fingerprint_of(&sdp).map(str::to_string)
+    }
+
+    /// Applies a remote offer and returns the answer's SDP: a new connection's first, or an ICE
+    /// restart's on a live one (whose description then waits for the new gathering round).
+    pub async fn answer(&self, offer_sdp: &str) -> Result<String, TransportError> {
         let round = *self.gathered.borrow();
         let offer = RTCSessionDescription::offer(offer_sdp.to_string())
             .map_err(|e| TransportError::BadSdp(e.to_string()))?;
@@ -468,26 +476,6 @@ impl Connection {
         let answer = self.pc.create_answer(None).await.map_err(lib)?;
         self.pc.set_local_description(answer).await.map_err(lib)?;
         self.local_sdp(round).await
-    }
-
-    /// The DTLS fingerprint the peer's description announced: the same on a re-offer from the
-    /// same connection, different on a new one.
-    pub async fn remote_fingerprint(&self) -> Option<String> {
-        let sdp = self.pc.remote_description().await?.sdp;
-        fingerprint_of(&sdp).map(str::to_string)
-    }
-
-    /// Applies a remote offer and returns the answer's SDP.
-    pub async fn answer(&self, offer_sdp: &str) -> Result<String, TransportError> {
-        let offer = RTCSessionDescription::offer(offer_sdp.to_string())
-            .map_err(|e| TransportError::BadSdp(e.to_string()))?;
-        self.pc
-            .set_remote_description(offer)
-            .await
-            .map_err(|e| TransportError::BadSdp(e.to_string()))?;
-        let answer = self.pc.create_answer(None).await.map_err(lib)?;
-        self.pc.set_local_description(answer).await.map_err(lib)?;
-        self.local_sdp(0).await
     }
 
     /// Applies the remote answer to our offer.

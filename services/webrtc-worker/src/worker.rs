@@ -390,7 +390,7 @@ impl Worker {
                 && let Some(ours) = conn.remote_fingerprint().await
                 && crate::transport::fingerprint_of(offer_sdp) == Some(ours.as_str())
             {
-                let sdp = conn.answer_restart(offer_sdp).await?;
+                let sdp = conn.answer(offer_sdp).await?;
                 tracing::info!(peer = %from, "ICE restart answered on the live connection");
                 return Ok(sdp);
             }
