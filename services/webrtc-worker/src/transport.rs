@@ -507,18 +507,18 @@ impl Connection {
         data: &[u8],
         text: bool,
     ) -> Result<(), TransportError> {
+        if !text {
+            return self.send_owned(channel, BytesMut::from(data)).await;
+        }
         let dc = lock(&self.channels)
             .slot(channel)
             .clone()
             .ok_or(TransportError::NotOpen)?;
         // Our write is queued in the core; make sure the driver sends it now (see prompt_runtime).
         self.activity.mark();
-        let result = if text {
-            dc.send_text(std::str::from_utf8(data).map_err(lib)?).await
-        } else {
-            dc.send(BytesMut::from(data)).await
-        };
-        result.map_err(lib)
+        dc.send_text(std::str::from_utf8(data).map_err(lib)?)
+            .await
+            .map_err(lib)
     }
 
     /// Sends a message the caller built in an owned buffer (no copy); waits while the channel's

@@ -845,7 +845,7 @@ impl LinkDriver {
                     }
                     Some(ConnEvent::Message { channel: Channel::Mesh, data, text }) => {
                         tracing::debug!(peer = %self.peer, bytes = data.len(), text, "mesh message");
-                        lock(&self.worker.inbox).push(self.peer.clone(), clock.now_ms(), &data, text);
+                        self.worker.to_inbox(self.peer.clone(), &data, text);
                     }
                     // The transport queues file messages apart, for the file session.
                     Some(ConnEvent::Message { channel: Channel::File, .. }) => {}

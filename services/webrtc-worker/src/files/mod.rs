@@ -44,6 +44,8 @@ use proto::{Incoming, Outgoing, PieceAction, RateMeter, SenderEvent};
 const DISK_RESERVE: u64 = 64 << 20;
 /// An offer with no answer is sent again after this (the receiver could not check it yet).
 const OFFER_RETRY: Duration = Duration::from_secs(10);
+/// Why a send the operator cancelled ended, on both sides.
+const CANCELLED: &str = "cancelled by the sender's operator";
 /// Progress reaches the store and the views at most this often.
 const PROGRESS_EVERY_MS: u64 = 1000;
 
@@ -1067,9 +1069,12 @@ impl Sender {
         self.save(&machine, true).await;
         loop {
             let Some(session) = self.wait_session().await else {
-                machine.end(TransferState::Cancelled);
-                self.record.error_code = Some(RefuseCode::Cancelled.as_str().into());
-                self.record.error = Some("cancelled by the sender's operator".into());
+                self.end(
+                    &mut machine,
+                    TransferState::Cancelled,
+                    RefuseCode::Cancelled,
+                    CANCELLED,
+                );
                 self.save(&machine, true).await;
                 return;
             };
@@ -1157,10 +1162,15 @@ impl Sender {
 
     async fn fail(&mut self, machine: &mut Outgoing, code: RefuseCode, why: &str) {
         tracing::warn!(id = %self.record.id, code = code.as_str(), "file transfer failed: {why}");
-        machine.end(TransferState::Failed);
+        self.end(machine, TransferState::Failed, code, why);
+        self.save(machine, true).await;
+    }
+
+    /// Ends the transfer from this side in `state`, recording why.
+    fn end(&mut self, machine: &mut Outgoing, state: TransferState, code: RefuseCode, why: &str) {
+        machine.end(state);
         self.record.error_code = Some(code.as_str().into());
         self.record.error = Some(why.into());
-        self.save(machine, true).await;
     }
 
     /// Waits for a link to the receiver, asking for one; `None` when cancelled.
@@ -1213,15 +1223,13 @@ impl Sender {
                 return SessionEnd::Final;
             }
             if *self.cancel.borrow() {
-                let msg = Control::Cancel {
-                    id: self.record.id,
-                    code: RefuseCode::Cancelled,
-                    message: "cancelled by the sender's operator".into(),
-                };
-                let _ = s.conn.send(Channel::File, &msg.encode(), false).await;
-                machine.end(TransferState::Cancelled);
-                self.record.error_code = Some(RefuseCode::Cancelled.as_str().into());
-                self.record.error = Some("cancelled by the sender's operator".into());
+                self.cancel_on(s, RefuseCode::Cancelled, CANCELLED).await;
+                self.end(
+                    machine,
+                    TransferState::Cancelled,
+                    RefuseCode::Cancelled,
+                    CANCELLED,
+                );
                 return SessionEnd::Final;
             }
             if let Some(chunk) = machine.next_chunk() {
