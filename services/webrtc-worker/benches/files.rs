@@ -6,7 +6,9 @@
 //! File throughput is end to end: from `POST /transfers` to the sender's `complete`, so it
 //! includes hashing the file for the manifest, every chunk check on both sides, the writes and
 //! the receiver's whole-file check before the rename. "Wire" throughput is from the receiver's
-//! accept to `complete`. Peak memory is each worker process's VmHWM after the runs.
+//! accept to `complete`. Peak memory is each worker process's VmHWM after the runs. CPU seconds
+//! (user and system, all threads) are reported for each end of a transfer and of the raw
+//! two-process run: on two cores they say how much of the machine each costs.
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::disallowed_methods)] // A driver that reports.
 
 mod common;
@@ -30,7 +32,18 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// The worker's defaults: 1 MiB send buffer, 256 KiB receive window.
+/// CPU time (user and system, all threads) process `pid` has used, in seconds.
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which may hold spaces: utime and stime are the 12th and
+    // 13th, in clock ticks (USER_HZ, 100 on Linux).
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+/// The worker's defaults: 1 MiB send buffer, 256 KiB receive window (or
+/// `MESH_RECEIVE_WINDOW_BYTES`).
 fn transport() -> Transport {
     Transport::new(TransportConfig {
         ice_servers: vec![],
@@ -39,7 +52,11 @@ fn transport() -> Transport {
         gather_timeout: Duration::from_secs(5),
         prompt_driver: true,
         send_buffer_limit: 1 << 20,
-        receive_window: DEFAULT_RECEIVE_WINDOW,
+        // As the worker reads it, so another window can be compared on both sides.
+        receive_window: std::env::var("MESH_RECEIVE_WINDOW_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_RECEIVE_WINDOW),
     })
 }
 
@@ -134,7 +151,10 @@ async fn files() -> Value {
     mesh.connect(&a, &b).await;
     mesh.wait_up(&a, &b).await;
     let (mut total, mut wire) = (Vec::new(), Vec::new());
+    let (mut sender_cpu, mut receiver_cpu) = (Vec::new(), Vec::new());
+    let (a_pid, b_pid) = (a.proc.pid().to_string(), b.proc.pid().to_string());
     for _ in 0..RUNS {
+        let (a0, b0) = (cpu_secs(&a_pid), cpu_secs(&b_pid));
         let t0 = Instant::now();
         let (s, started) = mesh
             .post(
@@ -161,6 +181,8 @@ async fn files() -> Value {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let end = Instant::now();
+        sender_cpu.push(cpu_secs(&a_pid) - a0);
+        receiver_cpu.push(cpu_secs(&b_pid) - b0);
         total.push(FILE_BYTES as f64 / (end - t0).as_secs_f64() / 1e6);
         wire.push(FILE_BYTES as f64 / (end - accepted.unwrap()).as_secs_f64() / 1e6);
     }
@@ -170,6 +192,8 @@ async fn files() -> Value {
         "endToEndRunsMBps": total,
         "wireMBps": median(&wire),
         "wireRunsMBps": wire,
+        "senderCpuSeconds": median(&sender_cpu),
+        "receiverCpuSeconds": median(&receiver_cpu),
         "senderPeakRssMB": vm_hwm_mb(a.proc.pid()),
         "receiverPeakRssMB": vm_hwm_mb(b.proc.pid()),
     })
@@ -209,16 +233,17 @@ async fn raw_peer(total: usize) {
     say(format!("{}\n", json!(answer)));
     file_channel_open(b_rx).await;
     let mut queue = b.take_file_queue().unwrap();
-    let mut got = 0;
+    let (mut got, cpu0) = (0, cpu_secs("self"));
     while got < total {
         got += queue.recv().await.unwrap().len();
     }
-    say(format!("{got}\n"));
+    say(format!("{got} {}\n", cpu_secs("self") - cpu0));
 }
 
-/// MB/s of `total` bytes on the `file` channel between this process and a child process: the
-/// worker's raw DataChannel as two workers would use it, each end on its own process.
-async fn raw_two_processes(total: usize) -> f64 {
+/// MB/s of `total` bytes on the `file` channel between this process and a child process (the
+/// worker's raw DataChannel as two workers would use it, each end on its own process), and the
+/// CPU seconds each end used meanwhile.
+async fn raw_two_processes(total: usize) -> (f64, f64, f64) {
     use std::io::{BufRead, Write};
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .arg("--bench")
@@ -243,12 +268,22 @@ async fn raw_two_processes(total: usize) -> f64 {
     let done = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
-        line.trim().parse::<usize>().unwrap()
+        let (got, cpu) = line.trim().split_once(' ').unwrap();
+        (got.parse::<usize>().unwrap(), cpu.parse::<f64>().unwrap())
     });
-    let mbps = send_all(&a, total, async { done.await.unwrap() }).await;
+    let cpu0 = cpu_secs("self");
+    let receiver_cpu = std::sync::Mutex::new(0.0);
+    let mbps = send_all(&a, total, async {
+        let (got, cpu) = done.await.unwrap();
+        *receiver_cpu.lock().unwrap() = cpu;
+        got
+    })
+    .await;
+    let sender_cpu = cpu_secs("self") - cpu0;
     a.close().await;
     let _ = child.wait();
-    mbps
+    let receiver_cpu = *receiver_cpu.lock().unwrap();
+    (mbps, sender_cpu, receiver_cpu)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -264,10 +299,11 @@ async fn main() {
     // `MESH_BENCH_PHASE=raw`: the raw DataChannel figures only (for quick checks).
     if std::env::var("MESH_BENCH_PHASE").as_deref() == Ok("raw") {
         let one = raw_datachannel(FILE_BYTES as usize).await;
-        let two = raw_two_processes(FILE_BYTES as usize).await;
+        let (two, sender_cpu, receiver_cpu) = raw_two_processes(FILE_BYTES as usize).await;
         println!(
             "{}",
-            json!({"oneProcessMBps": one, "twoProcessesMBps": two})
+            json!({"oneProcessMBps": one, "twoProcessesMBps": two,
+                "senderCpuSeconds": sender_cpu, "receiverCpuSeconds": receiver_cpu})
         );
         return;
     }
@@ -279,10 +315,14 @@ async fn main() {
     let chromium = common::chromium(&format!("setups=1&bytes={CHROMIUM_BYTES}")).await;
     let chromium_mbps = chromium["throughputMBps"]["65536"].as_f64().unwrap();
     let mut raw = Vec::new();
-    let mut raw2 = Vec::new();
+    let (mut raw2, mut raw2_sender_cpu, mut raw2_receiver_cpu) =
+        (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNS {
         raw.push(raw_datachannel(FILE_BYTES as usize).await);
-        raw2.push(raw_two_processes(FILE_BYTES as usize).await);
+        let (mbps, sender_cpu, receiver_cpu) = raw_two_processes(FILE_BYTES as usize).await;
+        raw2.push(mbps);
+        raw2_sender_cpu.push(sender_cpu);
+        raw2_receiver_cpu.push(receiver_cpu);
     }
     let raw_mbps = median(&raw);
     let raw2_mbps = median(&raw2);
@@ -300,6 +340,8 @@ async fn main() {
             "oneProcessRunsMBps": raw,
             "twoProcessesMBps": raw2_mbps,
             "twoProcessesRunsMBps": raw2,
+            "twoProcessesSenderCpuSeconds": median(&raw2_sender_cpu),
+            "twoProcessesReceiverCpuSeconds": median(&raw2_receiver_cpu),
             "bytes": FILE_BYTES,
         },
         "files": files,

@@ -67,26 +67,73 @@ impl Layout {
     }
 }
 
-/// Reads `path` once, hashing every chunk and the whole file.
+/// How much of the file each hashing pass reads at a time: small enough that the bytes are
+/// still in the core's cache when they are hashed (hashing bytes fetched from memory runs at about
+/// two thirds of the speed here).
+const HASH_READ: usize = 256 << 10;
+
+/// Hashes `path` into its size, whole-file digest and chunk digests. The whole-file digest is
+/// one sequential pass, so the chunk digests are computed by a second pass on a thread of its
+/// own: with two cores the manifest is ready in about the time of one pass.
 pub fn hash_file(path: &Path, chunk_size: u32) -> io::Result<(u64, Digest, Vec<Digest>)> {
+    let (whole, chunks) = std::thread::scope(|scope| {
+        let chunks = scope.spawn(|| hash_chunks(path, chunk_size));
+        let whole = hash_whole(path);
+        let chunks = chunks
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the chunk hashing thread panicked")));
+        (whole, chunks)
+    });
+    let ((size, whole), (chunks_size, chunks)) = (whole?, chunks?);
+    if size != chunks_size {
+        return Err(io::Error::other(
+            "the file changed while it was being hashed",
+        ));
+    }
+    Ok((size, whole, chunks))
+}
+
+fn hash_whole(path: &Path) -> io::Result<(u64, Digest)> {
     let mut f = File::open(path)?;
-    let mut whole = sha2::Sha256::new();
-    let mut chunks = Vec::new();
-    let mut buf = vec![0u8; chunk_size as usize];
+    let mut state = sha2::Sha256::new();
+    let mut buf = vec![0u8; HASH_READ];
     let mut size = 0u64;
     loop {
         let n = read_full(&mut f, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        whole.update(&buf[..n]);
-        chunks.push(Digest::of(&buf[..n]));
+        state.update(&buf[..n]);
         size += n as u64;
         if n < buf.len() {
-            break;
+            return Ok((size, Digest(state.finalize().into())));
         }
     }
-    Ok((size, Digest(whole.finalize().into()), chunks))
+}
+
+fn hash_chunks(path: &Path, chunk_size: u32) -> io::Result<(u64, Vec<Digest>)> {
+    let mut f = File::open(path)?;
+    let chunk_size = u64::from(chunk_size.max(1));
+    let mut buf = vec![0u8; HASH_READ.min(chunk_size as usize)];
+    let mut chunks = Vec::new();
+    let mut size = 0u64;
+    loop {
+        let mut state = sha2::Sha256::new();
+        let mut in_chunk = 0u64;
+        while in_chunk < chunk_size {
+            let want = buf.len().min((chunk_size - in_chunk) as usize);
+            let n = read_full(&mut f, &mut buf[..want])?;
+            state.update(&buf[..n]);
+            in_chunk += n as u64;
+            if n < want {
+                break;
+            }
+        }
+        size += in_chunk;
+        if in_chunk > 0 {
+            chunks.push(Digest(state.finalize().into()));
+        }
+        if in_chunk < chunk_size {
+            return Ok((size, chunks));
+        }
+    }
 }
 
 fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
@@ -494,5 +541,21 @@ mod tests {
         assert_eq!(whole, Digest::of(&data));
         assert_eq!(chunks.len(), 4);
         assert_eq!(chunks[3], Digest::of(&data[3 << 20..]));
+        // A file of whole chunks has no empty last chunk; an empty file has no chunk.
+        fs::write(&p, &data[..2 << 20]).expect("write");
+        let (size, whole, chunks) = hash_file(&p, 1 << 20).expect("hash");
+        assert_eq!((size, whole), (2 << 20, Digest::of(&data[..2 << 20])));
+        assert_eq!(
+            chunks,
+            vec![
+                Digest::of(&data[..1 << 20]),
+                Digest::of(&data[1 << 20..2 << 20])
+            ]
+        );
+        fs::write(&p, b"").expect("write");
+        assert_eq!(
+            hash_file(&p, 1 << 20).expect("hash"),
+            (0, Digest::of(b""), vec![])
+        );
     }
 }

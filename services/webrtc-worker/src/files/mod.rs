@@ -168,6 +168,53 @@ type WriteJob = (u32, Vec<Bytes>);
 /// Chunks waiting for the writer: enough to keep it busy while the link carries the next.
 const WRITER_QUEUE: usize = 4;
 
+/// Bytes written to a part file between background flushes.
+const FLUSH_EVERY: u64 = 16 << 20;
+
+/// Flushes a part file to disk in the background while it is written, so that the sync before
+/// the rename finds little left to write. (The kernel writes dirty pages back only after 30 s by
+/// default, so that sync had the whole file to write when it came last: ~0.1 s per 256 MiB
+/// here, added to the end of every transfer.)
+struct Flusher {
+    file: Arc<File>,
+    unflushed: u64,
+    running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Flusher {
+    fn new(file: Arc<File>) -> Self {
+        Flusher {
+            file,
+            unflushed: 0,
+            running: None,
+        }
+    }
+
+    /// Counts `bytes` written and starts a flush once enough are and none is running. A flush
+    /// that failed is reported here: its pages may never reach the disk, whatever a later sync
+    /// says.
+    async fn wrote(&mut self, bytes: u64) -> std::io::Result<()> {
+        self.unflushed += bytes;
+        if self.running.as_ref().is_some_and(|h| h.is_finished()) {
+            self.wait().await?;
+        }
+        if self.running.is_none() && self.unflushed >= FLUSH_EVERY {
+            self.unflushed = 0;
+            let file = self.file.clone();
+            self.running = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+        }
+        Ok(())
+    }
+
+    /// Waits for the running flush, if any.
+    async fn wait(&mut self) -> std::io::Result<()> {
+        match self.running.take() {
+            Some(h) => h.await.map_err(std::io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+}
+
 /// The worker's transfers.
 pub struct Files {
     config: FilesConfig,
@@ -766,6 +813,7 @@ impl Worker {
     ) {
         let id = manifest.id;
         let mut whole = disk::WholeHash::default();
+        let mut flusher = Flusher::new(file.clone());
         while let Some((chunk, pieces)) = jobs.recv().await {
             let (f, m) = (file.clone(), manifest.clone());
             let mut w = std::mem::take(&mut whole);
@@ -774,6 +822,13 @@ impl Worker {
                 Ok((good, w))
             })
             .await;
+            let written = match written {
+                Ok((true, w)) => flusher
+                    .wrote(u64::from(manifest.chunk_len(chunk)))
+                    .await
+                    .map(|()| (true, w)),
+                other => other,
+            };
             let Some(entry) = entry.upgrade() else { return };
             let mut e = entry.lock().await;
             let good = match written {
@@ -802,6 +857,10 @@ impl Worker {
             // Lost with the link if it dropped meanwhile: the next offer's `have` says it.
             self.tell(&manifest.from, &msg).await;
             if e.machine.complete() {
+                if let Err(err) = flusher.wait().await {
+                    drop(e);
+                    return self.storage_failed(&manifest.from, id, &err).await;
+                }
                 let digest = whole.clone().finish(manifest.chunk_count());
                 self.finish(&mut e, digest).await;
             }
@@ -1395,5 +1454,24 @@ impl Sender {
                 tracing::warn!(%id, "transfer state not saved: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_flush_starts_once_enough_is_written_and_its_end_is_awaited() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = Arc::new(File::create(dir.path().join("part")).expect("create"));
+        let mut flusher = Flusher::new(file);
+        flusher.wrote(FLUSH_EVERY - 1).await.expect("counted");
+        assert!(flusher.running.is_none(), "not yet enough to flush");
+        flusher.wrote(1).await.expect("counted");
+        assert!(flusher.running.is_some(), "a flush runs in the background");
+        assert_eq!(flusher.unflushed, 0);
+        flusher.wait().await.expect("the flush succeeds");
+        assert!(flusher.running.is_none());
     }
 }
