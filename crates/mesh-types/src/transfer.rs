@@ -290,6 +290,8 @@ pub enum RefuseCode {
     Cancelled,
     /// The same id names a different manifest.
     Conflict,
+    /// No progress for longer than the receiver keeps a partial file; it was removed.
+    Expired,
 }
 
 impl RefuseCode {
@@ -304,6 +306,7 @@ impl RefuseCode {
             RefuseCode::SourceChanged => "source_changed",
             RefuseCode::Cancelled => "cancelled",
             RefuseCode::Conflict => "conflict",
+            RefuseCode::Expired => "expired",
         }
     }
 }

@@ -39,6 +39,7 @@ pub const MESH_SEND_ROOT: &str = "MESH_SEND_ROOT";
 pub const MESH_FILES_MAX_BYTES: &str = "MESH_FILES_MAX_BYTES";
 pub const MESH_FILES_ACCEPT_FROM: &str = "MESH_FILES_ACCEPT_FROM";
 pub const MESH_FILES_WINDOW: &str = "MESH_FILES_WINDOW";
+pub const MESH_FILES_KEEP_SECS: &str = "MESH_FILES_KEEP_SECS";
 pub const MESH_FAULT_FLIP_CHUNK: &str = "MESH_FAULT_FLIP_CHUNK";
 pub const MESH_QUEUE_CAPACITY: &str = "MESH_QUEUE_CAPACITY";
 
@@ -340,6 +341,10 @@ fn files_config(
         n @ 1..=64 => n,
         _ => return Err(env.invalid(MESH_FILES_WINDOW, "chunks from 1 to 64")),
     };
+    files.keep = match env.parse_or(MESH_FILES_KEEP_SECS, files.keep.as_secs(), "seconds from 1")? {
+        0 => return Err(env.invalid(MESH_FILES_KEEP_SECS, "seconds from 1")),
+        n => Duration::from_secs(n),
+    };
     files.queue_capacity = match env.parse_or(
         MESH_QUEUE_CAPACITY,
         files.queue_capacity,
@@ -446,6 +451,8 @@ mod tests {
             &[(MESH_RECEIVE_WINDOW_BYTES, "1000")],
             MESH_RECEIVE_WINDOW_BYTES,
         );
+        check(&[(MESH_FILES_KEEP_SECS, "0")], MESH_FILES_KEEP_SECS);
+        check(&[(MESH_FILES_KEEP_SECS, "a week")], MESH_FILES_KEEP_SECS);
         for plain in [
             "ws://proxy.example.com/ws",
             "ws://10.0.0.1:8080/ws",

@@ -142,6 +142,25 @@ pub async fn run(
             }
         })
     };
+    // Partial files and transfer records older than `MESH_FILES_KEEP_SECS` go; the first pass
+    // now, for what a previous run left.
+    let expiry = {
+        let worker = worker.clone();
+        let every = (config.files.keep / 4).clamp(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(3600),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let n = worker.expire_transfers().await;
+                if n > 0 {
+                    tracing::info!(transfers = n, "expired transfers removed");
+                }
+            }
+        })
+    };
     let _links_gauge = metrics::observe_links(Arc::downgrade(&worker));
     let router = app(worker.clone(), &config.service.http);
     let served = serve(listener, router, shutdown, config.service.shutdown_grace).await;
@@ -149,6 +168,7 @@ pub async fn run(
         task.abort();
     }
     beacon.abort();
+    expiry.abort();
     // Links are written `down` as their drivers finish; bounded so shutdown is too. Also when
     // serving failed: the links and the spooled writes are still ours to settle.
     worker.hang_up_all(std::time::Duration::from_secs(2)).await;

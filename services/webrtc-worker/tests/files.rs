@@ -1,7 +1,8 @@
 //! File transfer between real worker processes over real DataChannels: a 256 MiB file arrives
 //! intact; a transfer survives its link being hung up and either side being killed (SIGKILL) and
 //! restarted, without re-sending verified chunks; a flipped byte is caught and repaired; a refused
-//! transfer leaves nothing on the receiver's disk; bad requests get clear errors.
+//! transfer leaves nothing on the receiver's disk; an abandoned partial file expires; bad requests
+//! get clear errors.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // Tests fail loudly by design.
 
 mod common;
@@ -299,6 +300,80 @@ async fn a_transfer_resumes_after_a_hang_up_and_after_either_side_is_killed() {
     ));
     assert!(b.proc.log().contains("resuming a file transfer"));
     assert!(s.partial_files("res-b").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_partial_file_expires_and_records_of_ended_transfers_go() {
+    let s = Setup::new();
+    let size = 48 * MIB;
+    make_file(&s.outbox.join("abandoned.bin"), size, 4);
+    let keep = [("MESH_FILES_KEEP_SECS", "3")];
+    let a = s.worker("exp-a", 61, &keep);
+    let b = s.worker("exp-b", 62, &keep);
+    s.mesh.connect(&a, &b).await;
+    s.mesh.wait_up(&a, &b).await;
+    let id = s.send(&a, &b, "abandoned.bin").await;
+    s.wait(
+        &b,
+        &id,
+        "some bytes received",
+        Duration::from_secs(60),
+        // No view until the offer arrives.
+        |v| v["bytes"].as_u64().unwrap_or(0) >= 2 * MIB,
+    )
+    .await;
+
+    // The sender vanishes for good: after 3 s without progress the receiver removes the
+    // partial file and says why.
+    a.proc.signal("-KILL");
+    drop(a);
+    let expired = eventually(
+        Duration::from_secs(30),
+        "the partial file expired",
+        || async {
+            let v = s.view(&b, &id).await;
+            (v["state"] == "failed").then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(expired["errorCode"], "expired", "{expired}");
+    assert!(
+        expired["error"]
+            .as_str()
+            .unwrap()
+            .contains("no progress for 3 s")
+    );
+    assert!(
+        s.partial_files("exp-b").is_empty(),
+        "{:?}",
+        s.partial_files("exp-b")
+    );
+    assert!(b.proc.log().contains("the partial file was removed"));
+
+    // It comes back after all: its offer starts the transfer over and it completes.
+    let a = s.worker("exp-a", 61, &keep);
+    let done = s
+        .wait(&a, &id, "completion", Duration::from_secs(120), |v| {
+            v["state"] == "complete"
+        })
+        .await;
+    assert_eq!(done["bytes"].as_u64().unwrap(), size);
+    let received = s.received("exp-b", "exp-a", "abandoned.bin");
+    assert!(same_contents(&s.outbox.join("abandoned.bin"), &received));
+
+    // Both records of the ended transfer go 3 s later; the received file stays.
+    for (p, dir) in [(&a, "outgoing"), (&b, "done")] {
+        eventually(Duration::from_secs(30), "the record removed", || async {
+            (s.view(p, &id).await["error"]["code"] == "no_transfer").then_some(())
+        })
+        .await;
+        let left =
+            std::fs::read_dir(files_dir(&s.mesh.store_dir(), p.identity.id().as_str()).join(dir))
+                .unwrap()
+                .count();
+        assert_eq!(left, 0, "{dir} of {}", p.identity.id());
+    }
+    assert!(same_contents(&s.outbox.join("abandoned.bin"), &received));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -370,12 +370,24 @@ pub fn move_into_place(layout: &Layout, manifest: &Manifest) -> io::Result<PathB
     Ok(target)
 }
 
+/// When `path` was last modified, if it can be told.
+pub fn modified_ms(path: &Path) -> Option<u64> {
+    let t = fs::metadata(path).ok()?.modified().ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64)
+}
+
+/// Removes a file if it is there.
+pub fn remove_if_there(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Removes what a transfer left under `.partial`.
 pub fn remove_partial(layout: &Layout, id: TransferId) {
     for p in [layout.part(id), layout.checkpoint(id), layout.have(id)] {
-        if let Err(e) = fs::remove_file(&p)
-            && e.kind() != io::ErrorKind::NotFound
-        {
+        if let Err(e) = remove_if_there(&p) {
             tracing::warn!(path = %p.display(), "partial file not removed: {e}");
         }
     }

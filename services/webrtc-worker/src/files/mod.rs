@@ -62,6 +62,9 @@ pub struct FilesConfig {
     pub accept_from: Option<HashSet<PeerId>>,
     /// Chunks a sender may have unacknowledged.
     pub window: usize,
+    /// How long a partial file is kept without progress, and the record of a received file
+    /// (which answers a sender that missed `done`); then both are removed.
+    pub keep: Duration,
     /// Messages held per peer for delivery (`queue`); beyond it the oldest are dropped, counted.
     pub queue_capacity: usize,
     /// Testing aid: flip one byte of this chunk the first time it is sent, to exercise the
@@ -77,6 +80,7 @@ impl FilesConfig {
             max_bytes: 4 << 30,
             accept_from: None,
             window: 8,
+            keep: Duration::from_secs(7 * 24 * 3600),
             queue_capacity: 1000,
             flip_chunk: None,
         }
@@ -153,6 +157,9 @@ struct InEntry {
     machine: Incoming,
     manifest: Arc<Manifest>,
     started_at: UnixMillis,
+    /// The last sign of life: the offer, a verified chunk, a resume; or the file in place.
+    /// Measured against `FilesConfig::keep`.
+    touched: UnixMillis,
     done_path: Option<PathBuf>,
     resumes: u64,
     repaired: u64,
@@ -275,9 +282,15 @@ impl Worker {
             {
                 match disk::read_json::<Checkpoint>(&p) {
                     Ok(mut cp) => {
-                        cp.have
-                            .extend(disk::read_have(&layout.have(cp.manifest.id))?);
-                        cps.push(cp);
+                        let have = layout.have(cp.manifest.id);
+                        cp.have.extend(disk::read_have(&have)?);
+                        // The bitmap is rewritten with every verified chunk.
+                        let touched = [p.as_path(), have.as_path()]
+                            .into_iter()
+                            .filter_map(disk::modified_ms)
+                            .max()
+                            .unwrap_or(cp.started_at);
+                        cps.push((cp, touched));
                     }
                     Err(e) => tracing::warn!(path = %p.display(), "checkpoint not read: {e}"),
                 }
@@ -292,7 +305,7 @@ impl Worker {
             Ok((cps, outs))
         })
         .await?;
-        for cp in checkpoints {
+        for (cp, touched) in checkpoints {
             let id = cp.manifest.id;
             let file = if cp.done_path.is_none() {
                 let part = self.files.layout.part(id);
@@ -307,7 +320,8 @@ impl Worker {
             } else {
                 None
             };
-            self.new_incoming(cp.manifest, &cp.have, cp.started_at, cp.done_path, file)
+            let times = (cp.started_at, touched);
+            self.new_incoming(cp.manifest, &cp.have, times, cp.done_path, file)
                 .await;
         }
         for out in outgoing {
@@ -657,10 +671,13 @@ impl Worker {
                     .await;
             }
             if e.done_path.is_some() {
+                // The sender still asks: keep the record that answers it a while longer.
+                e.touched = self.now_ms();
                 return self.reply(conn, &Control::Done { id }).await;
             }
             e.machine.restart();
             e.resumes += 1;
+            e.touched = self.now_ms();
             let have = e.machine.have();
             tracing::info!(%id, %peer, verified = have.len(), "resuming a file transfer");
             let view = self.in_view(&e);
@@ -750,7 +767,13 @@ impl Worker {
         tracing::info!(%id, %peer, name = %manifest.name, size, "receiving a file");
         let complete = manifest.chunk_count() == 0;
         let entry = self
-            .new_incoming(manifest, &[], self.now_ms(), None, Some(Arc::new(file)))
+            .new_incoming(
+                manifest,
+                &[],
+                (self.now_ms(), self.now_ms()),
+                None,
+                Some(Arc::new(file)),
+            )
             .await;
         self.reply(
             conn,
@@ -772,7 +795,7 @@ impl Worker {
         self: &Arc<Self>,
         manifest: Manifest,
         have: &[u32],
-        started_at: UnixMillis,
+        (started_at, touched): (UnixMillis, UnixMillis),
         done_path: Option<PathBuf>,
         file: Option<Arc<File>>,
     ) -> Arc<tokio::sync::Mutex<InEntry>> {
@@ -783,6 +806,7 @@ impl Worker {
             machine: Incoming::new((*manifest).clone(), have),
             manifest: manifest.clone(),
             started_at,
+            touched,
             done_path,
             resumes: 0,
             repaired: 0,
@@ -852,6 +876,7 @@ impl Worker {
             }
             let (now, bytes) = (self.now_ms(), e.machine.bytes_verified());
             e.rate.record(now, bytes);
+            e.touched = now;
             let view = self.in_view(&e);
             self.files.view(id, |v| *v = view);
             // Lost with the link if it dropped meanwhile: the next offer's `have` says it.
@@ -927,10 +952,7 @@ impl Worker {
             Some(_) => {
                 disk::write_json(&layout.done(cp.manifest.id), &cp)?;
                 std::fs::remove_file(layout.checkpoint(cp.manifest.id))?;
-                match std::fs::remove_file(layout.have(cp.manifest.id)) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                    _ => Ok(()),
-                }
+                disk::remove_if_there(&layout.have(cp.manifest.id))
             }
         })
         .await
@@ -980,6 +1002,7 @@ impl Worker {
             Ok((WholeCheck::Good, Some(path))) => {
                 tracing::info!(%id, path = %path.display(), "file received and verified");
                 e.done_path = Some(path);
+                e.touched = self.now_ms();
                 e.writer = None;
                 if let Err(err) = self.checkpoint(e).await {
                     // The file is in place; only the record of it is missing.
@@ -1018,6 +1041,71 @@ impl Worker {
     }
 
     /// Forgets a transfer being received and removes its files.
+    /// Removes what has outlived `MESH_FILES_KEEP_SECS` (`FilesConfig::keep`): partial files
+    /// that made no progress for that long (the sender gave up or is gone; offered again, the
+    /// transfer starts over), the records of received files (after which a sender that never
+    /// heard `done` would send the file again) and of sends that ended. Returns how many
+    /// transfers it removed.
+    pub async fn expire_transfers(&self) -> usize {
+        let now = self.now_ms();
+        let keep = u64::try_from(self.files.config.keep.as_millis()).unwrap_or(u64::MAX);
+        let stale = |t: UnixMillis| now.saturating_sub(t) > keep;
+        let incoming: Vec<_> = lock(&self.files.incoming)
+            .iter()
+            .map(|(id, e)| (*id, e.clone()))
+            .collect();
+        let mut removed = 0;
+        for (id, entry) in incoming {
+            let (touched, done) = {
+                let e = entry.lock().await;
+                (e.touched, e.done_path.is_some())
+            };
+            if !stale(touched) {
+                continue;
+            }
+            removed += 1;
+            if done {
+                lock(&self.files.incoming).remove(&id);
+                lock(&self.files.views).remove(&id);
+                let path = self.files.layout.done(id);
+                if let Err(e) = blocking(move || disk::remove_if_there(&path)).await {
+                    tracing::warn!(%id, "record of a received file not removed: {e}");
+                }
+                continue;
+            }
+            let why = format!(
+                "no progress for {} s; the partial file was removed",
+                keep / 1000
+            );
+            tracing::info!(%id, "{why}");
+            self.drop_incoming(id, TransferState::Failed, RefuseCode::Expired, &why);
+        }
+        // Transfers that ended otherwise: refused, failed, cancelled, and every send.
+        let ended: Vec<(TransferId, Direction)> = {
+            let incoming = lock(&self.files.incoming);
+            lock(&self.files.views)
+                .iter()
+                .filter(|(id, v)| {
+                    v.record.state.is_final()
+                        && stale(v.record.updated_at)
+                        && !incoming.contains_key(id)
+                })
+                .map(|(id, v)| (*id, v.direction))
+                .collect()
+        };
+        for (id, direction) in ended {
+            removed += 1;
+            lock(&self.files.views).remove(&id);
+            if direction == Direction::Out {
+                let path = self.files.layout.outgoing(id);
+                if let Err(e) = blocking(move || disk::remove_if_there(&path)).await {
+                    tracing::warn!(%id, "record of an ended send not removed: {e}");
+                }
+            }
+        }
+        removed
+    }
+
     fn drop_incoming(&self, id: TransferId, state: TransferState, code: RefuseCode, why: &str) {
         lock(&self.files.incoming).remove(&id);
         disk::remove_partial(&self.files.layout, id);
