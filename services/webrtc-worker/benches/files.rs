@@ -80,19 +80,20 @@ async fn raw_datachannel(total: usize) -> f64 {
         }
         got
     });
-    let mbps = send_all(&a, total, async { receiver.await.unwrap() }).await;
+    let (mbps, ()) = send_all(&a, total, async { (receiver.await.unwrap(), ()) }).await;
     a.close().await;
     b.close().await;
     mbps
 }
 
 /// Sends `total` bytes in 64 KiB messages on `a`'s `file` channel as fast as its send buffer
-/// allows; MB/s until `received` (the receiving side's count) says all arrived.
-async fn send_all(
+/// allows; MB/s until `received` (the receiving side's count, and what else it reports) says all
+/// arrived.
+async fn send_all<T>(
     a: &webrtc_worker::transport::Connection,
     total: usize,
-    received: impl std::future::Future<Output = usize>,
-) -> f64 {
+    received: impl std::future::Future<Output = (usize, T)>,
+) -> (f64, T) {
     let msg = vec![7u8; 65536];
     let t0 = Instant::now();
     let mut sent = 0;
@@ -100,10 +101,10 @@ async fn send_all(
         a.send(Channel::File, &msg, false).await.unwrap();
         sent += msg.len();
     }
-    let got = received.await;
+    let (got, report) = received.await;
     let secs = t0.elapsed().as_secs_f64();
     assert_eq!(got, total, "every byte arrives");
-    total as f64 / secs / 1e6
+    (total as f64 / secs / 1e6, report)
 }
 
 fn vm_hwm_mb(pid: u32) -> f64 {
@@ -272,17 +273,10 @@ async fn raw_two_processes(total: usize) -> (f64, f64, f64) {
         (got.parse::<usize>().unwrap(), cpu.parse::<f64>().unwrap())
     });
     let cpu0 = cpu_secs("self");
-    let receiver_cpu = std::sync::Mutex::new(0.0);
-    let mbps = send_all(&a, total, async {
-        let (got, cpu) = done.await.unwrap();
-        *receiver_cpu.lock().unwrap() = cpu;
-        got
-    })
-    .await;
+    let (mbps, receiver_cpu) = send_all(&a, total, async { done.await.unwrap() }).await;
     let sender_cpu = cpu_secs("self") - cpu0;
     a.close().await;
     let _ = child.wait();
-    let receiver_cpu = *receiver_cpu.lock().unwrap();
     (mbps, sender_cpu, receiver_cpu)
 }
 

@@ -62,8 +62,8 @@ pub struct FilesConfig {
     pub accept_from: Option<HashSet<PeerId>>,
     /// Chunks a sender may have unacknowledged.
     pub window: usize,
-    /// How long a partial file is kept without progress, and the record of a received file
-    /// (which answers a sender that missed `done`); then both are removed.
+    /// How long a partial file is kept without progress, and the records of ended transfers
+    /// (a received file's answers a sender that missed `done`) without change; then they go.
     pub keep: Duration,
     /// Messages held per peer for delivery (`queue`); beyond it the oldest are dropped, counted.
     pub queue_capacity: usize,
