@@ -47,6 +47,50 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(std::io::Error::other)?
 }
 
+/// How much nicer than the process the threads that do a transfer's bulk work are.
+const BULK_NICE: i32 = 10;
+
+/// Starts bulk file work (hashing a file, reading, checking and writing its chunks) on threads
+/// of lower CPU priority than the runtime's, so that on a busy machine the links' drivers, probes
+/// and the API go first and a transfer takes what they leave. (Measured: at normal priority the
+/// receiver's hashing delayed the link's own driver, and the whole transfer with it; see
+/// docs/BENCHMARKS.md.) Threads the work starts inherit the priority.
+pub(crate) fn spawn_bulk<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> tokio::task::JoinHandle<std::io::Result<T>> {
+    static POOL: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    // A runtime that is never run: only its blocking pool is used, from any runtime.
+    let pool = POOL.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .thread_name("mesh-bulk")
+            .on_thread_start(|| {
+                // Linux keeps a nice value per thread, inherited from the thread that starts
+                // it; raising one's own is always allowed.
+                let tid = Some(rustix::thread::gettid());
+                let lowered = rustix::process::getpriority_process(tid).and_then(|nice| {
+                    rustix::process::setpriority_process(tid, (nice + BULK_NICE).min(19))
+                });
+                if let Err(e) = lowered {
+                    tracing::debug!("bulk thread priority not lowered: {e}");
+                }
+            })
+            .build()
+            .inspect_err(|e| tracing::warn!("no bulk pool ({e}); bulk work at normal priority"))
+            .ok()
+    });
+    match pool {
+        Some(rt) => rt.spawn_blocking(f),
+        None => tokio::task::spawn_blocking(f),
+    }
+}
+
+/// [`spawn_bulk`], awaited; a panic there becomes an IO error.
+pub(crate) async fn bulk<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    spawn_bulk(f).await.map_err(std::io::Error::other)?
+}
+
 /// The worker's whole HTTP surface with the shared layers.
 pub fn app(worker: Arc<Worker>, limits: &HttpLimits) -> Router {
     let store = worker.store().clone();
@@ -184,3 +228,27 @@ pub async fn run(
 /// Re-exported for `main`.
 pub use mesh_service::http::{bind, shutdown_signal};
 pub use mesh_service::telemetry;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bulk_work_runs_at_lower_priority_and_its_panic_is_an_error() {
+        let nice = |tid| rustix::process::getpriority_process(tid);
+        let (bulk_nice, started) = bulk(move || {
+            let here = nice(Some(rustix::thread::gettid()))?;
+            // A thread the work starts inherits the priority.
+            let started = std::thread::spawn(move || nice(Some(rustix::thread::gettid())))
+                .join()
+                .map_err(|_| std::io::Error::other("thread panicked"))??;
+            Ok((here, started))
+        })
+        .await
+        .expect("bulk work runs");
+        let caller = nice(None).expect("this thread's priority");
+        assert_eq!(bulk_nice, (caller + BULK_NICE).min(19));
+        assert_eq!(started, bulk_nice);
+        assert!(bulk::<()>(|| panic!("bulk work fails")).await.is_err());
+    }
+}

@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::transport::{Channel, Connection};
 use crate::worker::Worker;
-use crate::{blocking, lock};
+use crate::{blocking, bulk, lock, spawn_bulk};
 use disk::{Checkpoint, ChunkRead, Layout, SendPathError, WholeCheck};
 use proto::{Incoming, Outgoing, PieceAction, RateMeter, SenderEvent};
 
@@ -208,7 +208,7 @@ impl Flusher {
         if self.running.is_none() && self.unflushed >= FLUSH_EVERY {
             self.unflushed = 0;
             let file = self.file.clone();
-            self.running = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+            self.running = Some(spawn_bulk(move || file.sync_data()));
         }
         Ok(())
     }
@@ -841,7 +841,7 @@ impl Worker {
         while let Some((chunk, pieces)) = jobs.recv().await {
             let (f, m) = (file.clone(), manifest.clone());
             let mut w = std::mem::take(&mut whole);
-            let written = blocking(move || {
+            let written = bulk(move || {
                 let good = disk::check_and_write(&f, &m, chunk, &pieces, &mut w)?;
                 Ok((good, w))
             })
@@ -985,7 +985,7 @@ impl Worker {
         let from = e.manifest.from.clone();
         let manifest = e.manifest.clone();
         let layout = self.files.layout.clone();
-        let checked = blocking(move || {
+        let checked = bulk(move || {
             let check = if whole == Some(manifest.sha256) {
                 WholeCheck::Good
             } else {
@@ -1249,7 +1249,7 @@ impl Sender {
             return None;
         };
         let path = self.path.clone();
-        let hashed = blocking(move || disk::hash_file(&path, chunk_size)).await;
+        let hashed = bulk(move || disk::hash_file(&path, chunk_size)).await;
         let (size, sha256, chunks) = match hashed {
             Ok(h) => h,
             Err(e) => {
@@ -1348,7 +1348,7 @@ impl Sender {
         let manifest = Arc::new(machine.manifest().clone());
         let read = |chunk: u32, check: bool| {
             let (f, m) = (file.clone(), manifest.clone());
-            tokio::task::spawn_blocking(move || disk::read_pieces(&f, &m, chunk, check))
+            spawn_bulk(move || disk::read_pieces(&f, &m, chunk, check))
         };
         // The next chunk, read and checked while this one is on its way.
         let mut ahead: Option<(u32, tokio::task::JoinHandle<std::io::Result<ChunkRead>>)> = None;
