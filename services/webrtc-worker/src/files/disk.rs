@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use mesh_types::transfer::{Digest, Manifest, PIECE_HEADER, PIECE_SIZE, Piece, TransferId};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -197,62 +197,98 @@ pub fn read_pieces(file: &File, manifest: &Manifest, i: u32, check: bool) -> io:
     Ok(ChunkRead::Good(pieces))
 }
 
-/// Checks an assembled chunk and, when it matches, writes it at its place in the part file and
-/// feeds it to `whole`. Returns whether it matched.
-pub fn check_and_write(
-    file: &File,
-    manifest: &Manifest,
+/// The receiving end of a transfer's pieces (on a bulk thread): writes each at its place in the
+/// part file as it comes, feeding the digest of its chunk and, while the chunks come in order
+/// from the first, the whole file's, and says at the end of each chunk whether it matched. So a
+/// piece is hashed while it is in the core's cache, and memory holds pieces, not chunks. A chunk
+/// is on disk before it is known good; only a good one gets its bit in `have`, a bad one is
+/// written over when it comes again, and the rename waits for the whole-file check.
+#[derive(Debug)]
+pub struct ChunkWriter {
+    file: std::sync::Arc<File>,
+    manifest: std::sync::Arc<Manifest>,
+    current: Option<ChunkDigest>,
+    /// The whole file's digest over the chunks before `whole_next`.
+    whole: sha2::Sha256,
+    whole_next: u32,
+}
+
+#[derive(Debug)]
+struct ChunkDigest {
     chunk: u32,
-    pieces: &[Bytes],
-    whole: &mut WholeHash,
-) -> io::Result<bool> {
-    let mut h = sha2::Sha256::new();
-    for p in pieces {
-        h.update(p);
-    }
-    if manifest.chunks.get(chunk as usize) != Some(&Digest(h.finalize().into())) {
-        return Ok(false);
-    }
-    let mut at = manifest.chunk_offset(chunk);
-    for p in pieces {
-        file.write_all_at(p, at)?;
-        at += p.len() as u64;
-    }
-    whole.feed(chunk, pieces);
-    Ok(true)
-}
-
-/// The whole file's digest, computed as chunks are verified, while they come in order from the
-/// first: then the whole-file check need not read the file again. Any other order (a resume, a
-/// repair) leaves it behind, and the check reads the file.
-#[derive(Debug, Clone)]
-pub struct WholeHash {
-    next: u32,
     state: sha2::Sha256,
+    /// The whole file's digest carried on through this chunk, if it is the next one; kept
+    /// only if the chunk proves good.
+    whole: Option<sha2::Sha256>,
 }
 
-impl Default for WholeHash {
-    fn default() -> Self {
-        WholeHash {
-            next: 0,
-            state: sha2::Sha256::new(),
-        }
-    }
+/// What the check at the end of a chunk found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub chunk: u32,
+    pub good: bool,
+    /// The whole file's digest, once every chunk has gone through in order from the first (any
+    /// other order, a resume or a repair, leaves it to the whole-file check to read the file).
+    pub whole: Option<Digest>,
 }
 
-impl WholeHash {
-    fn feed(&mut self, chunk: u32, pieces: &[Bytes]) {
-        if chunk == self.next {
-            for p in pieces {
-                self.state.update(p);
-            }
-            self.next += 1;
+impl ChunkWriter {
+    pub fn new(file: std::sync::Arc<File>, manifest: std::sync::Arc<Manifest>) -> Self {
+        ChunkWriter {
+            file,
+            manifest,
+            current: None,
+            whole: sha2::Sha256::new(),
+            whole_next: 0,
         }
     }
 
-    /// The digest, if every one of `chunks` chunks went through in order.
-    pub fn finish(self, chunks: u32) -> Option<Digest> {
-        (self.next == chunks).then(|| Digest(self.state.finalize().into()))
+    /// Takes the piece at `offset` in `chunk` (as the receiver's state machine passes them: in
+    /// order from the chunk's first); at the chunk's `last` piece, the result of its check.
+    pub fn piece(
+        &mut self,
+        chunk: u32,
+        offset: u32,
+        data: &[u8],
+        last: bool,
+    ) -> io::Result<Option<Checked>> {
+        if offset == 0 {
+            self.current = Some(ChunkDigest {
+                chunk,
+                state: sha2::Sha256::new(),
+                whole: (chunk == self.whole_next).then(|| self.whole.clone()),
+            });
+        }
+        let Some(c) = self.current.as_mut().filter(|c| c.chunk == chunk) else {
+            // Not a piece of the chunk under way (the state machine passes none such): not
+            // written; if it ends its chunk, that chunk is asked for again.
+            return Ok(last.then_some(Checked {
+                chunk,
+                good: false,
+                whole: None,
+            }));
+        };
+        c.state.update(data);
+        if let Some(w) = &mut c.whole {
+            w.update(data);
+        }
+        self.file
+            .write_all_at(data, self.manifest.chunk_offset(chunk) + u64::from(offset))?;
+        if !last {
+            return Ok(None);
+        }
+        let Some(c) = self.current.take() else {
+            return Ok(None);
+        };
+        let good =
+            self.manifest.chunks.get(chunk as usize) == Some(&Digest(c.state.finalize().into()));
+        if good && let Some(w) = c.whole {
+            self.whole = w;
+            self.whole_next += 1;
+        }
+        let whole = (self.whole_next == self.manifest.chunk_count())
+            .then(|| Digest(self.whole.clone().finalize().into()));
+        Ok(Some(Checked { chunk, good, whole }))
     }
 }
 
@@ -474,14 +510,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pieces_carry_the_chunk_and_a_check_finds_a_change() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("f");
-        let data: Vec<u8> = (0..(1 << 20) + 100_000).map(|i| (i % 249) as u8).collect();
-        fs::write(&p, &data).expect("write");
-        let (size, sha256, chunks) = hash_file(&p, 1 << 20).expect("hash");
-        let manifest = Manifest {
+    /// A manifest of the file at `p`, in 1 MiB chunks.
+    fn manifest_of(p: &Path) -> Manifest {
+        let (size, sha256, chunks) = hash_file(p, 1 << 20).expect("hash");
+        Manifest {
             id: TransferId([3; 16]),
             from: "a".parse().expect("id"),
             to: "b".parse().expect("id"),
@@ -493,7 +525,16 @@ mod tests {
             ts: 0,
             sig: String::new(),
             kid: None,
-        };
+        }
+    }
+
+    #[test]
+    fn pieces_carry_the_chunk_and_a_check_finds_a_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..(1 << 20) + 100_000).map(|i| (i % 249) as u8).collect();
+        fs::write(&p, &data).expect("write");
+        let manifest = manifest_of(&p);
         let f = File::open(&p).expect("open");
         let ChunkRead::Good(pieces) = read_pieces(&f, &manifest, 1, true).expect("read") else {
             panic!("chunk 1 should match")
@@ -526,6 +567,76 @@ mod tests {
         assert!(
             matches!(read_pieces(&f, &manifest, 1, false), Ok(ChunkRead::Changed)),
             "shorter"
+        );
+    }
+
+    #[test]
+    fn the_writer_checks_each_chunk_and_follows_the_whole_file_while_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        let data: Vec<u8> = (0..(5 << 19) + 777).map(|i| (i % 253) as u8).collect();
+        fs::write(&src, &data).expect("write");
+        let manifest = std::sync::Arc::new(manifest_of(&src));
+        let chunk = |i: usize| &data[(i << 20)..((i + 1) << 20).min(data.len())];
+        // Feeds chunk `i` (`bad`: with a byte flipped) in 64 KiB pieces.
+        let feed = |w: &mut ChunkWriter, i: usize, bad: bool| {
+            let mut bytes = chunk(i).to_vec();
+            if bad {
+                bytes[9] ^= 1;
+            }
+            let mut result = None;
+            for (k, piece) in bytes.chunks(65536).enumerate() {
+                let last = (k + 1) * 65536 >= bytes.len();
+                let r = w
+                    .piece(i as u32, (k * 65536) as u32, piece, last)
+                    .expect("written");
+                assert_eq!(r.is_some(), last);
+                result = r;
+            }
+            result.expect("a result at the last piece")
+        };
+        let check = |chunk: u32, good: bool, whole: Option<Digest>| Checked { chunk, good, whole };
+
+        // In order: the whole file's digest comes with the last chunk.
+        let part = dir.path().join("in-order.part");
+        let mut w = ChunkWriter::new(
+            std::sync::Arc::new(File::create(&part).expect("part")),
+            manifest.clone(),
+        );
+        assert_eq!(feed(&mut w, 0, false), check(0, true, None));
+        assert_eq!(feed(&mut w, 1, false), check(1, true, None));
+        assert_eq!(
+            feed(&mut w, 2, false),
+            check(2, true, Some(manifest.sha256))
+        );
+        assert_eq!(fs::read(&part).expect("read"), data);
+
+        // A bad chunk is reported and, sent again, written over; after it the order is broken
+        // and the whole-file check is left to read the file.
+        let part = dir.path().join("repaired.part");
+        let mut w = ChunkWriter::new(
+            std::sync::Arc::new(File::create(&part).expect("part")),
+            manifest.clone(),
+        );
+        assert_eq!(feed(&mut w, 0, false), check(0, true, None));
+        assert_eq!(feed(&mut w, 1, true), check(1, false, None));
+        assert_eq!(feed(&mut w, 2, false), check(2, true, None));
+        assert_eq!(feed(&mut w, 1, false), check(1, true, None));
+        assert_eq!(fs::read(&part).expect("read"), data);
+        assert_eq!(
+            check_whole(&part, &manifest).expect("checked"),
+            WholeCheck::Good
+        );
+
+        // A piece that does not follow its chunk's first is not written; its chunk fails.
+        let mut w = ChunkWriter::new(
+            std::sync::Arc::new(File::create(&part).expect("part")),
+            manifest,
+        );
+        assert_eq!(w.piece(1, 65536, &[1; 10], false).expect("ignored"), None);
+        assert_eq!(
+            w.piece(1, 65546, &[1; 10], true).expect("ignored"),
+            Some(check(1, false, None))
         );
     }
 

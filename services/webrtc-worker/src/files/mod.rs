@@ -164,16 +164,23 @@ struct InEntry {
     resumes: u64,
     repaired: u64,
     rate: RateMeter,
-    /// Assembled chunks on their way to the writer task, which checks, writes and acknowledges
-    /// them while the next ones arrive; `None` once the file is in place.
+    /// Pieces on their way to the transfer's writer, which writes and hashes them, checks each
+    /// chunk at its end and acknowledges it while the next ones arrive; `None` once the file is
+    /// in place.
     writer: Option<mpsc::Sender<WriteJob>>,
 }
 
-/// A whole chunk, in its pieces.
-type WriteJob = (u32, Vec<Bytes>);
+/// A piece on its way to the writer (`PieceAction::Write`).
+struct WriteJob {
+    chunk: u32,
+    offset: u32,
+    data: Bytes,
+    last: bool,
+}
 
-/// Chunks waiting for the writer: enough to keep it busy while the link carries the next.
-const WRITER_QUEUE: usize = 4;
+/// Pieces waiting for the writer (4 MiB): enough to keep it busy while the link carries the
+/// next, whatever the chunk size.
+const WRITER_QUEUE: usize = 64;
 
 /// Bytes written to a part file between background flushes.
 const FLUSH_EVERY: u64 = 16 << 20;
@@ -826,8 +833,9 @@ impl Worker {
         entry
     }
 
-    /// The writer of one transfer being received: checks each assembled chunk against its
-    /// digest, writes it, checkpoints, acknowledges it, and finishes the file after the last.
+    /// The writer of one transfer being received: writes and hashes its pieces as they come
+    /// (on a bulk thread), and for each chunk checked there, checkpoints and acknowledges it;
+    /// after the last, finishes the file.
     async fn write_chunks(
         self: Arc<Self>,
         entry: std::sync::Weak<tokio::sync::Mutex<InEntry>>,
@@ -836,30 +844,34 @@ impl Worker {
         mut jobs: mpsc::Receiver<WriteJob>,
     ) {
         let id = manifest.id;
-        let mut whole = disk::WholeHash::default();
-        let mut flusher = Flusher::new(file.clone());
-        while let Some((chunk, pieces)) = jobs.recv().await {
-            let (f, m) = (file.clone(), manifest.clone());
-            let mut w = std::mem::take(&mut whole);
-            let written = bulk(move || {
-                let good = disk::check_and_write(&f, &m, chunk, &pieces, &mut w)?;
-                Ok((good, w))
-            })
-            .await;
-            let written = match written {
-                Ok((true, w)) => flusher
-                    .wrote(u64::from(manifest.chunk_len(chunk)))
+        let (checks, mut checked) = mpsc::channel(WRITER_QUEUE);
+        let mut writer = disk::ChunkWriter::new(file.clone(), manifest.clone());
+        // Ends when the entry (with the queue's sender) is dropped, or this task is.
+        spawn_bulk(move || {
+            while let Some(j) = jobs.blocking_recv() {
+                let result = writer.piece(j.chunk, j.offset, &j.data, j.last);
+                let failed = result.is_err();
+                if let Some(r) = result.transpose()
+                    && (checks.blocking_send(r).is_err() || failed)
+                {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        let mut flusher = Flusher::new(file);
+        while let Some(result) = checked.recv().await {
+            let written = match result {
+                Ok(c) if c.good => flusher
+                    .wrote(u64::from(manifest.chunk_len(c.chunk)))
                     .await
-                    .map(|()| (true, w)),
+                    .map(|()| c),
                 other => other,
             };
             let Some(entry) = entry.upgrade() else { return };
             let mut e = entry.lock().await;
-            let good = match written {
-                Ok((good, w)) => {
-                    whole = w;
-                    good
-                }
+            let disk::Checked { chunk, good, whole } = match written {
+                Ok(c) => c,
                 Err(err) => {
                     drop(e);
                     return self.storage_failed(&manifest.from, id, &err).await;
@@ -886,8 +898,7 @@ impl Worker {
                     drop(e);
                     return self.storage_failed(&manifest.from, id, &err).await;
                 }
-                let digest = whole.clone().finish(manifest.chunk_count());
-                self.finish(&mut e, digest).await;
+                self.finish(&mut e, whole).await;
             }
         }
     }
@@ -918,8 +929,8 @@ impl Worker {
             if e.manifest.from != *peer || e.done_path.is_some() {
                 return;
             }
-            match e.machine.on_piece(chunk, offset, data) {
-                PieceAction::Buffered | PieceAction::Duplicate => None,
+            match e.machine.on_piece(chunk, offset, data.len()) {
+                PieceAction::Duplicate => None,
                 PieceAction::Resend(c) => {
                     tracing::warn!(%id, chunk = c, "piece out of order; asking for the chunk again");
                     e.repaired += 1;
@@ -927,9 +938,15 @@ impl Worker {
                     self.reply(conn, &Control::Nack { id, chunk: c }).await;
                     None
                 }
-                PieceAction::ChunkReady { chunk, pieces } => {
-                    e.writer.clone().map(|w| (w, (chunk, pieces)))
-                }
+                PieceAction::Write { last } => e.writer.clone().map(|w| {
+                    let job = WriteJob {
+                        chunk,
+                        offset,
+                        data,
+                        last,
+                    };
+                    (w, job)
+                }),
             }
         };
         // Outside the entry's lock, which the writer takes: a full queue waits for it.

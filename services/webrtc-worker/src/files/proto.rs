@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use bytes::Bytes;
 use mesh_types::transfer::{Control, Manifest, TransferState};
 
 /// The sender's side of one transfer.
@@ -226,11 +225,11 @@ impl Outgoing {
 /// What the receiver does with a piece.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PieceAction {
-    /// Part of a chunk; more to come.
-    Buffered,
-    /// The chunk is whole: check its digest and write it (`pieces` in order).
-    ChunkReady { chunk: u32, pieces: Vec<Bytes> },
-    /// Already verified (sent again after a resume): dropped.
+    /// The next piece of its chunk: write it at its place and feed it to the chunk's digest (a
+    /// piece at offset 0 starts the chunk, and its digest, over). `last`: it ends the chunk,
+    /// whose digest is now to be checked.
+    Write { last: bool },
+    /// Already verified or being checked (sent again after a resume): dropped.
     Duplicate,
     /// Out of order or past the chunk's end: the chunk so far is dropped, ask for it again.
     Resend(u32),
@@ -240,7 +239,6 @@ pub enum PieceAction {
 struct Assembly {
     chunk: u32,
     next_offset: u32,
-    pieces: Vec<Bytes>,
 }
 
 /// The receiver's side of one transfer.
@@ -300,42 +298,40 @@ impl Incoming {
         self.checking.clear();
     }
 
-    pub fn on_piece(&mut self, chunk: u32, offset: u32, data: Bytes) -> PieceAction {
+    pub fn on_piece(&mut self, chunk: u32, offset: u32, len: usize) -> PieceAction {
         let Some(&done) = self.verified.get(chunk as usize) else {
             return PieceAction::Resend(chunk);
         };
         if done || self.checking.contains(&chunk) {
             return PieceAction::Duplicate;
         }
-        let len = self.manifest.chunk_len(chunk);
+        let chunk_len = self.manifest.chunk_len(chunk);
         if offset == 0 {
             self.current = Some(Assembly {
                 chunk,
                 next_offset: 0,
-                pieces: Vec::new(),
             });
         }
         let in_order = self
             .current
             .as_ref()
             .is_some_and(|a| a.chunk == chunk && a.next_offset == offset);
-        let end = u64::from(offset) + data.len() as u64;
-        if !in_order || end > u64::from(len) || (data.is_empty() && len > 0) {
+        let end = u64::from(offset) + len as u64;
+        if !in_order || end > u64::from(chunk_len) || (len == 0 && chunk_len > 0) {
             self.current = None;
             return PieceAction::Resend(chunk);
         }
         let Some(a) = self.current.as_mut() else {
             return PieceAction::Resend(chunk);
         };
-        a.next_offset += data.len() as u32;
-        a.pieces.push(data);
-        if a.next_offset < len {
-            return PieceAction::Buffered;
+        // `end` is within the chunk's length, a u32.
+        a.next_offset = end as u32;
+        if a.next_offset < chunk_len {
+            return PieceAction::Write { last: false };
         }
-        let pieces = std::mem::take(&mut a.pieces);
         self.current = None;
         self.checking.insert(chunk);
-        PieceAction::ChunkReady { chunk, pieces }
+        PieceAction::Write { last: true }
     }
 
     /// The driver checked (and, if good, wrote) a ready chunk: the message for the sender.
@@ -572,49 +568,33 @@ mod tests {
         assert!(Incoming::new(manifest(0), &[]).complete());
     }
 
-    fn piece(len: usize) -> Bytes {
-        Bytes::from(vec![7u8; len])
-    }
+    const MORE: PieceAction = PieceAction::Write { last: false };
+    const LAST: PieceAction = PieceAction::Write { last: true };
 
     #[test]
-    fn receiver_assembles_in_order() {
+    fn receiver_takes_pieces_in_order() {
         let half = (MIB / 2) as usize;
         let mut i = Incoming::new(manifest(MIB + 10), &[]);
-        assert_eq!(i.on_piece(0, 0, piece(half)), PieceAction::Buffered);
-        let PieceAction::ChunkReady { chunk: 0, pieces } = i.on_piece(0, half as u32, piece(half))
-        else {
-            panic!("chunk 0 should be whole")
-        };
-        assert_eq!(pieces.len(), 2);
-        assert_eq!(
-            i.on_piece(0, 0, piece(1)),
-            PieceAction::Duplicate,
-            "being checked"
-        );
+        assert_eq!(i.on_piece(0, 0, half), MORE);
+        assert_eq!(i.on_piece(0, half as u32, half), LAST, "chunk 0 is whole");
+        assert_eq!(i.on_piece(0, 0, 1), PieceAction::Duplicate, "being checked");
         assert_eq!(i.checked(0, true), ack(0));
-        assert_eq!(i.on_piece(0, 0, piece(half)), PieceAction::Duplicate);
-        assert!(matches!(
-            i.on_piece(1, 0, piece(10)),
-            PieceAction::ChunkReady { chunk: 1, .. }
-        ));
+        assert_eq!(i.on_piece(0, 0, half), PieceAction::Duplicate);
+        assert_eq!(i.on_piece(1, 0, 10), LAST);
         assert_eq!(i.checked(1, false), nack(1));
         assert!(!i.complete());
         assert_eq!(i.have(), vec![0]);
+        // A chunk that failed its check comes again from its start.
+        assert_eq!(i.on_piece(1, 0, 10), LAST);
     }
 
     #[test]
     fn several_chunks_can_be_checked_at_once() {
         let mut i = Incoming::new(manifest(2 * MIB), &[]);
         let whole = MIB as usize;
-        assert!(matches!(
-            i.on_piece(0, 0, piece(whole)),
-            PieceAction::ChunkReady { chunk: 0, .. }
-        ));
-        assert!(matches!(
-            i.on_piece(1, 0, piece(whole)),
-            PieceAction::ChunkReady { chunk: 1, .. }
-        ));
-        assert_eq!(i.on_piece(0, 0, piece(1)), PieceAction::Duplicate);
+        assert_eq!(i.on_piece(0, 0, whole), LAST);
+        assert_eq!(i.on_piece(1, 0, whole), LAST);
+        assert_eq!(i.on_piece(0, 0, 1), PieceAction::Duplicate);
         assert_eq!(i.checked(1, true), ack(1));
         assert_eq!(i.checked(0, true), ack(0));
         assert!(i.complete());
@@ -641,17 +621,18 @@ mod tests {
             (1, 0, 0),                // empty piece of a non-empty chunk
         ] {
             assert_eq!(
-                i.on_piece(chunk, offset, piece(len)),
+                i.on_piece(chunk, offset, len),
                 PieceAction::Resend(chunk),
                 "{chunk}@{offset}+{len}"
             );
         }
-        assert_eq!(i.on_piece(0, 0, piece(10)), PieceAction::Buffered);
-        assert_eq!(i.on_piece(0, 20, piece(10)), PieceAction::Resend(0), "gap");
+        assert_eq!(i.on_piece(0, 0, 10), MORE);
+        assert_eq!(i.on_piece(0, 20, 10), PieceAction::Resend(0), "gap");
         // After a restart the chunk starts over.
-        i.on_piece(0, 0, piece(10));
+        assert_eq!(i.on_piece(0, 0, 10), MORE);
         i.restart();
-        assert_eq!(i.on_piece(0, 10, piece(10)), PieceAction::Resend(0));
+        assert_eq!(i.on_piece(0, 10, 10), PieceAction::Resend(0));
+        assert_eq!(i.on_piece(0, 0, 10), MORE);
     }
 
     #[test]
@@ -659,7 +640,7 @@ mod tests {
         let mut i = Incoming::new(manifest(3 * MIB), &[0, 2, 9]);
         assert_eq!(i.have(), vec![0, 2]);
         assert_eq!(i.bytes_verified(), 2 * MIB);
-        assert_eq!(i.on_piece(2, 0, piece(1)), PieceAction::Duplicate);
+        assert_eq!(i.on_piece(2, 0, 1), PieceAction::Duplicate);
         assert_eq!(i.unverify(&[2]), vec![nack(2)]);
         assert_eq!(i.have(), vec![0]);
     }
