@@ -149,52 +149,68 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// What reading a chunk to send found.
-#[derive(Debug)]
-pub enum ChunkRead {
-    /// The chunk as the messages that carry it: each a piece header followed by its data,
-    /// read from the file straight into place (no copy on the way to the channel).
-    Good(Vec<BytesMut>),
-    /// The file no longer holds what the manifest promised.
-    Changed,
-}
+/// The most of a chunk the sender reads at a time: memory does not grow with the chunk size.
+/// Whole pieces covering 1 MiB, so the smallest chunk is one read and pieces stay whole.
+pub const READ_BATCH: usize = (1usize << 20).div_ceil(PIECE_SIZE) * PIECE_SIZE;
 
-/// Reads chunk `i` of the file behind `manifest` as pieces of transfer `id`; with `check`, also
-/// against its digest. (The receiver checks every chunk anyway; a sender checks again only a
-/// chunk the receiver found bad, to tell a fault on the way from a file that changed.)
-pub fn read_pieces(file: &File, manifest: &Manifest, i: u32, check: bool) -> io::Result<ChunkRead> {
+/// The pieces of chunk `i` of the file behind `manifest` from `offset` on, up to
+/// [`READ_BATCH`] bytes of it: each a piece header followed by its data, read from the file
+/// straight into place (no copy on the way to the channel). `None` if the file ends before
+/// them: it no longer holds what the manifest promised.
+pub fn read_pieces(
+    file: &File,
+    manifest: &Manifest,
+    i: u32,
+    offset: u32,
+) -> io::Result<Option<Vec<BytesMut>>> {
     let len = manifest.chunk_len(i) as usize;
     let start = manifest.chunk_offset(i);
-    let mut digest = sha2::Sha256::new();
-    let mut pieces = Vec::with_capacity(len.div_ceil(PIECE_SIZE));
+    let end = len.min(offset as usize + READ_BATCH);
+    let mut pieces = Vec::with_capacity(READ_BATCH / PIECE_SIZE);
     let mut header = Vec::with_capacity(PIECE_HEADER);
-    let mut offset = 0;
-    while offset < len {
-        let n = (len - offset).min(PIECE_SIZE);
+    let mut at = offset as usize;
+    while at < end {
+        let n = (end - at).min(PIECE_SIZE);
         Piece {
             id: manifest.id,
             chunk: i,
-            offset: offset as u32,
+            offset: at as u32,
             data: &[],
         }
         .encode_into(&mut header);
         let mut buf = BytesMut::zeroed(PIECE_HEADER + n);
         buf[..PIECE_HEADER].copy_from_slice(&header);
-        match file.read_exact_at(&mut buf[PIECE_HEADER..], start + offset as u64) {
+        match file.read_exact_at(&mut buf[PIECE_HEADER..], start + at as u64) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(ChunkRead::Changed),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(e),
         }
-        if check {
-            digest.update(&buf[PIECE_HEADER..]);
-        }
         pieces.push(buf);
-        offset += n;
+        at += n;
     }
-    if check && manifest.chunks.get(i as usize) != Some(&Digest(digest.finalize().into())) {
-        return Ok(ChunkRead::Changed);
+    Ok(Some(pieces))
+}
+
+/// Whether chunk `i` of the file behind `manifest` still matches its digest (read a little at a
+/// time, not held). The receiver checks every chunk; a sender checks again only a chunk the
+/// receiver found bad, to tell a fault on the way from a file that changed.
+pub fn chunk_matches(file: &File, manifest: &Manifest, i: u32) -> io::Result<bool> {
+    let len = u64::from(manifest.chunk_len(i));
+    let start = manifest.chunk_offset(i);
+    let mut digest = sha2::Sha256::new();
+    let mut buf = vec![0u8; HASH_READ];
+    let mut at = 0u64;
+    while at < len {
+        let n = (len - at).min(HASH_READ as u64) as usize;
+        match file.read_exact_at(&mut buf[..n], start + at) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        digest.update(&buf[..n]);
+        at += n as u64;
     }
-    Ok(ChunkRead::Good(pieces))
+    Ok(manifest.chunks.get(i as usize) == Some(&Digest(digest.finalize().into())))
 }
 
 /// The receiving end of a transfer's pieces (on a bulk thread): writes each at its place in the
@@ -536,38 +552,39 @@ mod tests {
         fs::write(&p, &data).expect("write");
         let manifest = manifest_of(&p);
         let f = File::open(&p).expect("open");
-        let ChunkRead::Good(pieces) = read_pieces(&f, &manifest, 1, true).expect("read") else {
-            panic!("chunk 1 should match")
-        };
+        assert!(chunk_matches(&f, &manifest, 1).expect("read"));
+        // Each chunk in one batch (the smallest chunk is one).
         let mut back = Vec::new();
-        for piece in &pieces {
-            let mesh_types::transfer::Frame::Piece(p) =
-                mesh_types::transfer::Frame::decode(piece).expect("frame")
-            else {
-                panic!("a piece")
-            };
-            assert_eq!((p.chunk, p.offset as usize), (1, back.len()));
-            back.extend_from_slice(p.data);
+        for (chunk, offset) in [(0, 0), (1, 0)] {
+            let pieces = read_pieces(&f, &manifest, chunk, offset)
+                .expect("read")
+                .expect("all there");
+            for piece in &pieces {
+                let mesh_types::transfer::Frame::Piece(p) =
+                    mesh_types::transfer::Frame::decode(piece).expect("frame")
+                else {
+                    panic!("a piece")
+                };
+                let at = (p.chunk as usize) * (1 << 20) + p.offset as usize;
+                assert_eq!(at, back.len(), "in order, at their place");
+                back.extend_from_slice(p.data);
+            }
         }
-        assert_eq!(back, data[1 << 20..]);
+        assert_eq!(back, data);
         let mut changed = data.clone();
         changed[(1 << 20) + 5] ^= 1;
         fs::write(&p, &changed).expect("write");
         let f = File::open(&p).expect("open");
-        assert!(matches!(
-            read_pieces(&f, &manifest, 1, true),
-            Ok(ChunkRead::Changed)
-        ));
-        assert!(
-            matches!(read_pieces(&f, &manifest, 1, false), Ok(ChunkRead::Good(_))),
-            "unchecked"
-        );
+        assert!(!chunk_matches(&f, &manifest, 1).expect("read"), "changed");
+        assert!(chunk_matches(&f, &manifest, 0).expect("read"), "unchanged");
         fs::write(&p, &data[..100]).expect("truncate");
         let f = File::open(&p).expect("open");
-        assert!(
-            matches!(read_pieces(&f, &manifest, 1, false), Ok(ChunkRead::Changed)),
+        assert_eq!(
+            read_pieces(&f, &manifest, 1, 0).expect("read"),
+            None,
             "shorter"
         );
+        assert!(!chunk_matches(&f, &manifest, 1).expect("read"), "shorter");
     }
 
     #[test]

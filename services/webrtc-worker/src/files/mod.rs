@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, watch};
 use crate::transport::{Channel, Connection};
 use crate::worker::Worker;
 use crate::{blocking, bulk, lock, spawn_bulk};
-use disk::{Checkpoint, ChunkRead, Layout, SendPathError, WholeCheck};
+use disk::{Checkpoint, Layout, SendPathError, WholeCheck};
 use proto::{Incoming, Outgoing, PieceAction, RateMeter, SenderEvent};
 
 /// Free space a receiver keeps beyond the file it accepts.
@@ -227,6 +227,20 @@ impl Flusher {
             None => Ok(()),
         }
     }
+}
+
+/// A batch of a chunk's pieces being read ahead: chunk, offset, the read.
+type ReadAhead = (
+    u32,
+    u32,
+    tokio::task::JoinHandle<std::io::Result<Option<Vec<BytesMut>>>>,
+);
+
+/// Why a chunk was not sent whole.
+enum ChunkEnd {
+    LinkLost,
+    /// The file cannot be read, or no longer holds what the manifest promised.
+    Unreadable(String),
 }
 
 /// The worker's transfers.
@@ -1363,12 +1377,7 @@ impl Sender {
     async fn over(&mut self, s: &Session, machine: &mut Outgoing, file: &Arc<File>) -> SessionEnd {
         let mut closed = s.closed.clone();
         let manifest = Arc::new(machine.manifest().clone());
-        let read = |chunk: u32, check: bool| {
-            let (f, m) = (file.clone(), manifest.clone());
-            spawn_bulk(move || disk::read_pieces(&f, &m, chunk, check))
-        };
-        // The next chunk, read and checked while this one is on its way.
-        let mut ahead: Option<(u32, tokio::task::JoinHandle<std::io::Result<ChunkRead>>)> = None;
+        let mut ahead = None;
         let Some(offer) = machine.link_up() else {
             return SessionEnd::Final;
         };
@@ -1397,45 +1406,25 @@ impl Sender {
                 return SessionEnd::Final;
             }
             if let Some(chunk) = machine.next_chunk() {
-                // A chunk the receiver found bad is read again and checked: a changed file
-                // ends the transfer, a fault on the way is repaired by sending it again.
-                let check = self.recheck.remove(&chunk);
-                let pending = match ahead.take() {
-                    Some((c, handle)) if c == chunk && !check => handle,
-                    _ => read(chunk, check),
-                };
-                let got = pending.await.map_err(std::io::Error::other).and_then(|r| r);
-                ahead = machine
-                    .peek_next()
-                    .map(|next| (next, read(next, self.recheck.contains(&next))));
-                let data = match got {
-                    Ok(ChunkRead::Good(d)) => d,
-                    Ok(ChunkRead::Changed) => {
-                        self.cancel_on(
-                            s,
-                            RefuseCode::SourceChanged,
-                            "the file changed while it was being sent",
-                        )
-                        .await;
-                        self.fail(
-                            machine,
-                            RefuseCode::SourceChanged,
-                            "the file changed while it was being sent",
-                        )
-                        .await;
-                        return SessionEnd::Final;
-                    }
-                    Err(e) => {
-                        let why = format!("reading the file: {e}");
+                let sent = self
+                    .send_chunk(
+                        s,
+                        &mut closed,
+                        machine,
+                        (file, &manifest),
+                        chunk,
+                        &mut ahead,
+                    )
+                    .await;
+                match sent {
+                    Ok(()) => continue,
+                    Err(ChunkEnd::LinkLost) => return SessionEnd::LinkLost,
+                    Err(ChunkEnd::Unreadable(why)) => {
                         self.cancel_on(s, RefuseCode::SourceChanged, &why).await;
                         self.fail(machine, RefuseCode::SourceChanged, &why).await;
                         return SessionEnd::Final;
                     }
-                };
-                if !self.send_chunk(s, &mut closed, chunk, data).await {
-                    return SessionEnd::LinkLost;
                 }
-                continue;
             }
             tokio::select! {
                 c = self.ctrl.recv() => match c {
@@ -1462,31 +1451,76 @@ impl Sender {
         let _ = s.conn.send(Channel::File, &msg.encode(), false).await;
     }
 
-    /// Sends one chunk's pieces; false when the link ended under it.
+    /// Sends `chunk` in batches of pieces, each read while the one before is on its way (and,
+    /// at its last, the next chunk's first). A chunk the receiver found bad is first checked
+    /// against its digest: a changed file ends the transfer, a fault on the way is repaired by
+    /// sending it again.
     async fn send_chunk(
         &mut self,
         s: &Session,
         closed: &mut watch::Receiver<()>,
+        machine: &Outgoing,
+        (file, manifest): (&Arc<File>, &Arc<Manifest>),
         chunk: u32,
-        mut pieces: Vec<BytesMut>,
-    ) -> bool {
-        if self.worker.files.config.flip_chunk == Some(chunk)
-            && !self.flipped
-            && let Some(first) = pieces.first_mut().filter(|p| p.len() > PIECE_HEADER)
-        {
-            self.flipped = true;
-            first[PIECE_HEADER] ^= 0xff;
-            tracing::warn!(id = %self.record.id, chunk, "fault injection: one byte of this chunk flipped");
-        }
-        for buf in pieces {
-            let n = (buf.len() - PIECE_HEADER) as u64;
-            tokio::select! {
-                r = s.conn.send_owned(Channel::File, buf) => if r.is_err() { return false },
-                r = closed.changed() => if r.is_err() { return false },
+        ahead: &mut Option<ReadAhead>,
+    ) -> Result<(), ChunkEnd> {
+        const CHANGED: &str = "the file changed while it was being sent";
+        let unreadable = |e: std::io::Error| ChunkEnd::Unreadable(format!("reading the file: {e}"));
+        let read = |chunk: u32, offset: u32| {
+            let (f, m) = (file.clone(), manifest.clone());
+            let read = spawn_bulk(move || disk::read_pieces(&f, &m, chunk, offset));
+            (chunk, offset, read)
+        };
+        if self.recheck.remove(&chunk) {
+            let (f, m) = (file.clone(), manifest.clone());
+            if !bulk(move || disk::chunk_matches(&f, &m, chunk))
+                .await
+                .map_err(unreadable)?
+            {
+                return Err(ChunkEnd::Unreadable(CHANGED.into()));
             }
-            self.record.sent_bytes += n;
         }
-        true
+        let len = manifest.chunk_len(chunk);
+        let mut offset = 0;
+        while offset < len {
+            let pending = match ahead.take() {
+                Some((c, o, read)) if (c, o) == (chunk, offset) => read,
+                _ => read(chunk, offset).2,
+            };
+            let end = len.min(offset.saturating_add(disk::READ_BATCH as u32));
+            *ahead = if end < len {
+                Some(read(chunk, end))
+            } else {
+                machine.peek_next().map(|next| read(next, 0))
+            };
+            let mut pieces = pending
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map_err(unreadable)?
+                .ok_or_else(|| ChunkEnd::Unreadable(CHANGED.into()))?;
+            if offset == 0
+                && self.worker.files.config.flip_chunk == Some(chunk)
+                && !self.flipped
+                && let Some(first) = pieces.first_mut().filter(|p| p.len() > PIECE_HEADER)
+            {
+                self.flipped = true;
+                first[PIECE_HEADER] ^= 0xff;
+                tracing::warn!(id = %self.record.id, chunk, "fault injection: one byte of this chunk flipped");
+            }
+            for buf in pieces {
+                let n = (buf.len() - PIECE_HEADER) as u64;
+                tokio::select! {
+                    r = s.conn.send_owned(Channel::File, buf) => if r.is_err() {
+                        return Err(ChunkEnd::LinkLost);
+                    },
+                    r = closed.changed() => if r.is_err() { return Err(ChunkEnd::LinkLost) },
+                }
+                self.record.sent_bytes += n;
+            }
+            offset = end;
+        }
+        Ok(())
     }
 
     async fn on_control(&mut self, machine: &mut Outgoing, c: &Control) {
