@@ -6,7 +6,8 @@
 //! File throughput is end to end: from `POST /transfers` to the sender's `complete`, so it
 //! includes hashing the file for the manifest, every chunk check on both sides, the writes and
 //! the receiver's whole-file check before the rename. "Wire" throughput is from the receiver's
-//! accept to `complete`. Peak memory is each worker process's VmHWM after the runs. CPU seconds
+//! accept to `complete`. Peak memory is each worker process's VmHWM after the runs; one 2 GiB
+//! file (4 MiB chunks) between two other workers shows it does not follow the chunk size. CPU seconds
 //! (user and system, all threads) are reported for each end of a transfer and of the raw
 //! two-process run: on two cores they say how much of the machine each costs.
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::disallowed_methods)] // A driver that reports.
@@ -23,6 +24,8 @@ use webrtc_worker::transport::{
 };
 
 const FILE_BYTES: u64 = 256 << 20;
+/// A file whose chunks are four times as large (4 MiB): peak memory should not follow.
+const BIG_FILE_BYTES: u64 = 2 << 30;
 const CHROMIUM_BYTES: usize = 64 << 20;
 const RUNS: usize = 3;
 
@@ -119,8 +122,8 @@ fn vm_hwm_mb(pid: u32) -> f64 {
     kb / 1024.0
 }
 
-/// Three transfers of one 256 MiB file between two worker processes.
-async fn files() -> Value {
+/// `runs` transfers of one file of `bytes` between two new worker processes.
+async fn files(bytes: u64, runs: usize) -> Value {
     let mesh = Mesh::new();
     let outbox = mesh.dir.path().join("outbox");
     std::fs::create_dir_all(&outbox).unwrap();
@@ -129,7 +132,7 @@ async fn files() -> Value {
             std::io::BufWriter::new(std::fs::File::create(outbox.join("bench.bin")).unwrap());
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut block = vec![0u8; 1 << 20];
-        for _ in 0..(FILE_BYTES >> 20) {
+        for _ in 0..(bytes >> 20) {
             for w in block.chunks_exact_mut(8) {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -154,7 +157,7 @@ async fn files() -> Value {
     let (mut total, mut wire) = (Vec::new(), Vec::new());
     let (mut sender_cpu, mut receiver_cpu) = (Vec::new(), Vec::new());
     let (a_pid, b_pid) = (a.proc.pid().to_string(), b.proc.pid().to_string());
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let (a0, b0) = (cpu_secs(&a_pid), cpu_secs(&b_pid));
         let t0 = Instant::now();
         let (s, started) = mesh
@@ -184,11 +187,12 @@ async fn files() -> Value {
         let end = Instant::now();
         sender_cpu.push(cpu_secs(&a_pid) - a0);
         receiver_cpu.push(cpu_secs(&b_pid) - b0);
-        total.push(FILE_BYTES as f64 / (end - t0).as_secs_f64() / 1e6);
-        wire.push(FILE_BYTES as f64 / (end - accepted.unwrap()).as_secs_f64() / 1e6);
+        total.push(bytes as f64 / (end - t0).as_secs_f64() / 1e6);
+        wire.push(bytes as f64 / (end - accepted.unwrap()).as_secs_f64() / 1e6);
     }
     json!({
-        "fileMB": FILE_BYTES >> 20,
+        "fileMB": bytes >> 20,
+        "chunkMB": mesh_types::transfer::chunk_size_for(bytes).unwrap() >> 20,
         "endToEndMBps": median(&total),
         "endToEndRunsMBps": total,
         "wireMBps": median(&wire),
@@ -303,7 +307,10 @@ async fn main() {
     }
     // `MESH_BENCH_PHASE=files`: the file transfers only (for quick checks).
     if std::env::var("MESH_BENCH_PHASE").as_deref() == Ok("files") {
-        println!("{}", serde_json::to_string_pretty(&files().await).unwrap());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&files(FILE_BYTES, RUNS).await).unwrap()
+        );
         return;
     }
     let chromium = common::chromium(&format!("setups=1&bytes={CHROMIUM_BYTES}")).await;
@@ -320,8 +327,9 @@ async fn main() {
     }
     let raw_mbps = median(&raw);
     let raw2_mbps = median(&raw2);
-    let files = files().await;
-    let file_mbps = files["endToEndMBps"].as_f64().unwrap();
+    let file = files(FILE_BYTES, RUNS).await;
+    let big_file = files(BIG_FILE_BYTES, 1).await;
+    let file_mbps = file["endToEndMBps"].as_f64().unwrap();
     let report = json!({
         "chromium": {
             "userAgent": chromium["userAgent"],
@@ -338,7 +346,8 @@ async fn main() {
             "twoProcessesReceiverCpuSeconds": median(&raw2_receiver_cpu),
             "bytes": FILE_BYTES,
         },
-        "files": files,
+        "files": file,
+        "bigFile": big_file,
         "ratios": {
             "fileVsChromium": file_mbps / chromium_mbps,
             "fileVsRawTwoProcesses": file_mbps / raw2_mbps,
