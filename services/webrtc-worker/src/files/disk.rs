@@ -76,16 +76,24 @@ const HASH_READ: usize = 256 << 10;
 /// one sequential pass, so the chunk digests are computed by a second pass on a thread of its
 /// own: with two cores the manifest is ready in about the time of one pass.
 pub fn hash_file(path: &Path, chunk_size: u32) -> io::Result<(u64, Digest, Vec<Digest>)> {
+    // The two passes read the file apart: both must have read the same file.
+    let stamp = |path: &Path| fs::metadata(path).and_then(|m| Ok((m.len(), m.modified()?)));
+    let before = stamp(path)?;
     let (whole, chunks) = std::thread::scope(|scope| {
-        let chunks = scope.spawn(|| hash_chunks(path, chunk_size));
+        let chunks = std::thread::Builder::new()
+            .name("mesh-hash".into())
+            .spawn_scoped(scope, || hash_chunks(path, chunk_size));
         let whole = hash_whole(path);
-        let chunks = chunks
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the chunk hashing thread panicked")));
+        let chunks = match chunks {
+            Ok(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the chunk hashing thread panicked"))),
+            Err(e) => Err(e),
+        };
         (whole, chunks)
     });
     let ((size, whole), (chunks_size, chunks)) = (whole?, chunks?);
-    if size != chunks_size {
+    if size != chunks_size || stamp(path)? != before {
         return Err(io::Error::other(
             "the file changed while it was being hashed",
         ));
@@ -218,12 +226,15 @@ pub fn chunk_matches(file: &File, manifest: &Manifest, i: u32) -> io::Result<boo
 /// from the first, the whole file's, and says at the end of each chunk whether it matched. So a
 /// piece is hashed while it is in the core's cache, and memory holds pieces, not chunks. A chunk
 /// is on disk before it is known good; only a good one gets its bit in `have`, a bad one is
-/// written over when it comes again, and the rename waits for the whole-file check.
+/// written over when it comes again, and the rename waits for the whole-file check. A chunk
+/// once good is never written again (another copy of it, sent across a resume, is passed over).
 #[derive(Debug)]
 pub struct ChunkWriter {
     file: std::sync::Arc<File>,
     manifest: std::sync::Arc<Manifest>,
     current: Option<ChunkDigest>,
+    /// Chunks known good: from the checkpoint, and as found.
+    good: Vec<bool>,
     /// The whole file's digest over the chunks before `whole_next`.
     whole: sha2::Sha256,
     whole_next: u32,
@@ -249,11 +260,23 @@ pub struct Checked {
 }
 
 impl ChunkWriter {
-    pub fn new(file: std::sync::Arc<File>, manifest: std::sync::Arc<Manifest>) -> Self {
+    /// `have`: chunks already good in the part file.
+    pub fn new(
+        file: std::sync::Arc<File>,
+        manifest: std::sync::Arc<Manifest>,
+        have: &[u32],
+    ) -> Self {
+        let mut good = vec![false; manifest.chunk_count() as usize];
+        for &c in have {
+            if let Some(g) = good.get_mut(c as usize) {
+                *g = true;
+            }
+        }
         ChunkWriter {
             file,
             manifest,
             current: None,
+            good,
             whole: sha2::Sha256::new(),
             whole_next: 0,
         }
@@ -268,6 +291,9 @@ impl ChunkWriter {
         data: &[u8],
         last: bool,
     ) -> io::Result<Option<Checked>> {
+        if self.good.get(chunk as usize).copied().unwrap_or(false) {
+            return Ok(last.then(|| self.checked(chunk, true)));
+        }
         if offset == 0 {
             self.current = Some(ChunkDigest {
                 chunk,
@@ -278,11 +304,7 @@ impl ChunkWriter {
         let Some(c) = self.current.as_mut().filter(|c| c.chunk == chunk) else {
             // Not a piece of the chunk under way (the state machine passes none such): not
             // written; if it ends its chunk, that chunk is asked for again.
-            return Ok(last.then_some(Checked {
-                chunk,
-                good: false,
-                whole: None,
-            }));
+            return Ok(last.then(|| self.checked(chunk, false)));
         };
         c.state.update(data);
         if let Some(w) = &mut c.whole {
@@ -298,13 +320,22 @@ impl ChunkWriter {
         };
         let good =
             self.manifest.chunks.get(chunk as usize) == Some(&Digest(c.state.finalize().into()));
-        if good && let Some(w) = c.whole {
-            self.whole = w;
-            self.whole_next += 1;
+        if good {
+            if let Some(g) = self.good.get_mut(chunk as usize) {
+                *g = true;
+            }
+            if let Some(w) = c.whole {
+                self.whole = w;
+                self.whole_next += 1;
+            }
         }
+        Ok(Some(self.checked(chunk, good)))
+    }
+
+    fn checked(&self, chunk: u32, good: bool) -> Checked {
         let whole = (self.whole_next == self.manifest.chunk_count())
             .then(|| Digest(self.whole.clone().finalize().into()));
-        Ok(Some(Checked { chunk, good, whole }))
+        Checked { chunk, good, whole }
     }
 }
 
@@ -528,20 +559,59 @@ mod tests {
 
     /// A manifest of the file at `p`, in 1 MiB chunks.
     fn manifest_of(p: &Path) -> Manifest {
-        let (size, sha256, chunks) = hash_file(p, 1 << 20).expect("hash");
+        manifest_in(p, 1 << 20)
+    }
+
+    fn manifest_in(p: &Path, chunk_size: u32) -> Manifest {
+        let (size, sha256, chunks) = hash_file(p, chunk_size).expect("hash");
         Manifest {
             id: TransferId([3; 16]),
             from: "a".parse().expect("id"),
             to: "b".parse().expect("id"),
             name: "f".into(),
             size,
-            chunk_size: 1 << 20,
+            chunk_size,
             sha256,
             chunks,
             ts: 0,
             sig: String::new(),
             kid: None,
         }
+    }
+
+    #[test]
+    fn a_large_chunk_is_read_in_batches_of_whole_pieces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i % 241) as u8).collect();
+        fs::write(&p, &data).expect("write");
+        let manifest = manifest_in(&p, 4 << 20);
+        let f = File::open(&p).expect("open");
+        let (mut back, mut offset, mut reads) = (Vec::new(), 0u32, 0);
+        while (offset as usize) < data.len() {
+            let pieces = read_pieces(&f, &manifest, 0, offset)
+                .expect("read")
+                .expect("all there");
+            reads += 1;
+            for piece in &pieces {
+                let mesh_types::transfer::Frame::Piece(p) =
+                    mesh_types::transfer::Frame::decode(piece).expect("frame")
+                else {
+                    panic!("a piece")
+                };
+                assert_eq!((p.chunk, p.offset as usize), (0, back.len()));
+                back.extend_from_slice(p.data);
+            }
+            offset += u32::try_from(pieces.iter().map(|p| p.len() - PIECE_HEADER).sum::<usize>())
+                .expect("small");
+        }
+        assert_eq!(back, data);
+        assert_eq!(
+            reads,
+            data.len().div_ceil(READ_BATCH),
+            "at most a batch a read"
+        );
+        assert!(chunk_matches(&f, &manifest, 0).expect("read"));
     }
 
     #[test]
@@ -614,27 +684,27 @@ mod tests {
         };
         let check = |chunk: u32, good: bool, whole: Option<Digest>| Checked { chunk, good, whole };
 
+        let writer = |name: &str, have: &[u32]| {
+            let part = dir.path().join(name);
+            let file = std::sync::Arc::new(File::create(&part).expect("part"));
+            (ChunkWriter::new(file, manifest.clone(), have), part)
+        };
+
         // In order: the whole file's digest comes with the last chunk.
-        let part = dir.path().join("in-order.part");
-        let mut w = ChunkWriter::new(
-            std::sync::Arc::new(File::create(&part).expect("part")),
-            manifest.clone(),
-        );
+        let (mut w, part) = writer("in-order.part", &[]);
         assert_eq!(feed(&mut w, 0, false), check(0, true, None));
         assert_eq!(feed(&mut w, 1, false), check(1, true, None));
-        assert_eq!(
-            feed(&mut w, 2, false),
-            check(2, true, Some(manifest.sha256))
-        );
+        let all = Some(manifest.sha256);
+        assert_eq!(feed(&mut w, 2, false), check(2, true, all));
+        assert_eq!(fs::read(&part).expect("read"), data);
+        // Another copy of a good chunk (sent again across a resume) is not written, even if it
+        // differs: the chunk stays good.
+        assert_eq!(feed(&mut w, 1, true), check(1, true, all));
         assert_eq!(fs::read(&part).expect("read"), data);
 
         // A bad chunk is reported and, sent again, written over; after it the order is broken
         // and the whole-file check is left to read the file.
-        let part = dir.path().join("repaired.part");
-        let mut w = ChunkWriter::new(
-            std::sync::Arc::new(File::create(&part).expect("part")),
-            manifest.clone(),
-        );
+        let (mut w, part) = writer("repaired.part", &[]);
         assert_eq!(feed(&mut w, 0, false), check(0, true, None));
         assert_eq!(feed(&mut w, 1, true), check(1, false, None));
         assert_eq!(feed(&mut w, 2, false), check(2, true, None));
@@ -646,14 +716,25 @@ mod tests {
         );
 
         // A piece that does not follow its chunk's first is not written; its chunk fails.
-        let mut w = ChunkWriter::new(
-            std::sync::Arc::new(File::create(&part).expect("part")),
-            manifest,
-        );
+        let (mut w, part) = writer("stray.part", &[]);
         assert_eq!(w.piece(1, 65536, &[1; 10], false).expect("ignored"), None);
         assert_eq!(
             w.piece(1, 65546, &[1; 10], true).expect("ignored"),
             Some(check(1, false, None))
+        );
+        assert_eq!(
+            fs::metadata(&part).expect("part").len(),
+            0,
+            "nothing written"
+        );
+
+        // Chunks good from a checkpoint are not written again.
+        let (mut w, part) = writer("resumed.part", &[0]);
+        assert_eq!(feed(&mut w, 0, false), check(0, true, None));
+        assert_eq!(
+            fs::metadata(&part).expect("part").len(),
+            0,
+            "nothing written"
         );
     }
 

@@ -182,6 +182,9 @@ struct WriteJob {
 /// next, whatever the chunk size.
 const WRITER_QUEUE: usize = 64;
 
+/// How long the writer's thread waits for the next piece before it ends.
+const WRITER_IDLE: Duration = Duration::from_secs(2);
+
 /// Bytes written to a part file between background flushes.
 const FLUSH_EVERY: u64 = 16 << 20;
 
@@ -839,82 +842,148 @@ impl Worker {
         lock(&self.files.incoming).insert(id, entry.clone());
         if let Some(file) = file {
             // Weak: the writer ends when the entry is dropped (its queue's sender with it).
-            tokio::spawn(
-                self.clone()
-                    .write_chunks(Arc::downgrade(&entry), file, manifest, rx),
-            );
+            tokio::spawn(self.clone().write_chunks(
+                Arc::downgrade(&entry),
+                file,
+                manifest,
+                have.to_vec(),
+                rx,
+            ));
         }
         entry
     }
 
     /// The writer of one transfer being received: writes and hashes its pieces as they come
-    /// (on a bulk thread), and for each chunk checked there, checkpoints and acknowledges it;
-    /// after the last, finishes the file.
+    /// (on a bulk thread while they flow), and for each chunk checked there, checkpoints and
+    /// acknowledges it; after the last, finishes the file.
     async fn write_chunks(
         self: Arc<Self>,
         entry: std::sync::Weak<tokio::sync::Mutex<InEntry>>,
         file: Arc<File>,
         manifest: Arc<Manifest>,
+        have: Vec<u32>,
         mut jobs: mpsc::Receiver<WriteJob>,
     ) {
         let id = manifest.id;
-        let (checks, mut checked) = mpsc::channel(WRITER_QUEUE);
-        let mut writer = disk::ChunkWriter::new(file.clone(), manifest.clone());
-        // Ends when the entry (with the queue's sender) is dropped, or this task is.
-        spawn_bulk(move || {
-            while let Some(j) = jobs.blocking_recv() {
-                let result = writer.piece(j.chunk, j.offset, &j.data, j.last);
-                let failed = result.is_err();
-                if let Some(r) = result.transpose()
-                    && (checks.blocking_send(r).is_err() || failed)
-                {
+        let mut writer = disk::ChunkWriter::new(file.clone(), manifest.clone(), &have);
+        // The checks' results are recorded by a task of their own, so pieces keep being
+        // written while a chunk is checkpointed and acknowledged.
+        let (results, mut checked_rx) = mpsc::channel::<disk::Checked>(WRITER_QUEUE);
+        let recorder = {
+            let (worker, entry, manifest) = (self.clone(), entry.clone(), manifest.clone());
+            tokio::spawn(async move {
+                let mut flusher = Flusher::new(file);
+                while let Some(c) = checked_rx.recv().await {
+                    if !worker
+                        .chunk_checked(&entry, &manifest, &mut flusher, c)
+                        .await
+                    {
+                        return;
+                    }
+                }
+            })
+        };
+        // While pieces flow, a bulk thread takes them as they come; after a pause of
+        // `WRITER_IDLE` it ends, and the next piece starts another: a paused transfer holds no
+        // thread. Ends when the entry, with the queue's sender, is dropped.
+        while let Some(first) = jobs.recv().await {
+            let (to_thread, mut pieces) = mpsc::channel::<WriteJob>(WRITER_QUEUE);
+            let results = results.clone();
+            let mut w = writer;
+            let thread = spawn_bulk(move || {
+                while let Some(j) = pieces.blocking_recv() {
+                    if let Some(c) = w.piece(j.chunk, j.offset, &j.data, j.last)?
+                        && results.blocking_send(c).is_err()
+                    {
+                        break;
+                    }
+                }
+                Ok(w)
+            });
+            let mut next = Some(first);
+            while let Some(j) = next.take() {
+                if to_thread.send(j).await.is_err() {
                     break;
                 }
-            }
-            Ok(())
-        });
-        let mut flusher = Flusher::new(file);
-        while let Some(result) = checked.recv().await {
-            let written = match result {
-                Ok(c) if c.good => flusher
-                    .wrote(u64::from(manifest.chunk_len(c.chunk)))
+                next = tokio::time::timeout(WRITER_IDLE, jobs.recv())
                     .await
-                    .map(|()| c),
-                other => other,
-            };
-            let Some(entry) = entry.upgrade() else { return };
-            let mut e = entry.lock().await;
-            let disk::Checked { chunk, good, whole } = match written {
-                Ok(c) => c,
+                    .ok()
+                    .flatten();
+            }
+            drop(to_thread);
+            writer = match thread.await.map_err(std::io::Error::other).and_then(|r| r) {
+                Ok(w) => w,
                 Err(err) => {
-                    drop(e);
+                    recorder.abort();
                     return self.storage_failed(&manifest.from, id, &err).await;
                 }
             };
-            if !good {
-                tracing::warn!(%id, chunk, "chunk failed its digest; asking for it again");
-                e.repaired += 1;
-            }
-            let msg = e.machine.checked(chunk, good);
-            if good && let Err(err) = self.checkpoint(&e).await {
-                drop(e);
-                return self.storage_failed(&manifest.from, id, &err).await;
-            }
-            let (now, bytes) = (self.now_ms(), e.machine.bytes_verified());
-            e.rate.record(now, bytes);
-            e.touched = now;
-            let view = self.in_view(&e);
-            self.files.view(id, |v| *v = view);
-            // Lost with the link if it dropped meanwhile: the next offer's `have` says it.
-            self.tell(&manifest.from, &msg).await;
-            if e.machine.complete() {
-                if let Err(err) = flusher.wait().await {
-                    drop(e);
-                    return self.storage_failed(&manifest.from, id, &err).await;
-                }
-                self.finish(&mut e, whole).await;
-            }
         }
+    }
+
+    /// Records what the writer found of one chunk: checkpoint and `ack`, or `nack`; after the
+    /// last, finishes the file. False when the transfer is over for this writer.
+    async fn chunk_checked(
+        self: &Arc<Self>,
+        entry: &std::sync::Weak<tokio::sync::Mutex<InEntry>>,
+        manifest: &Manifest,
+        flusher: &mut Flusher,
+        checked: disk::Checked,
+    ) -> bool {
+        let id = manifest.id;
+        let written = if checked.good {
+            flusher
+                .wrote(u64::from(manifest.chunk_len(checked.chunk)))
+                .await
+                .map(|()| checked)
+        } else {
+            Ok(checked)
+        };
+        let Some(entry) = entry.upgrade() else {
+            return false;
+        };
+        let mut e = entry.lock().await;
+        // Ended meanwhile (cancelled, expired, failed) or already in place: nothing to record.
+        let current = lock(&self.files.incoming)
+            .get(&id)
+            .is_some_and(|ours| Arc::ptr_eq(ours, &entry));
+        if !current || e.done_path.is_some() {
+            return false;
+        }
+        let disk::Checked { chunk, good, whole } = match written {
+            Ok(c) => c,
+            Err(err) => {
+                drop(e);
+                self.storage_failed(&manifest.from, id, &err).await;
+                return false;
+            }
+        };
+        if !good {
+            tracing::warn!(%id, chunk, "chunk failed its digest; asking for it again");
+            e.repaired += 1;
+        }
+        let msg = e.machine.checked(chunk, good);
+        if good && let Err(err) = self.checkpoint(&e).await {
+            drop(e);
+            self.storage_failed(&manifest.from, id, &err).await;
+            return false;
+        }
+        let (now, bytes) = (self.now_ms(), e.machine.bytes_verified());
+        e.rate.record(now, bytes);
+        e.touched = now;
+        let view = self.in_view(&e);
+        self.files.view(id, |v| *v = view);
+        // Lost with the link if it dropped meanwhile: the next offer's `have` says it.
+        self.tell(&manifest.from, &msg).await;
+        if e.machine.complete() {
+            if let Err(err) = flusher.wait().await {
+                drop(e);
+                self.storage_failed(&manifest.from, id, &err).await;
+                return false;
+            }
+            self.finish(&mut e, whole).await;
+        }
+        true
     }
 
     /// Sends `msg` over the current link to `peer`, if there is one.
@@ -952,15 +1021,18 @@ impl Worker {
                     self.reply(conn, &Control::Nack { id, chunk: c }).await;
                     None
                 }
-                PieceAction::Write { last } => e.writer.clone().map(|w| {
-                    let job = WriteJob {
-                        chunk,
-                        offset,
-                        data,
-                        last,
-                    };
-                    (w, job)
-                }),
+                PieceAction::Write { last } => {
+                    e.touched = self.now_ms();
+                    e.writer.clone().map(|w| {
+                        let job = WriteJob {
+                            chunk,
+                            offset,
+                            data,
+                            last,
+                        };
+                        (w, job)
+                    })
+                }
             }
         };
         // Outside the entry's lock, which the writer takes: a full queue waits for it.
@@ -1087,17 +1159,17 @@ impl Worker {
             .collect();
         let mut removed = 0;
         for (id, entry) in incoming {
-            let (touched, done) = {
-                let e = entry.lock().await;
-                (e.touched, e.done_path.is_some())
-            };
-            if !stale(touched) {
+            // Decided and done under the transfer's lock: a piece or an offer arriving
+            // meanwhile either counts first or finds the transfer gone.
+            let e = entry.lock().await;
+            if !stale(e.touched) {
                 continue;
             }
             removed += 1;
-            if done {
+            if e.done_path.is_some() {
                 lock(&self.files.incoming).remove(&id);
                 lock(&self.files.views).remove(&id);
+                drop(e);
                 let path = self.files.layout.done(id);
                 if let Err(e) = blocking(move || disk::remove_if_there(&path)).await {
                     tracing::warn!(%id, "record of a received file not removed: {e}");
@@ -1111,10 +1183,12 @@ impl Worker {
             tracing::info!(%id, "{why}");
             self.drop_incoming(id, TransferState::Failed, RefuseCode::Expired, &why);
         }
-        // Transfers that ended otherwise: refused, failed, cancelled, and every send.
+        // Transfers that ended otherwise: refused, failed, cancelled, and every send. Found and
+        // removed in one step, so a transfer offered again meanwhile keeps its view.
         let ended: Vec<(TransferId, Direction)> = {
             let incoming = lock(&self.files.incoming);
-            lock(&self.files.views)
+            let mut views = lock(&self.files.views);
+            let ended: Vec<_> = views
                 .iter()
                 .filter(|(id, v)| {
                     v.record.state.is_final()
@@ -1122,11 +1196,14 @@ impl Worker {
                         && !incoming.contains_key(id)
                 })
                 .map(|(id, v)| (*id, v.direction))
-                .collect()
+                .collect();
+            for (id, _) in &ended {
+                views.remove(id);
+            }
+            ended
         };
         for (id, direction) in ended {
             removed += 1;
-            lock(&self.files.views).remove(&id);
             if direction == Direction::Out {
                 let path = self.files.layout.outgoing(id);
                 if let Err(e) = blocking(move || disk::remove_if_there(&path)).await {

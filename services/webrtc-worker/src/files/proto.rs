@@ -160,14 +160,17 @@ impl Outgoing {
                 }
             }
             Control::Ack { chunk, .. } if self.state == TransferState::Sending => {
-                match self.in_flight.iter().position(|c| c == chunk) {
-                    Some(i) => {
-                        self.in_flight.remove(i);
-                        self.verified[*chunk as usize] = true;
-                        SenderEvent::Progress
-                    }
-                    None => SenderEvent::Ignored,
+                // In flight, or queued again after a resume while the receiver was still
+                // checking it: either way it need not go (again).
+                if let Some(i) = self.in_flight.iter().position(|c| c == chunk) {
+                    self.in_flight.remove(i);
+                } else if let Some(i) = self.pending.iter().position(|c| c == chunk) {
+                    self.pending.remove(i);
+                } else {
+                    return SenderEvent::Ignored;
                 }
+                self.verified[*chunk as usize] = true;
+                SenderEvent::Progress
             }
             Control::Nack { chunk, .. } if self.state == TransferState::Sending => {
                 let Some(v) = self.verified.get_mut(*chunk as usize) else {
@@ -292,10 +295,11 @@ impl Incoming {
     }
 
     /// A new link carries the transfer from here: a half-assembled chunk is dropped, the sender
-    /// starts it again from its first piece.
+    /// starts it again from its first piece. Chunks being checked stay so: the writer has all
+    /// their pieces and says how they came out; another copy of them is not taken meanwhile
+    /// (the sender, which does not find them in `have`, gets their `ack` instead).
     pub fn restart(&mut self) {
         self.current = None;
-        self.checking.clear();
     }
 
     pub fn on_piece(&mut self, chunk: u32, offset: u32, len: usize) -> PieceAction {
@@ -491,6 +495,25 @@ mod tests {
     }
 
     #[test]
+    fn an_ack_for_a_chunk_queued_again_takes_it_off_the_queue() {
+        let mut o = Outgoing::new(manifest(4 * MIB), 1);
+        o.link_up();
+        o.on_control(&accept(&[]));
+        assert_eq!(drain(&mut o), vec![0]);
+        o.link_lost();
+        o.link_up();
+        // The receiver was still checking chunk 0 when it accepted again.
+        o.on_control(&accept(&[]));
+        assert_eq!(o.on_control(&ack(0)), SenderEvent::Progress);
+        assert_eq!(
+            drain(&mut o),
+            vec![1],
+            "chunk 0 does not go again, nor hold the window"
+        );
+        assert_eq!(o.bytes_verified(), MIB);
+    }
+
+    #[test]
     fn the_receivers_list_is_the_truth_on_resume() {
         let mut o = Outgoing::new(manifest(3 * MIB), 3);
         o.link_up();
@@ -633,6 +656,13 @@ mod tests {
         i.restart();
         assert_eq!(i.on_piece(0, 10, 10), PieceAction::Resend(0));
         assert_eq!(i.on_piece(0, 0, 10), MORE);
+        // A chunk whose last piece went to the writer is not taken again across a restart;
+        // its check still counts.
+        assert_eq!(i.on_piece(1, 0, MIB as usize), LAST);
+        i.restart();
+        assert_eq!(i.on_piece(1, 0, 10), PieceAction::Duplicate);
+        assert_eq!(i.checked(1, true), ack(1));
+        assert_eq!(i.have(), vec![1]);
     }
 
     #[test]
