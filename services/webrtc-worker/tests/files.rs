@@ -1,8 +1,9 @@
 //! File transfer between real worker processes over real DataChannels: a 256 MiB file arrives
 //! intact; a transfer survives its link being hung up and either side being killed (SIGKILL) and
 //! restarted, without re-sending verified chunks; a flipped byte is caught and repaired; a refused
-//! transfer leaves nothing on the receiver's disk; an abandoned partial file expires; bad requests
-//! get clear errors.
+//! transfer leaves nothing on the receiver's disk; a chunk spoilt on the receiver's disk is caught
+//! by the whole-file check and sent again; an abandoned partial file expires; bad requests get
+//! clear errors.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // Tests fail loudly by design.
 
 mod common;
@@ -374,6 +375,56 @@ async fn an_abandoned_partial_file_expires_and_records_of_ended_transfers_go() {
         assert_eq!(left, 0, "{dir} of {}", p.identity.id());
     }
     assert!(same_contents(&s.outbox.join("abandoned.bin"), &received));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_spoilt_on_the_receivers_disk_is_caught_by_the_whole_file_check_and_sent_again() {
+    let s = Setup::new();
+    let size = 24 * MIB;
+    make_file(&s.outbox.join("spoilt.bin"), size, 5);
+    let a = s.worker("sp-a", 71, &[]);
+    let mut b = s.worker("sp-b", 72, &[]);
+    s.mesh.connect(&a, &b).await;
+    s.mesh.wait_up(&a, &b).await;
+    let id = s.send(&a, &b, "spoilt.bin").await;
+    s.wait(&a, &id, "4 MiB verified", Duration::from_secs(60), |v| {
+        v["bytes"].as_u64().unwrap() >= 4 * MIB
+    })
+    .await;
+    // The receiver goes down, and a chunk it had verified is spoilt on its disk meanwhile
+    // (what a write lost to a power cut looks like).
+    b.proc.signal("-KILL");
+    drop(b);
+    let part = files_dir(&s.mesh.store_dir(), "sp-b")
+        .join(".partial")
+        .join(format!("{id}.part"));
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&part)
+            .unwrap();
+        let mut byte = [0u8; 1];
+        f.read_exact_at(&mut byte, 100).unwrap();
+        f.write_all_at(&[byte[0] ^ 0xff], 100).unwrap();
+    }
+    b = s.worker("sp-b", 72, &[]);
+    let done = s
+        .wait(&a, &id, "completion", Duration::from_secs(120), |v| {
+            v["state"] == "complete"
+        })
+        .await;
+    assert!(done["repairedChunks"].as_u64().unwrap() >= 1, "{done}");
+    assert!(
+        b.proc.log().contains("whole-file check failed"),
+        "{}",
+        b.proc.log()
+    );
+    assert!(same_contents(
+        &s.outbox.join("spoilt.bin"),
+        &s.received("sp-b", "sp-a", "spoilt.bin")
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

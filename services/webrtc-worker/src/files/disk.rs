@@ -226,15 +226,14 @@ pub fn chunk_matches(file: &File, manifest: &Manifest, i: u32) -> io::Result<boo
 /// from the first, the whole file's, and says at the end of each chunk whether it matched. So a
 /// piece is hashed while it is in the core's cache, and memory holds pieces, not chunks. A chunk
 /// is on disk before it is known good; only a good one gets its bit in `have`, a bad one is
-/// written over when it comes again, and the rename waits for the whole-file check. A chunk
-/// once good is never written again (another copy of it, sent across a resume, is passed over).
+/// written over when it comes again, and the rename waits for the whole-file check. (The
+/// receiver's state machine passes no piece of a chunk that is verified or being checked, so a
+/// good chunk is written again only when the whole-file check has found it bad after all.)
 #[derive(Debug)]
 pub struct ChunkWriter {
     file: std::sync::Arc<File>,
     manifest: std::sync::Arc<Manifest>,
     current: Option<ChunkDigest>,
-    /// Chunks known good: from the checkpoint, and as found.
-    good: Vec<bool>,
     /// The whole file's digest over the chunks before `whole_next`.
     whole: sha2::Sha256,
     whole_next: u32,
@@ -260,23 +259,11 @@ pub struct Checked {
 }
 
 impl ChunkWriter {
-    /// `have`: chunks already good in the part file.
-    pub fn new(
-        file: std::sync::Arc<File>,
-        manifest: std::sync::Arc<Manifest>,
-        have: &[u32],
-    ) -> Self {
-        let mut good = vec![false; manifest.chunk_count() as usize];
-        for &c in have {
-            if let Some(g) = good.get_mut(c as usize) {
-                *g = true;
-            }
-        }
+    pub fn new(file: std::sync::Arc<File>, manifest: std::sync::Arc<Manifest>) -> Self {
         ChunkWriter {
             file,
             manifest,
             current: None,
-            good,
             whole: sha2::Sha256::new(),
             whole_next: 0,
         }
@@ -291,9 +278,6 @@ impl ChunkWriter {
         data: &[u8],
         last: bool,
     ) -> io::Result<Option<Checked>> {
-        if self.good.get(chunk as usize).copied().unwrap_or(false) {
-            return Ok(last.then(|| self.checked(chunk, true)));
-        }
         if offset == 0 {
             self.current = Some(ChunkDigest {
                 chunk,
@@ -320,14 +304,9 @@ impl ChunkWriter {
         };
         let good =
             self.manifest.chunks.get(chunk as usize) == Some(&Digest(c.state.finalize().into()));
-        if good {
-            if let Some(g) = self.good.get_mut(chunk as usize) {
-                *g = true;
-            }
-            if let Some(w) = c.whole {
-                self.whole = w;
-                self.whole_next += 1;
-            }
+        if good && let Some(w) = c.whole {
+            self.whole = w;
+            self.whole_next += 1;
         }
         Ok(Some(self.checked(chunk, good)))
     }
@@ -684,27 +663,23 @@ mod tests {
         };
         let check = |chunk: u32, good: bool, whole: Option<Digest>| Checked { chunk, good, whole };
 
-        let writer = |name: &str, have: &[u32]| {
+        let writer = |name: &str| {
             let part = dir.path().join(name);
             let file = std::sync::Arc::new(File::create(&part).expect("part"));
-            (ChunkWriter::new(file, manifest.clone(), have), part)
+            (ChunkWriter::new(file, manifest.clone()), part)
         };
 
         // In order: the whole file's digest comes with the last chunk.
-        let (mut w, part) = writer("in-order.part", &[]);
+        let (mut w, part) = writer("in-order.part");
         assert_eq!(feed(&mut w, 0, false), check(0, true, None));
         assert_eq!(feed(&mut w, 1, false), check(1, true, None));
         let all = Some(manifest.sha256);
         assert_eq!(feed(&mut w, 2, false), check(2, true, all));
         assert_eq!(fs::read(&part).expect("read"), data);
-        // Another copy of a good chunk (sent again across a resume) is not written, even if it
-        // differs: the chunk stays good.
-        assert_eq!(feed(&mut w, 1, true), check(1, true, all));
-        assert_eq!(fs::read(&part).expect("read"), data);
 
         // A bad chunk is reported and, sent again, written over; after it the order is broken
         // and the whole-file check is left to read the file.
-        let (mut w, part) = writer("repaired.part", &[]);
+        let (mut w, part) = writer("repaired.part");
         assert_eq!(feed(&mut w, 0, false), check(0, true, None));
         assert_eq!(feed(&mut w, 1, true), check(1, false, None));
         assert_eq!(feed(&mut w, 2, false), check(2, true, None));
@@ -716,21 +691,12 @@ mod tests {
         );
 
         // A piece that does not follow its chunk's first is not written; its chunk fails.
-        let (mut w, part) = writer("stray.part", &[]);
+        let (mut w, part) = writer("stray.part");
         assert_eq!(w.piece(1, 65536, &[1; 10], false).expect("ignored"), None);
         assert_eq!(
             w.piece(1, 65546, &[1; 10], true).expect("ignored"),
             Some(check(1, false, None))
         );
-        assert_eq!(
-            fs::metadata(&part).expect("part").len(),
-            0,
-            "nothing written"
-        );
-
-        // Chunks good from a checkpoint are not written again.
-        let (mut w, part) = writer("resumed.part", &[0]);
-        assert_eq!(feed(&mut w, 0, false), check(0, true, None));
         assert_eq!(
             fs::metadata(&part).expect("part").len(),
             0,

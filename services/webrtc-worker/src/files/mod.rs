@@ -637,16 +637,19 @@ impl Worker {
                     let _ = tx.send(c).await;
                 } else if let Control::Cancel { message, .. } = &c {
                     let ours = lock(&self.files.incoming).get(&id).cloned();
-                    if let Some(entry) = ours
-                        && entry.lock().await.manifest.from == *peer
-                    {
-                        tracing::info!(%id, %peer, "the sender cancelled: {message}");
-                        self.drop_incoming(
-                            id,
-                            TransferState::Cancelled,
-                            RefuseCode::Cancelled,
-                            message,
-                        );
+                    if let Some(entry) = ours {
+                        // Decided and done under the transfer's lock, as the writer records
+                        // under it: a file already in place stays.
+                        let e = entry.lock().await;
+                        if e.manifest.from == *peer && e.done_path.is_none() {
+                            tracing::info!(%id, %peer, "the sender cancelled: {message}");
+                            self.drop_incoming(
+                                id,
+                                TransferState::Cancelled,
+                                RefuseCode::Cancelled,
+                                message,
+                            );
+                        }
                     }
                 } else {
                     tracing::debug!(%id, %peer, "file control message for no transfer of ours");
@@ -842,13 +845,10 @@ impl Worker {
         lock(&self.files.incoming).insert(id, entry.clone());
         if let Some(file) = file {
             // Weak: the writer ends when the entry is dropped (its queue's sender with it).
-            tokio::spawn(self.clone().write_chunks(
-                Arc::downgrade(&entry),
-                file,
-                manifest,
-                have.to_vec(),
-                rx,
-            ));
+            tokio::spawn(
+                self.clone()
+                    .write_chunks(Arc::downgrade(&entry), file, manifest, rx),
+            );
         }
         entry
     }
@@ -861,11 +861,10 @@ impl Worker {
         entry: std::sync::Weak<tokio::sync::Mutex<InEntry>>,
         file: Arc<File>,
         manifest: Arc<Manifest>,
-        have: Vec<u32>,
         mut jobs: mpsc::Receiver<WriteJob>,
     ) {
         let id = manifest.id;
-        let mut writer = disk::ChunkWriter::new(file.clone(), manifest.clone(), &have);
+        let mut writer = disk::ChunkWriter::new(file.clone(), manifest.clone());
         // The checks' results are recorded by a task of their own, so pieces keep being
         // written while a chunk is checkpointed and acknowledged.
         let (results, mut checked_rx) = mpsc::channel::<disk::Checked>(WRITER_QUEUE);
@@ -915,7 +914,18 @@ impl Worker {
                 Ok(w) => w,
                 Err(err) => {
                     recorder.abort();
-                    return self.storage_failed(&manifest.from, id, &err).await;
+                    // Only if the transfer is still this writer's (not ended and offered
+                    // again meanwhile).
+                    let Some(entry) = entry.upgrade() else { return };
+                    let e = entry.lock().await;
+                    if lock(&self.files.incoming)
+                        .get(&id)
+                        .is_some_and(|ours| Arc::ptr_eq(ours, &entry))
+                    {
+                        drop(e);
+                        self.storage_failed(&manifest.from, id, &err).await;
+                    }
+                    return;
                 }
             };
         }

@@ -673,6 +673,8 @@ mod tests {
         assert_eq!(i.on_piece(2, 0, 1), PieceAction::Duplicate);
         assert_eq!(i.unverify(&[2]), vec![nack(2)]);
         assert_eq!(i.have(), vec![0]);
+        // Found bad after all, the chunk is taken (and written) again.
+        assert_eq!(i.on_piece(2, 0, MIB as usize), LAST);
     }
 
     #[test]
