@@ -558,6 +558,16 @@ mod tests {
         }
     }
 
+    /// A piece message's chunk, offset and data.
+    fn unpack(piece: &[u8]) -> (u32, usize, &[u8]) {
+        let mesh_types::transfer::Frame::Piece(p) =
+            mesh_types::transfer::Frame::decode(piece).expect("frame")
+        else {
+            panic!("a piece")
+        };
+        (p.chunk, p.offset as usize, p.data)
+    }
+
     #[test]
     fn a_large_chunk_is_read_in_batches_of_whole_pieces() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -573,13 +583,9 @@ mod tests {
                 .expect("all there");
             reads += 1;
             for piece in &pieces {
-                let mesh_types::transfer::Frame::Piece(p) =
-                    mesh_types::transfer::Frame::decode(piece).expect("frame")
-                else {
-                    panic!("a piece")
-                };
-                assert_eq!((p.chunk, p.offset as usize), (0, back.len()));
-                back.extend_from_slice(p.data);
+                let (chunk, at, data) = unpack(piece);
+                assert_eq!((chunk, at), (0, back.len()));
+                back.extend_from_slice(data);
             }
             offset += u32::try_from(pieces.iter().map(|p| p.len() - PIECE_HEADER).sum::<usize>())
                 .expect("small");
@@ -609,14 +615,13 @@ mod tests {
                 .expect("read")
                 .expect("all there");
             for piece in &pieces {
-                let mesh_types::transfer::Frame::Piece(p) =
-                    mesh_types::transfer::Frame::decode(piece).expect("frame")
-                else {
-                    panic!("a piece")
-                };
-                let at = (p.chunk as usize) * (1 << 20) + p.offset as usize;
-                assert_eq!(at, back.len(), "in order, at their place");
-                back.extend_from_slice(p.data);
+                let (chunk, at, data) = unpack(piece);
+                assert_eq!(
+                    chunk as usize * (1 << 20) + at,
+                    back.len(),
+                    "in order, at their place"
+                );
+                back.extend_from_slice(data);
             }
         }
         assert_eq!(back, data);
