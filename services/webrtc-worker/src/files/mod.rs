@@ -344,9 +344,10 @@ impl Worker {
             } else {
                 None
             };
-            let times = (cp.started_at, touched);
-            self.new_incoming(cp.manifest, &cp.have, times, cp.done_path, file)
+            let entry = self
+                .new_incoming(cp.manifest, &cp.have, cp.started_at, cp.done_path, file)
                 .await;
+            entry.lock().await.touched = touched;
         }
         for out in outgoing {
             if out.record.state.is_final() {
@@ -794,13 +795,7 @@ impl Worker {
         tracing::info!(%id, %peer, name = %manifest.name, size, "receiving a file");
         let complete = manifest.chunk_count() == 0;
         let entry = self
-            .new_incoming(
-                manifest,
-                &[],
-                (self.now_ms(), self.now_ms()),
-                None,
-                Some(Arc::new(file)),
-            )
+            .new_incoming(manifest, &[], self.now_ms(), None, Some(Arc::new(file)))
             .await;
         self.reply(
             conn,
@@ -822,7 +817,7 @@ impl Worker {
         self: &Arc<Self>,
         manifest: Manifest,
         have: &[u32],
-        (started_at, touched): (UnixMillis, UnixMillis),
+        started_at: UnixMillis,
         done_path: Option<PathBuf>,
         file: Option<Arc<File>>,
     ) -> Arc<tokio::sync::Mutex<InEntry>> {
@@ -833,7 +828,7 @@ impl Worker {
             machine: Incoming::new((*manifest).clone(), have),
             manifest: manifest.clone(),
             started_at,
-            touched,
+            touched: started_at,
             done_path,
             resumes: 0,
             repaired: 0,
@@ -918,10 +913,7 @@ impl Worker {
                     // again meanwhile).
                     let Some(entry) = entry.upgrade() else { return };
                     let e = entry.lock().await;
-                    if lock(&self.files.incoming)
-                        .get(&id)
-                        .is_some_and(|ours| Arc::ptr_eq(ours, &entry))
-                    {
+                    if self.is_current(id, &entry) {
                         drop(e);
                         self.storage_failed(&manifest.from, id, &err).await;
                     }
@@ -929,6 +921,14 @@ impl Worker {
                 }
             };
         }
+    }
+
+    /// Whether `entry` is still the transfer `id` being received (not ended, nor ended and
+    /// offered again); callers hold the entry's lock.
+    fn is_current(&self, id: TransferId, entry: &Arc<tokio::sync::Mutex<InEntry>>) -> bool {
+        lock(&self.files.incoming)
+            .get(&id)
+            .is_some_and(|ours| Arc::ptr_eq(ours, entry))
     }
 
     /// Records what the writer found of one chunk: checkpoint and `ack`, or `nack`; after the
@@ -954,10 +954,7 @@ impl Worker {
         };
         let mut e = entry.lock().await;
         // Ended meanwhile (cancelled, expired, failed) or already in place: nothing to record.
-        let current = lock(&self.files.incoming)
-            .get(&id)
-            .is_some_and(|ours| Arc::ptr_eq(ours, &entry));
-        if !current || e.done_path.is_some() {
+        if !self.is_current(id, &entry) || e.done_path.is_some() {
             return false;
         }
         let disk::Checked { chunk, good, whole } = match written {
@@ -1153,7 +1150,6 @@ impl Worker {
         }
     }
 
-    /// Forgets a transfer being received and removes its files.
     /// Removes what has outlived `MESH_FILES_KEEP_SECS` (`FilesConfig::keep`): partial files
     /// that made no progress for that long (the sender gave up or is gone; offered again, the
     /// transfer starts over), the records of received files (after which a sender that never
@@ -1224,6 +1220,7 @@ impl Worker {
         removed
     }
 
+    /// Forgets a transfer being received and removes its files.
     fn drop_incoming(&self, id: TransferId, state: TransferState, code: RefuseCode, why: &str) {
         lock(&self.files.incoming).remove(&id);
         disk::remove_partial(&self.files.layout, id);
