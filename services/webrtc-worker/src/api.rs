@@ -15,10 +15,11 @@ use mesh_types::{Answer, Delivery, Offer, PeerId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::error::WorkerError;
 use crate::files::FileError;
 use crate::queue::Sent;
 use crate::transport::TransportError;
-use crate::worker::{Worker, WorkerError};
+use crate::worker::Worker;
 
 impl From<WorkerError> for ApiError {
     fn from(e: WorkerError) -> Self {
@@ -103,7 +104,7 @@ async fn status(State(w): State<Arc<Worker>>) -> ApiJson<Value> {
         .map(ToString::to_string)
         .collect();
     rejoining.sort();
-    let links = w.links();
+    let links = w.links().views();
     let up = links
         .iter()
         .filter(|l| l.state == "connected" && l.health == Some(mesh_types::Health::Up))
@@ -128,7 +129,7 @@ async fn dial(
     State(w): State<Arc<Worker>>,
     ApiJson(req): ApiJson<DialRequest>,
 ) -> ApiResult<ApiJson<Offer>> {
-    let offer = w.dial(req.peer_to).await?;
+    let (offer, _) = w.links().dial(req.peer_to).await?;
     tracing::info!(peer = %offer.peer_to, "dialled; offer signed");
     Ok(ApiJson(offer))
 }
@@ -137,7 +138,7 @@ async fn offer(
     State(w): State<Arc<Worker>>,
     ApiJson(offer): ApiJson<Offer>,
 ) -> ApiResult<ApiJson<Answer>> {
-    let answer = w.accept_offer(offer).await?;
+    let answer = w.links().accept_offer(offer).await?;
     tracing::info!(peer = %answer.peer_to, "offer accepted; answer signed");
     Ok(ApiJson(answer))
 }
@@ -147,13 +148,13 @@ async fn answer(
     ApiJson(answer): ApiJson<Answer>,
 ) -> ApiResult<ApiJson<Value>> {
     let from = answer.peer_from.clone();
-    w.accept_answer(answer).await?;
+    w.links().accept_answer(answer).await?;
     tracing::info!(peer = %from, "answer accepted; connecting");
     Ok(ApiJson(json!({"ok": true})))
 }
 
 async fn links(State(w): State<Arc<Worker>>) -> ApiJson<Value> {
-    let links = w.links();
+    let links = w.links().views();
     ApiJson(json!({"peer": w.id(), "count": links.len(), "links": links}))
 }
 

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use bytes::Bytes;
@@ -31,9 +31,11 @@ use rand::rngs::StdRng;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::clock::Clock;
+use crate::error::WorkerError;
 use crate::lock;
 use crate::transport::Channel;
-use crate::worker::{Worker, WorkerError};
+use crate::worker::Worker;
 
 /// How long a DataChannel delivery waits for the receiver's ack before trying HTTPS.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,7 +78,8 @@ struct PeerInfo {
 #[derive(Debug, Default)]
 struct PeerCache {
     peers: HashMap<PeerId, PeerInfo>,
-    loaded: Option<Instant>,
+    /// When, on the worker's clock (time since its start).
+    loaded: Option<Duration>,
 }
 
 type AckKey = (PeerId, PeerId, String);
@@ -106,13 +109,13 @@ pub(crate) struct Gossip {
     unstored: Mutex<HashMap<String, GossipEntry>>,
     http: reqwest::Client,
     rng: Mutex<StdRng>,
-    start: Instant,
+    clock: Clock,
 }
 
 impl Gossip {
-    // The driver seeds its RNG from the OS and starts its rate-limit clock here.
+    // The driver seeds its RNG from the OS.
     #[allow(clippy::disallowed_methods)]
-    pub(crate) fn new(me: PeerId, settings: GossipSettings) -> Self {
+    pub(crate) fn new(me: PeerId, settings: GossipSettings, clock: Clock) -> Self {
         let any = Quota::new(1.0, 1.0);
         Gossip {
             settings,
@@ -133,7 +136,7 @@ impl Gossip {
                 .build()
                 .unwrap_or_default(),
             rng: Mutex::new(StdRng::from_rng(&mut rand::rng())),
-            start: Instant::now(),
+            clock,
         }
     }
 
@@ -142,14 +145,9 @@ impl Gossip {
         &self.http
     }
 
+    /// Time since the worker started: what the rate limits count in.
     fn elapsed(&self) -> Duration {
-        self.start.elapsed()
-    }
-
-    /// The driver's monotonic clock.
-    #[allow(clippy::disallowed_methods)]
-    fn now(&self) -> Instant {
-        Instant::now()
+        self.clock.since_start()
     }
 }
 
@@ -278,6 +276,7 @@ impl Worker {
             region: self.region(),
             links: self
                 .links()
+                .views()
                 .into_iter()
                 .filter_map(|v| {
                     Some(LinkSummary {
@@ -307,10 +306,11 @@ impl Worker {
     /// Reloads the peer list from the store when `force`d (an unknown peer; at most every
     /// [`RELOAD_AFTER`]) or when it is older than [`MAX_PEER_AGE`].
     async fn refresh_peers(&self, force: bool) -> Result<(), WorkerError> {
+        let now = self.gossip().elapsed();
         let due = |cache: &PeerCache| match cache.loaded {
             None => true,
             Some(at) => {
-                let age = at.elapsed();
+                let age = now.saturating_sub(at);
                 age > MAX_PEER_AGE || (force && age > RELOAD_AFTER)
             }
         };
@@ -335,7 +335,7 @@ impl Worker {
                 (p.id, info)
             })
             .collect();
-        cache.loaded = Some(self.gossip().now());
+        cache.loaded = Some(self.gossip().elapsed());
         Ok(())
     }
 
@@ -518,6 +518,7 @@ impl Worker {
     /// Sends on the gossip channel and waits for the ack; `Err` says why HTTPS should be tried.
     async fn deliver_datachannel(&self, peer: &PeerId, envelope: &Envelope) -> Result<Ack, String> {
         let conn = self
+            .links()
             .connected(peer)
             .ok_or_else(|| format!("no connected link to {peer}"))?;
         let frame = serde_json::to_vec(&GossipFrame::Envelope {
@@ -719,7 +720,9 @@ impl Worker {
                         message: Some(r.message),
                     },
                 };
-                if let (Some(conn), Ok(bytes)) = (self.connected(&from), serde_json::to_vec(&ack)) {
+                if let (Some(conn), Ok(bytes)) =
+                    (self.links().connected(&from), serde_json::to_vec(&ack))
+                {
                     // A lost ack makes the sender try HTTPS, where the envelope is a duplicate.
                     if let Err(e) = conn.send(Channel::Gossip, &bytes, false).await {
                         tracing::debug!(peer = %from, "gossip ack not sent: {e}");

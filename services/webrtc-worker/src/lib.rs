@@ -5,11 +5,13 @@
 //! `app` builds the router (tests call it without a socket); `run` is what `main` calls.
 
 pub mod api;
-mod clock;
+pub mod clock;
 pub mod config;
+pub mod error;
 pub mod files;
 pub mod gossip;
 pub mod inbox;
+pub mod links;
 pub mod liveness;
 mod metrics;
 pub mod prompt_runtime;
@@ -33,8 +35,10 @@ use tokio::net::TcpListener;
 pub use config::WorkerConfig;
 pub use worker::Worker;
 
+use crate::clock::Clock;
+use crate::links::LinkTimings;
 use crate::transport::{Transport, TransportConfig};
-use crate::worker::Timings;
+use crate::worker::Parts;
 
 pub(crate) use mesh_service::lock;
 
@@ -114,7 +118,7 @@ pub async fn run(
         send_buffer_limit: config.send_buffer_limit,
         receive_window: config.receive_window,
     });
-    let timings = Timings {
+    let timings = LinkTimings {
         qos_interval: config.qos_interval,
         probe_interval: config.probe_interval,
         liveness: config.liveness,
@@ -125,16 +129,17 @@ pub async fn run(
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://127.0.0.1:{}", local.port()));
-    let worker = Worker::new(
-        config.identity,
+    let worker = Worker::new(Parts {
+        identity: config.identity,
         store,
         transport,
         timings,
-        config.gossip,
-        config.rejoin.clone(),
-        config.spool_capacity,
-        config.files.clone(),
-    );
+        clock: Clock::system(),
+        gossip: config.gossip,
+        rejoin: config.rejoin.clone(),
+        spool_capacity: config.spool_capacity,
+        files: config.files.clone(),
+    });
     worker
         .register_self(config.region.clone(), public_url.clone())
         .await?;
@@ -205,7 +210,7 @@ pub async fn run(
             }
         })
     };
-    let _links_gauge = metrics::observe_links(Arc::downgrade(&worker));
+    let _links_gauge = metrics::observe_links(Arc::downgrade(worker.links()));
     let router = app(worker.clone(), &config.service.http);
     let served = serve(listener, router, shutdown, config.service.shutdown_grace).await;
     if let Some(task) = signaling {

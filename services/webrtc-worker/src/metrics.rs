@@ -13,7 +13,7 @@ use std::sync::{LazyLock, Weak};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, ObservableGauge};
 
-use crate::worker::Worker;
+use crate::links::Links;
 
 pub(crate) struct Instruments {
     pub rtt: Histogram<f64>,
@@ -44,18 +44,18 @@ pub(crate) static METRICS: LazyLock<Instruments> = LazyLock::new(|| {
     }
 });
 
-/// Registers `mesh.links`, read from `worker`'s live links at each export; keep the returned
+/// Registers `mesh.links`, read from the live links at each export; keep the returned
 /// gauge for as long as the worker runs.
-pub(crate) fn observe_links(worker: Weak<Worker>) -> ObservableGauge<u64> {
+pub(crate) fn observe_links(links: Weak<Links>) -> ObservableGauge<u64> {
     opentelemetry::global::meter("webrtc-worker")
         .u64_observable_gauge("mesh.links")
         .with_description("This worker's links by health")
         .with_callback(move |observer| {
-            let Some(worker) = worker.upgrade() else {
+            let Some(links) = links.upgrade() else {
                 return;
             };
             let mut counts = [0u64; 4];
-            for link in worker.links() {
+            for link in links.views() {
                 let i = match link.health.map(mesh_types::Health::as_str) {
                     Some("up") => 0,
                     Some("degraded") => 1,

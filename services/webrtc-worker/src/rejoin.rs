@@ -14,13 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_store::LinkQuery;
-use mesh_types::{Answer, Health, Offer, PeerId};
+use mesh_types::{Answer, Offer, PeerId};
 use rand::rngs::StdRng;
 use rand::{Rng, RngExt as _, SeedableRng as _};
 use tokio::sync::Notify;
 
+use crate::error::WorkerError;
 use crate::lock;
-use crate::worker::{Worker, WorkerError};
+use crate::worker::Worker;
 
 /// Redial delays: the `n`th wait is drawn from `[d/2, d]` with `d = min(cap, base · 2ⁿ)` ("equal
 /// jitter": never a tight loop, never all peers in step).
@@ -156,13 +157,13 @@ impl Worker {
         Ok(n)
     }
 
-    // The driver seeds its RNG from the OS and reads the clock for the elapsed time it logs.
+    // The driver seeds its RNG from the OS.
     #[allow(clippy::disallowed_methods)]
     async fn rejoin_loop(self: Arc<Self>, peer: PeerId, cancel: Arc<Notify>) {
         let settings = self.rejoin_settings().clone();
         let mut backoff = Backoff::new(settings.base, settings.cap);
         let mut rng = StdRng::from_rng(&mut rand::rng());
-        let started = tokio::time::Instant::now();
+        let started = self.clock().since_start();
         // The connection the attempt under way made, so a cancel can end exactly that one.
         let attempt: Arc<Mutex<Option<u64>>> = Arc::default();
         let outcome = loop {
@@ -171,14 +172,14 @@ impl Worker {
                 () = tokio::time::sleep(wait) => {}
                 () = cancel.notified() => break "cancelled",
             }
-            if self.link_is_up(&peer) {
+            if self.links().is_up(&peer) {
                 break "rejoined by the peer";
             }
             let result = tokio::select! {
                 r = self.redial(&peer, &settings, &attempt) => r,
                 () = cancel.notified() => {
                     if let Some(generation) = lock(&attempt).take() {
-                        self.stop_generation(&peer, generation);
+                        self.links().stop_generation(&peer, generation);
                     }
                     break "cancelled";
                 }
@@ -210,16 +211,10 @@ impl Worker {
                 %peer,
                 outcome,
                 attempts = backoff.attempts(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                elapsed_ms = self.clock().since_start().saturating_sub(started).as_millis() as u64,
                 "rejoin finished"
             );
         }
-    }
-
-    fn link_is_up(&self, peer: &PeerId) -> bool {
-        self.links()
-            .iter()
-            .any(|l| &l.peer == peer && l.state == "connected" && l.health == Some(Health::Up))
     }
 
     /// One attempt: dial, deliver the offer, take the answer, wait for the link to come up. Every
@@ -243,7 +238,7 @@ impl Worker {
             }
             _ => {}
         }
-        let (offer, generation) = match self.dial_generation(peer.clone()).await {
+        let (offer, generation) = match self.links().dial(peer.clone()).await {
             Ok(dialled) => dialled,
             Err(WorkerError::UnknownPeer(_)) => {
                 return Err(RedialError::Gone("no longer registered".into()));
@@ -253,7 +248,7 @@ impl Worker {
             Err(e) => return Err(RedialError::Retry(e.to_string())),
         };
         *lock(attempt) = Some(generation);
-        let still_ours = |w: &Worker| w.generation_of(peer) == Some(generation);
+        let still_ours = |w: &Worker| w.links().generation_of(peer) == Some(generation);
         let answer = match self.deliver_offer(&offer, settings).await {
             Ok(answer) if still_ours(self) => answer,
             Ok(_) => {
@@ -263,28 +258,54 @@ impl Worker {
             }
             Err(why) => {
                 // Our half-made connection would otherwise wait out the dial time-out.
-                self.stop_generation(peer, generation);
+                self.links().stop_generation(peer, generation);
                 return Err(RedialError::Retry(why));
             }
         };
-        if let Err(e) = self.accept_answer(answer).await {
-            self.stop_generation(peer, generation);
+        if let Err(e) = self.links().accept_answer(answer).await {
+            self.links().stop_generation(peer, generation);
             return Err(RedialError::Retry(e.to_string()));
         }
         let up = async {
             while still_ours(self) {
-                if self.link_is_up(peer) {
+                if self.links().is_up(peer) {
                     return true;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             false
         };
-        match tokio::time::timeout(self.dial_timeout(), up).await {
+        match tokio::time::timeout(self.links().timings().dial_timeout, up).await {
             Ok(true) => Ok(()),
             _ => {
-                self.stop_generation(peer, generation);
+                self.links().stop_generation(peer, generation);
                 Err(RedialError::Retry("the link did not come up".into()))
+            }
+        }
+    }
+
+    /// The path of a live link broke (ICE disconnected): the dialler restarts ICE on the same
+    /// connection, through the same signalling as a rejoin. If that fails, the link's fate is
+    /// the detector's and ICE's as before (and a lost link is rejoined with a new connection).
+    pub(crate) async fn restart_ice(self: Arc<Self>, peer: PeerId, generation: u64) {
+        let Some(offer) = self.links().begin_ice_restart(&peer, generation).await else {
+            return;
+        };
+        tracing::info!(%peer, "restarting ICE on the live connection");
+        let outcome = async {
+            let offer = offer.map_err(|e| e.to_string())?;
+            let answer = self.deliver_offer(&offer, self.rejoin_settings()).await?;
+            self.links()
+                .accept_answer(answer)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        if let Err(why) = outcome {
+            tracing::warn!(%peer, "ICE restart failed: {why}");
+            // The link went meanwhile (or the peer answered as a new connection): a new one.
+            if !self.links().ice_restart_failed(&peer, generation) {
+                self.rejoin(peer, "an ICE restart could not finish");
             }
         }
     }

@@ -38,15 +38,15 @@ enum Done {
     Failed { to: PeerId },
 }
 
-/// Runs until the task is dropped (the worker's shutdown aborts it).
-// The driver's timers: how long a session lasted decides the backoff.
-#[allow(clippy::disallowed_methods)]
+/// Runs until the task is dropped (the worker's shutdown aborts it). How long a session lasted
+/// decides the backoff.
 pub async fn run(worker: Arc<Worker>, url: String) {
     let mut backoff = BACKOFF_MIN;
+    let clock = *worker.clock();
     loop {
-        let began = tokio::time::Instant::now();
+        let began = clock.since_start();
         let outcome = session(&worker, &url).await;
-        if began.elapsed() >= HEALTHY_SESSION {
+        if clock.since_start().saturating_sub(began) >= HEALTHY_SESSION {
             backoff = BACKOFF_MIN;
         }
         match outcome {
@@ -148,7 +148,11 @@ async fn on_message(
             let worker = worker.clone();
             let done = done.clone();
             tokio::spawn(async move {
-                let outcome = match worker.accept_relayed_offer(from.clone(), &sdp).await {
+                let outcome = match worker
+                    .links()
+                    .accept_relayed_offer(from.clone(), &sdp)
+                    .await
+                {
                     Ok(sdp) => Done::Answered { to: from, sdp },
                     Err(e) => {
                         tracing::warn!(peer = %from, error = %e, "refused a relayed offer");
@@ -186,7 +190,7 @@ async fn on_message(
 async fn add_candidate(worker: &Worker, from: &PeerId, candidate: &IceCandidate) {
     // A candidate we cannot use (an mDNS name, a link already gone) is not fatal: others may
     // work, and the peer's checks reveal its address anyway.
-    match worker.add_remote_candidate(from, candidate).await {
+    match worker.links().add_remote_candidate(from, candidate).await {
         Ok(()) => {
             tracing::debug!(peer = %from, candidate = %candidate.candidate, "remote candidate added")
         }

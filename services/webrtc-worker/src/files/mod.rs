@@ -1446,7 +1446,7 @@ impl Sender {
             if let Some(s) = self.worker.session(&self.record.to) {
                 return Some(s);
             }
-            if !self.worker.has_link(&self.record.to) {
+            if !self.worker.links().has_link(&self.record.to) {
                 self.worker.rejoin(self.record.to.clone(), "file transfer");
             }
             tokio::select! {

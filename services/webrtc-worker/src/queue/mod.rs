@@ -413,18 +413,18 @@ impl Worker {
         peer: &PeerId,
         data: Vec<u8>,
         text: bool,
-    ) -> Result<Sent, crate::worker::WorkerError> {
-        use crate::worker::{MAX_MESSAGE_BYTES, WorkerError};
+    ) -> Result<Sent, crate::error::WorkerError> {
+        use crate::error::{MAX_MESSAGE_BYTES, WorkerError};
         if data.len() > MAX_MESSAGE_BYTES {
             return Err(WorkerError::MessageTooLarge(data.len()));
         }
-        let connected = self.connected(peer).is_some();
+        let connected = self.links().connected(peer).is_some();
         // Workers (peers with a worker URL) get a queue; a browser has only the mesh channel,
         // and one that is away may never come back to this worker.
         match self.worker_url_of(peer).await? {
             Some(Some(_)) => {}
             Some(None) | None if connected => {
-                self.send(peer, &data, text).await?;
+                self.links().send(peer, &data, text).await?;
                 return Ok(Sent::Direct);
             }
             Some(None) => return Err(WorkerError::NotConnected(peer.clone())),
@@ -442,7 +442,7 @@ impl Worker {
         let seq = blocking(move || worker.queues.push(&to, kind, Bytes::from(data)))
             .await
             .map_err(|e| WorkerError::Busy(format!("the outbox cannot be written: {e}")))?;
-        if !linked && !self.has_link(peer) {
+        if !linked && !self.links().has_link(peer) {
             self.rejoin(peer.clone(), "queued messages");
         }
         Ok(Sent::Queued { seq, linked })
@@ -464,7 +464,7 @@ impl Worker {
                 .push(&to, MessageKind::Gossip, Bytes::from(frame))
         })
         .await?;
-        if !self.has_link(peer) {
+        if !self.links().has_link(peer) {
             self.rejoin(peer.clone(), "queued gossip");
         }
         Ok(seq)
