@@ -99,16 +99,9 @@ pub fn routes(worker: Arc<Worker>) -> Router {
 /// `GET /status`: what this worker is doing for reliability: its store writes (spooled while the
 /// store is away) and the peers it is rejoining.
 async fn status(State(w): State<Arc<Worker>>) -> ApiJson<Value> {
-    let mut rejoining: Vec<String> = crate::lock(&w.rejoining)
-        .keys()
-        .map(ToString::to_string)
-        .collect();
-    rejoining.sort();
+    let rejoining: Vec<String> = w.rejoin().peers().iter().map(ToString::to_string).collect();
     let links = w.links().views();
-    let up = links
-        .iter()
-        .filter(|l| l.state == "connected" && l.health == Some(mesh_types::Health::Up))
-        .count();
+    let up = links.iter().filter(|l| l.is_up()).count();
     ApiJson(json!({
         "peer": w.id(),
         "links": links.len(),

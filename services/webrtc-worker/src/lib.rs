@@ -162,7 +162,7 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("message queues in {}: {e}", config.files.dir.display()))?;
     // The peers we were linked with may be waiting for us (we restarted); not fatal if the
     // store cannot say.
-    match worker.rejoin_recent().await {
+    match worker.rejoin().recent().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(peers = n, "rejoining the peers of recent links"),
         Err(e) => tracing::warn!("recent links not read; not rejoining them: {e}"),
@@ -210,7 +210,11 @@ pub async fn run(
             }
         })
     };
-    let _links_gauge = metrics::observe_links(Arc::downgrade(worker.links()));
+    let links = Arc::downgrade(worker.links());
+    let _links_gauge = metrics::observe_links(move || {
+        let views = links.upgrade()?.views();
+        Some(views.into_iter().map(|v| v.health).collect())
+    });
     let router = app(worker.clone(), &config.service.http);
     let served = serve(listener, router, shutdown, config.service.shutdown_grace).await;
     if let Some(task) = signaling {

@@ -8,12 +8,10 @@
 //! - `mesh.gossip.received` (counter): envelopes by `outcome` (`accepted`, `duplicate`, or the
 //!   refusal's code).
 
-use std::sync::{LazyLock, Weak};
+use std::sync::LazyLock;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, ObservableGauge};
-
-use crate::links::Links;
 
 pub(crate) struct Instruments {
     pub rtt: Histogram<f64>,
@@ -44,19 +42,21 @@ pub(crate) static METRICS: LazyLock<Instruments> = LazyLock::new(|| {
     }
 });
 
-/// Registers `mesh.links`, read from the live links at each export; keep the returned
-/// gauge for as long as the worker runs.
-pub(crate) fn observe_links(links: Weak<Links>) -> ObservableGauge<u64> {
+/// Registers `mesh.links`, read at each export from `healths` (each live link's health; `None`
+/// once the worker is gone); keep the returned gauge for as long as the worker runs.
+pub(crate) fn observe_links(
+    healths: impl Fn() -> Option<Vec<Option<mesh_types::Health>>> + Send + Sync + 'static,
+) -> ObservableGauge<u64> {
     opentelemetry::global::meter("webrtc-worker")
         .u64_observable_gauge("mesh.links")
         .with_description("This worker's links by health")
         .with_callback(move |observer| {
-            let Some(links) = links.upgrade() else {
+            let Some(healths) = healths() else {
                 return;
             };
             let mut counts = [0u64; 4];
-            for link in links.views() {
-                let i = match link.health.map(mesh_types::Health::as_str) {
+            for health in healths {
+                let i = match health.map(mesh_types::Health::as_str) {
                     Some("up") => 0,
                     Some("degraded") => 1,
                     Some(_) => 2,

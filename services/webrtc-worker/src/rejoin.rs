@@ -10,18 +10,21 @@
 //!
 //! [`Backoff`] is sans-IO (an `Rng` comes in); the loop is the driver.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_store::LinkQuery;
+use mesh_store::{LinkQuery, SharedStore};
 use mesh_types::{Answer, Offer, PeerId};
 use rand::rngs::StdRng;
 use rand::{Rng, RngExt as _, SeedableRng as _};
 use tokio::sync::Notify;
 
+use crate::clock::Clock;
 use crate::error::WorkerError;
+use crate::links::Links;
 use crate::lock;
-use crate::worker::Worker;
 
 /// Redial delays: the `n`th wait is drawn from `[d/2, d]` with `d = min(cap, base · 2ⁿ)` ("equal
 /// jitter": never a tight loop, never all peers in step).
@@ -101,12 +104,65 @@ const STALE_MS: u64 = 10 * 60 * 1000;
 /// the proxy adds its own hop.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(20);
 
-impl Worker {
+/// The rejoin component: owns which peers are being rejoined and the loops doing it; acts on
+/// links only through the link core's handle.
+pub struct Rejoin {
+    links: Arc<Links>,
+    store: SharedStore,
+    http: reqwest::Client,
+    clock: Clock,
+    settings: RejoinSettings,
+    /// Peers being rejoined, each with what cancels its loop.
+    rejoining: Mutex<HashMap<PeerId, Arc<Notify>>>,
+    /// Set when the worker starts to stop: no new rejoining from then on.
+    stopping: AtomicBool,
+}
+
+impl std::fmt::Debug for Rejoin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rejoin")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rejoin {
+    pub fn new(
+        links: Arc<Links>,
+        store: SharedStore,
+        http: reqwest::Client,
+        clock: Clock,
+        settings: RejoinSettings,
+    ) -> Arc<Self> {
+        Arc::new(Rejoin {
+            links,
+            store,
+            http,
+            clock,
+            settings,
+            rejoining: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    /// The peers being rejoined, by id.
+    pub fn peers(&self) -> Vec<PeerId> {
+        let mut peers: Vec<PeerId> = lock(&self.rejoining).keys().cloned().collect();
+        peers.sort();
+        peers
+    }
+
+    /// No new rejoining from now on, and every loop under way stops (the worker is stopping).
+    pub fn stop_all(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for (_, cancel) in lock(&self.rejoining).drain() {
+            cancel.notify_one();
+        }
+    }
+
     /// Starts rejoining `peer` unless already under way or switched off.
-    pub(crate) fn rejoin(self: &Arc<Self>, peer: PeerId, why: &'static str) {
-        if !self.rejoin_settings().enabled
-            || self.stopping.load(std::sync::atomic::Ordering::Acquire)
-        {
+    pub fn start(self: &Arc<Self>, peer: PeerId, why: &'static str) {
+        if !self.settings.enabled || self.stopping.load(Ordering::Acquire) {
             return;
         }
         let cancel = Arc::new(Notify::new());
@@ -121,26 +177,21 @@ impl Worker {
         tokio::spawn(self.clone().rejoin_loop(peer, cancel));
     }
 
-    /// Stops rejoining `peer` (an operator hung up, or the worker is stopping).
-    pub(crate) fn cancel_rejoin(&self, peer: &PeerId) {
+    /// Stops rejoining `peer` (an operator hung up, or the peer closed the link on purpose).
+    pub fn cancel(&self, peer: &PeerId) {
         if let Some(cancel) = lock(&self.rejoining).remove(peer) {
             cancel.notify_one();
         }
     }
 
-    pub(crate) fn cancel_all_rejoins(&self) {
-        for (_, cancel) in lock(&self.rejoining).drain() {
-            cancel.notify_one();
-        }
-    }
-
     /// At start-up: redials the peers this worker had links with recently.
-    pub async fn rejoin_recent(self: &Arc<Self>) -> Result<usize, WorkerError> {
-        let now = self.now_ms();
+    pub async fn recent(self: &Arc<Self>) -> Result<usize, WorkerError> {
+        let now = self.clock.now_ms();
+        let me = self.links.id();
         let links = self
-            .store()
+            .store
             .list_links(&LinkQuery {
-                peer: Some(self.id().clone()),
+                peer: Some(me.clone()),
                 limit: mesh_store::MAX_LIST_LIMIT,
                 ..LinkQuery::default()
             })
@@ -150,8 +201,8 @@ impl Worker {
             if now.saturating_sub(link.qos.last_ts) > RECENT_MS {
                 continue;
             }
-            let other = if &link.a == self.id() { link.b } else { link.a };
-            self.rejoin(other, "restarted");
+            let other = if &link.a == me { link.b } else { link.a };
+            self.start(other, "restarted");
             n += 1;
         }
         Ok(n)
@@ -160,10 +211,9 @@ impl Worker {
     // The driver seeds its RNG from the OS.
     #[allow(clippy::disallowed_methods)]
     async fn rejoin_loop(self: Arc<Self>, peer: PeerId, cancel: Arc<Notify>) {
-        let settings = self.rejoin_settings().clone();
-        let mut backoff = Backoff::new(settings.base, settings.cap);
+        let mut backoff = Backoff::new(self.settings.base, self.settings.cap);
         let mut rng = StdRng::from_rng(&mut rand::rng());
-        let started = self.clock().since_start();
+        let started = self.clock.since_start();
         // The connection the attempt under way made, so a cancel can end exactly that one.
         let attempt: Arc<Mutex<Option<u64>>> = Arc::default();
         let outcome = loop {
@@ -172,14 +222,14 @@ impl Worker {
                 () = tokio::time::sleep(wait) => {}
                 () = cancel.notified() => break "cancelled",
             }
-            if self.links().is_up(&peer) {
+            if self.links.is_up(&peer) {
                 break "rejoined by the peer";
             }
             let result = tokio::select! {
-                r = self.redial(&peer, &settings, &attempt) => r,
+                r = self.redial(&peer, &attempt) => r,
                 () = cancel.notified() => {
                     if let Some(generation) = lock(&attempt).take() {
-                        self.links().stop_generation(&peer, generation);
+                        self.links.stop_generation(&peer, generation);
                     }
                     break "cancelled";
                 }
@@ -211,7 +261,7 @@ impl Worker {
                 %peer,
                 outcome,
                 attempts = backoff.attempts(),
-                elapsed_ms = self.clock().since_start().saturating_sub(started).as_millis() as u64,
+                elapsed_ms = self.clock.since_start().saturating_sub(started).as_millis() as u64,
                 "rejoin finished"
             );
         }
@@ -223,14 +273,14 @@ impl Worker {
     async fn redial(
         self: &Arc<Self>,
         peer: &PeerId,
-        settings: &RejoinSettings,
         attempt: &Mutex<Option<u64>>,
     ) -> Result<(), RedialError> {
-        match self.store().get_peer(peer).await {
-            Ok(p) if self.now_ms().saturating_sub(p.last_seen_at) > STALE_MS => {
+        let now = self.clock.now_ms();
+        match self.store.get_peer(peer).await {
+            Ok(p) if now.saturating_sub(p.last_seen_at) > STALE_MS => {
                 return Err(RedialError::Gone(format!(
                     "not seen for {} min",
-                    self.now_ms().saturating_sub(p.last_seen_at) / 60_000
+                    now.saturating_sub(p.last_seen_at) / 60_000
                 )));
             }
             Err(e) if e.kind() == mesh_store::ErrorKind::NotFound => {
@@ -238,7 +288,7 @@ impl Worker {
             }
             _ => {}
         }
-        let (offer, generation) = match self.links().dial(peer.clone()).await {
+        let (offer, generation) = match self.links.dial(peer.clone()).await {
             Ok(dialled) => dialled,
             Err(WorkerError::UnknownPeer(_)) => {
                 return Err(RedialError::Gone("no longer registered".into()));
@@ -248,9 +298,9 @@ impl Worker {
             Err(e) => return Err(RedialError::Retry(e.to_string())),
         };
         *lock(attempt) = Some(generation);
-        let still_ours = |w: &Worker| w.links().generation_of(peer) == Some(generation);
-        let answer = match self.deliver_offer(&offer, settings).await {
-            Ok(answer) if still_ours(self) => answer,
+        let still_ours = |links: &Links| links.generation_of(peer) == Some(generation);
+        let answer = match self.deliver_offer(&offer).await {
+            Ok(answer) if still_ours(&self.links) => answer,
             Ok(_) => {
                 return Err(RedialError::Retry(
                     "replaced by the peer's own offer".into(),
@@ -258,27 +308,27 @@ impl Worker {
             }
             Err(why) => {
                 // Our half-made connection would otherwise wait out the dial time-out.
-                self.links().stop_generation(peer, generation);
+                self.links.stop_generation(peer, generation);
                 return Err(RedialError::Retry(why));
             }
         };
-        if let Err(e) = self.links().accept_answer(answer).await {
-            self.links().stop_generation(peer, generation);
+        if let Err(e) = self.links.accept_answer(answer).await {
+            self.links.stop_generation(peer, generation);
             return Err(RedialError::Retry(e.to_string()));
         }
         let up = async {
-            while still_ours(self) {
-                if self.links().is_up(peer) {
+            while still_ours(&self.links) {
+                if self.links.is_up(peer) {
                     return true;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             false
         };
-        match tokio::time::timeout(self.links().timings().dial_timeout, up).await {
+        match tokio::time::timeout(self.links.timings().dial_timeout, up).await {
             Ok(true) => Ok(()),
             _ => {
-                self.links().stop_generation(peer, generation);
+                self.links.stop_generation(peer, generation);
                 Err(RedialError::Retry("the link did not come up".into()))
             }
         }
@@ -287,15 +337,15 @@ impl Worker {
     /// The path of a live link broke (ICE disconnected): the dialler restarts ICE on the same
     /// connection, through the same signalling as a rejoin. If that fails, the link's fate is
     /// the detector's and ICE's as before (and a lost link is rejoined with a new connection).
-    pub(crate) async fn restart_ice(self: Arc<Self>, peer: PeerId, generation: u64) {
-        let Some(offer) = self.links().begin_ice_restart(&peer, generation).await else {
+    pub async fn restart_ice(self: Arc<Self>, peer: PeerId, generation: u64) {
+        let Some(offer) = self.links.begin_ice_restart(&peer, generation).await else {
             return;
         };
         tracing::info!(%peer, "restarting ICE on the live connection");
         let outcome = async {
             let offer = offer.map_err(|e| e.to_string())?;
-            let answer = self.deliver_offer(&offer, self.rejoin_settings()).await?;
-            self.links()
+            let answer = self.deliver_offer(&offer).await?;
+            self.links
                 .accept_answer(answer)
                 .await
                 .map_err(|e| e.to_string())
@@ -304,26 +354,22 @@ impl Worker {
         if let Err(why) = outcome {
             tracing::warn!(%peer, "ICE restart failed: {why}");
             // The link went meanwhile (or the peer answered as a new connection): a new one.
-            if !self.links().ice_restart_failed(&peer, generation) {
-                self.rejoin(peer, "an ICE restart could not finish");
+            if !self.links.ice_restart_failed(&peer, generation) {
+                self.start(peer, "an ICE restart could not finish");
             }
         }
     }
 
     /// Sends `offer` through the proxy, or to the peer's worker; its answer.
-    pub(crate) async fn deliver_offer(
-        &self,
-        offer: &Offer,
-        settings: &RejoinSettings,
-    ) -> Result<Answer, String> {
-        let http = self.gossip.http();
-        let request = match &settings.proxy {
+    async fn deliver_offer(&self, offer: &Offer) -> Result<Answer, String> {
+        let http = &self.http;
+        let request = match &self.settings.proxy {
             Some((url, token)) => http
                 .post(format!("{url}/api/mesh-rtc/offer"))
                 .bearer_auth(token),
             None => {
                 let peer = self
-                    .store()
+                    .store
                     .get_peer(&offer.peer_to)
                     .await
                     .map_err(|e| e.to_string())?;

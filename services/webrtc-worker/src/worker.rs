@@ -1,9 +1,8 @@
 //! The worker's wiring: it builds the link core (`links`) and the features around it, hands the
 //! core's events to the features, and is what the HTTP API and `run` hold. It decides nothing
-//! about links itself. (Gossip, files, queue and rejoin still extend `Worker` from their own
+//! about links itself. (Gossip, files and queue still extend `Worker` from their own
 //! files; each is to become a component of its own, taking the core's handle.)
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use crate::error::WorkerError;
 use crate::inbox::{Inbox, Received};
 use crate::links::{End, LinkEvent, LinkObserver, LinkTimings, Links};
 use crate::lock;
+use crate::rejoin::Rejoin;
 use crate::transport::{Channel, Transport};
 
 pub use crate::error::MAX_MESSAGE_BYTES;
@@ -27,13 +27,9 @@ pub struct Worker {
     pub(crate) gossip: crate::gossip::Gossip,
     store: SharedStore,
     inbox: Mutex<Inbox>,
-    rejoin: crate::rejoin::RejoinSettings,
+    rejoin: Arc<Rejoin>,
     /// Link samples and audit records on their way to the store.
     pub(crate) spool: Arc<crate::spool::Spool>,
-    /// Peers being rejoined, each with what cancels its loop.
-    pub(crate) rejoining: Mutex<std::collections::HashMap<PeerId, Arc<tokio::sync::Notify>>>,
-    /// Set when the worker starts to stop: no new rejoining from then on.
-    pub(crate) stopping: AtomicBool,
     /// File transfers, sending and receiving.
     pub(crate) files: crate::files::Files,
     /// Queued messages to and from worker peers.
@@ -73,17 +69,23 @@ impl Worker {
             parts.clock,
             spool.clone(),
         );
+        let gossip = crate::gossip::Gossip::new(links.id().clone(), parts.gossip, parts.clock);
+        let rejoin = Rejoin::new(
+            links.clone(),
+            parts.store.clone(),
+            gossip.http().clone(),
+            parts.clock,
+            parts.rejoin,
+        );
         let worker = Arc::new(Worker {
-            gossip: crate::gossip::Gossip::new(links.id().clone(), parts.gossip, parts.clock),
+            gossip,
             links,
+            rejoin,
             clock: parts.clock,
             region: Mutex::new(None),
             store: parts.store,
             inbox: Mutex::new(Inbox::new(1024, 8 * 1024 * 1024)),
-            rejoin: parts.rejoin,
             spool,
-            rejoining: Mutex::new(std::collections::HashMap::new()),
-            stopping: AtomicBool::new(false),
             queues: crate::queue::Queues::new(
                 parts.files.dir.join("queue"),
                 parts.files.queue_capacity,
@@ -100,7 +102,8 @@ impl Worker {
         &self.links
     }
 
-    pub(crate) fn rejoin_settings(&self) -> &crate::rejoin::RejoinSettings {
+    /// Getting lost links back.
+    pub fn rejoin(&self) -> &Arc<Rejoin> {
         &self.rejoin
     }
 
@@ -156,15 +159,14 @@ impl Worker {
 
     /// `DELETE /links/{peer}`: hangs up, and stops any rejoining: the operator wants it down.
     pub fn hang_up(&self, peer: &PeerId) -> Result<(), WorkerError> {
-        self.cancel_rejoin(peer);
+        self.rejoin.cancel(peer);
         self.links.hang_up(peer)
     }
 
     /// Stops every link (on shutdown), with no rejoining from now on, and waits at most `within`
     /// for their drivers to write them `down` and finish.
     pub async fn hang_up_all(&self, within: Duration) {
-        self.stopping.store(true, Ordering::Release);
-        self.cancel_all_rejoins();
+        self.rejoin.stop_all();
         self.links.hang_up_all(within).await;
     }
 
@@ -210,7 +212,7 @@ impl LinkObserver for Worker {
                 ended,
             } => self.start_file_session(peer, generation, conn, ended),
             LinkEvent::PathBroken { peer, generation } => {
-                tokio::spawn(async move { self.restart_ice(peer, generation).await });
+                tokio::spawn(self.rejoin.clone().restart_ice(peer, generation));
             }
             LinkEvent::Ended {
                 peer,
@@ -219,15 +221,18 @@ impl LinkObserver for Worker {
             } => match end {
                 // A link that worked and was lost (not hung up, not closed by the peer) is worth
                 // getting back.
-                End::PeerSilent | End::Failed if established => self.rejoin(peer, "link lost"),
+                End::PeerSilent | End::Failed if established => {
+                    self.rejoin.start(peer, "link lost")
+                }
                 // The peer closed on purpose (a hang-up, a shutdown; it redials us itself when
                 // it restarts): a redial of ours under way, a restarted worker's say, must not
                 // undo that.
-                End::PeerClosed => self.cancel_rejoin(&peer),
+                End::PeerClosed => self.rejoin.cancel(&peer),
                 _ => {}
             },
             LinkEvent::Replaced { peer } => {
-                self.rejoin(peer, "the peer restarted during an ICE restart");
+                self.rejoin
+                    .start(peer, "the peer restarted during an ICE restart");
             }
         }
     }

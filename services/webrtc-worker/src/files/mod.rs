@@ -1447,7 +1447,9 @@ impl Sender {
                 return Some(s);
             }
             if !self.worker.links().has_link(&self.record.to) {
-                self.worker.rejoin(self.record.to.clone(), "file transfer");
+                self.worker
+                    .rejoin()
+                    .start(self.record.to.clone(), "file transfer");
             }
             tokio::select! {
                 _ = changed.changed() => {}

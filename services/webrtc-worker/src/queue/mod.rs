@@ -401,7 +401,7 @@ impl Worker {
         let worker = self.clone();
         let waiting = blocking(move || worker.queues.restore()).await?;
         for peer in waiting {
-            self.rejoin(peer, "queued messages");
+            self.rejoin().start(peer, "queued messages");
         }
         Ok(())
     }
@@ -443,7 +443,7 @@ impl Worker {
             .await
             .map_err(|e| WorkerError::Busy(format!("the outbox cannot be written: {e}")))?;
         if !linked && !self.links().has_link(peer) {
-            self.rejoin(peer.clone(), "queued messages");
+            self.rejoin().start(peer.clone(), "queued messages");
         }
         Ok(Sent::Queued { seq, linked })
     }
@@ -465,7 +465,7 @@ impl Worker {
         })
         .await?;
         if !self.links().has_link(peer) {
-            self.rejoin(peer.clone(), "queued gossip");
+            self.rejoin().start(peer.clone(), "queued gossip");
         }
         Ok(seq)
     }
