@@ -7,8 +7,9 @@ use std::time::Duration;
 use mesh_service::ConfigError;
 use mesh_service::config::Env;
 
-use crate::auth::{Credentials, Role, TokenEntry};
+use crate::auth::{Credentials, TokenEntry};
 use crate::oidc::{GOOGLE_ISSUER, GOOGLE_JWKS_URL, Oidc, OidcConfig};
+use crate::principal::Role;
 
 pub const MESH_API_TOKENS: &str = "MESH_API_TOKENS";
 pub const MESH_API_TOKENS_FILE: &str = "MESH_API_TOKENS_FILE";

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tokio::sync::RwLock;
 use tokio::time::Instant;
 
-use crate::auth::{Principal, Role};
+use crate::principal::{Principal, Role};
 
 /// Google's issuer and keys: the defaults.
 pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
