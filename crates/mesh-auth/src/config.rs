@@ -94,7 +94,7 @@ fn oidc_config(env: &Env<'_>, audience: String) -> Result<OidcConfig, ConfigErro
             .ok_or_else(|| env.invalid(MESH_OIDC_PRINCIPALS, PRINCIPALS))?;
         let role: Role = role
             .parse()
-            .map_err(|()| env.invalid(MESH_OIDC_PRINCIPALS, PRINCIPALS))?;
+            .map_err(|_| env.invalid(MESH_OIDC_PRINCIPALS, PRINCIPALS))?;
         principals.insert(who.to_string(), role);
     }
     Ok(OidcConfig {
@@ -120,7 +120,7 @@ fn parse_tokens(text: &str) -> Result<Vec<TokenEntry>, ()> {
             else {
                 return Err(());
             };
-            let role: Role = role.parse()?;
+            let role: Role = role.parse().map_err(|_| ())?;
             let hash = hex::decode(hash.strip_prefix("sha256-").unwrap_or(hash)).map_err(|_| ())?;
             let sha256: [u8; 32] = hash.try_into().map_err(|_| ())?;
             if name.is_empty() {

@@ -10,4 +10,4 @@ pub mod principal;
 pub use auth::{Caller, Credentials, TokenEntry, authenticate, sha256, sha256_hex};
 pub use config::AuthConfig;
 pub use oidc::{Oidc, OidcConfig, OidcError};
-pub use principal::{Principal, Role};
+pub use principal::{Principal, Role, UnknownRole};

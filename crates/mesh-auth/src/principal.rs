@@ -18,14 +18,20 @@ pub enum Role {
     Operator,
 }
 
+/// A role name in configuration that is none of ours.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}: expected read, peer or operator")]
+pub struct UnknownRole(pub String);
+
 impl FromStr for Role {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Self, UnknownRole> {
         match s {
             "read" => Ok(Role::Read),
             "peer" => Ok(Role::Peer),
             "operator" => Ok(Role::Operator),
-            _ => Err(()),
+            _ => Err(UnknownRole(s.to_string())),
         }
     }
 }
@@ -83,6 +89,30 @@ mod tests {
         assert_eq!(
             (err.status, err.code.as_ref()),
             (StatusCode::FORBIDDEN, "forbidden")
+        );
+    }
+
+    #[test]
+    fn roles_parse_from_their_names_only() {
+        #[track_caller]
+        fn check(input: &str, expect: Result<Role, &str>) {
+            let got = input.parse::<Role>().map_err(|e| e.to_string());
+            assert_eq!(got, expect.map_err(str::to_string), "{input:?}");
+        }
+        check("read", Ok(Role::Read));
+        check("peer", Ok(Role::Peer));
+        check("operator", Ok(Role::Operator));
+        check(
+            "admin",
+            Err(r#"unknown role "admin": expected read, peer or operator"#),
+        );
+        check(
+            "Operator",
+            Err(r#"unknown role "Operator": expected read, peer or operator"#),
+        );
+        check(
+            "",
+            Err(r#"unknown role "": expected read, peer or operator"#),
         );
     }
 
