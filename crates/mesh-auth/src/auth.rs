@@ -98,7 +98,11 @@ pub async fn authenticate(
     let Some(oidc) = credentials.oidc.as_ref().filter(|_| looks_like_jwt(token)) else {
         return unauthenticated("unknown API token");
     };
-    match oidc.verify(token).await {
+    // This layer drives the OIDC verifier, so it reads the clock that paces key fetches; the
+    // verifier's cache takes it as a value.
+    #[allow(clippy::disallowed_methods)]
+    let now = tokio::time::Instant::now();
+    match oidc.verify(token, now).await {
         Ok(who) => {
             req.extensions_mut().insert(who);
             next.run(req).await
