@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::Proxy;
+use crate::query::{page_limit, query_of};
 use crate::upstream::Step;
 use mesh_auth::{Caller, Role};
 
@@ -370,28 +371,6 @@ async fn list_transfers(
     Ok(axum::Json(
         json!({ "count": transfers.len(), "transfers": transfers }),
     ))
-}
-
-/// A query string, or 400 `invalid_query` saying what is wrong with it.
-pub(crate) fn query_of<T>(
-    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<T> {
-    query
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
-}
-
-/// A `?limit=` within `1..=max`, `default` when absent.
-pub(crate) fn page_limit(requested: Option<usize>, default: usize, max: usize) -> ApiResult<usize> {
-    let limit = requested.unwrap_or(default);
-    if (1..=max).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be from 1 to {max}"),
-        ))
-    }
 }
 
 impl Proxy {

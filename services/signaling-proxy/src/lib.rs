@@ -10,6 +10,7 @@ pub mod config;
 pub mod dashboard;
 pub mod limits;
 mod metrics;
+mod query;
 pub mod upstream;
 pub mod ws;
 
