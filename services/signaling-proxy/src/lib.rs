@@ -10,6 +10,7 @@ pub mod config;
 pub mod dashboard;
 pub mod limits;
 mod metrics;
+pub mod peers;
 mod query;
 pub mod upstream;
 pub mod ws;
@@ -32,8 +33,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use config::ProxyConfig;
 
-use crate::config::Allowlist;
 use crate::limits::RateLimits;
+use crate::peers::Allowlist;
 use crate::upstream::Upstream;
 use crate::ws::Hub;
 use mesh_auth::Credentials;

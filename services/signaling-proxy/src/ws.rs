@@ -26,11 +26,8 @@ use tokio::time::Instant;
 
 use crate::Proxy;
 use crate::config::WsConfig;
+use crate::peers::{self, ANONYMOUS_PREFIX};
 use mesh_types::rate::{Bucket, Quota};
-
-/// Ids the server assigns to anonymous clients start with this; no peer may register one, so no
-/// registered key can take over an anonymous client's id (they are listed to everyone).
-pub const ANONYMOUS_PREFIX: &str = "anon-";
 
 /// Messages queued for one client before it counts as too slow.
 const QUEUE: usize = 256;
@@ -496,7 +493,7 @@ async fn on_text(
                 },
                 None if config.anonymous => {
                     match PeerId::new(format!(
-                        "anon-{}",
+                        "{ANONYMOUS_PREFIX}{}",
                         &random_token()[..12]
                             .to_ascii_lowercase()
                             .replace(['-', '_'], "x")
@@ -578,12 +575,7 @@ fn relay(
 /// Checks a registration proof: this connection's nonce, a registered (and allowed) peer, its
 /// key's signature, a fresh timestamp.
 async fn check_proof(proxy: &Proxy, conn: &Conn, proof: &RegisterProof) -> Result<(), ApiError> {
-    if proof.id.as_str().starts_with(ANONYMOUS_PREFIX) {
-        return Err(ApiError::bad_request(
-            "reserved_id",
-            format!("ids starting with {ANONYMOUS_PREFIX} belong to anonymous clients"),
-        ));
-    }
+    peers::check_not_reserved(&proof.id)?;
     if proof.nonce != conn.nonce {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -591,14 +583,8 @@ async fn check_proof(proxy: &Proxy, conn: &Conn, proof: &RegisterProof) -> Resul
             "the proof must sign this connection's nonce (from hello)",
         ));
     }
-    let peer = crate::api::peer(proxy, &proof.id).await?;
-    if !proxy.allowlist.allows(&peer.id, &peer.pub_key) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_allowed",
-            format!("peer {} is not on this mesh's allowlist", peer.id),
-        ));
-    }
+    let peer = peers::lookup(&proxy.store, &proof.id).await?;
+    peers::check_allowed(&proxy.allowlist, &peer.id, &peer.pub_key)?;
     proxy.verify(proof, &peer.pub_key)
 }
 
