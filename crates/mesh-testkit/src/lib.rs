@@ -1,6 +1,6 @@
 //! Fixtures shared by meshrtc's tests: deterministic identities, throw-away data directories,
-//! the Firestore emulator that the test script (scripts/test.sh) starts once per run, and service
-//! binaries run as real processes.
+//! the Firestore emulator that the test script (scripts/test.sh) starts once per run, service
+//! binaries run as real processes, and the statistics benchmarks report (`stats`).
 //!
 //! Fixtures panic with a message that says what to do: they run only inside tests.
 // Fixtures fail loudly: they are test drivers, so unwrap is theirs to use. The clock and the OS
@@ -13,6 +13,7 @@ pub mod firestore;
 pub mod netns;
 pub mod oidc;
 pub mod process;
+pub mod stats;
 pub mod turn;
 pub mod workers;
 
