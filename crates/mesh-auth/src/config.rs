@@ -7,8 +7,9 @@ use std::time::Duration;
 use mesh_service::ConfigError;
 use mesh_service::config::Env;
 
-use crate::auth::{Credentials, Role, TokenEntry};
+use crate::auth::{Credentials, TokenEntry};
 use crate::oidc::{GOOGLE_ISSUER, GOOGLE_JWKS_URL, Oidc, OidcConfig};
+use crate::principal::Role;
 
 pub const MESH_API_TOKENS: &str = "MESH_API_TOKENS";
 pub const MESH_API_TOKENS_FILE: &str = "MESH_API_TOKENS_FILE";
@@ -93,7 +94,7 @@ fn oidc_config(env: &Env<'_>, audience: String) -> Result<OidcConfig, ConfigErro
             .ok_or_else(|| env.invalid(MESH_OIDC_PRINCIPALS, PRINCIPALS))?;
         let role: Role = role
             .parse()
-            .map_err(|()| env.invalid(MESH_OIDC_PRINCIPALS, PRINCIPALS))?;
+            .map_err(|_| env.invalid(MESH_OIDC_PRINCIPALS, PRINCIPALS))?;
         principals.insert(who.to_string(), role);
     }
     Ok(OidcConfig {
@@ -119,7 +120,7 @@ fn parse_tokens(text: &str) -> Result<Vec<TokenEntry>, ()> {
             else {
                 return Err(());
             };
-            let role: Role = role.parse()?;
+            let role: Role = role.parse().map_err(|_| ())?;
             let hash = hex::decode(hash.strip_prefix("sha256-").unwrap_or(hash)).map_err(|_| ())?;
             let sha256: [u8; 32] = hash.try_into().map_err(|_| ())?;
             if name.is_empty() {

@@ -5,9 +5,9 @@
 pub mod auth;
 pub mod config;
 pub mod oidc;
+pub mod principal;
 
-pub use auth::{
-    Caller, Credentials, Principal, Role, TokenEntry, authenticate, sha256, sha256_hex,
-};
+pub use auth::{Caller, Credentials, TokenEntry, authenticate, sha256, sha256_hex};
 pub use config::AuthConfig;
 pub use oidc::{Oidc, OidcConfig, OidcError};
+pub use principal::{Principal, Role, UnknownRole};

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tokio::sync::RwLock;
 use tokio::time::Instant;
 
-use crate::auth::{Principal, Role};
+use crate::principal::{Principal, Role};
 
 /// Google's issuer and keys: the defaults.
 pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
@@ -56,12 +56,54 @@ struct Claims {
     email_verified: Option<bool>,
 }
 
+/// The issuer's keys as last fetched: a sans-IO cache that decides, given `now`, whether a key
+/// id is answered from it or worth a fetch.
 #[derive(Debug)]
 struct Keys {
     set: JwkSet,
     fetched: Option<Instant>,
     /// Why the last fetch failed, if it did.
     failure: Option<String>,
+}
+
+impl Keys {
+    fn new() -> Self {
+        Keys {
+            set: JwkSet { keys: Vec::new() },
+            fetched: None,
+            failure: None,
+        }
+    }
+
+    /// The answer for `kid` at `now`, or `None` when only a fetch can tell.
+    fn lookup(&self, kid: &str, now: Instant) -> Option<Result<DecodingKey, OidcError>> {
+        if let Some(jwk) = self.set.find(kid) {
+            return Some(DecodingKey::from_jwk(jwk).map_err(|e| OidcError::Keys(e.to_string())));
+        }
+        // Fetched recently: a failure is reported as such (503) until the next try; a success
+        // that lacks this key means the key is unknown (401). Saturating: another request may
+        // have read the clock after ours and fetched before us.
+        let recent = self
+            .fetched
+            .is_some_and(|at| now.saturating_duration_since(at) < REFETCH_AFTER);
+        recent.then(|| match &self.failure {
+            Some(e) => Err(OidcError::Keys(e.clone())),
+            None => Err(OidcError::Invalid(format!("unknown signing key {kid}"))),
+        })
+    }
+
+    /// Takes in a fetch's outcome, as of `now` (when the request that needed it came). A failed
+    /// fetch keeps the keys we had: they are still the issuer's until it says otherwise.
+    fn record(&mut self, fetched: Result<JwkSet, OidcError>, now: Instant) {
+        self.fetched = Some(now);
+        match fetched {
+            Ok(set) => {
+                self.set = set;
+                self.failure = None;
+            }
+            Err(e) => self.failure = Some(e.to_string()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -82,17 +124,13 @@ impl Oidc {
         Ok(Oidc {
             config,
             http: reqwest::Client::builder().timeout(timeout).build()?,
-            keys: RwLock::new(Keys {
-                set: JwkSet { keys: Vec::new() },
-                fetched: None,
-                failure: None,
-            }),
+            keys: RwLock::new(Keys::new()),
             fetching: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// The principal a valid ID token speaks for.
-    pub async fn verify(&self, token: &str) -> Result<Principal, OidcError> {
+    /// The principal a valid ID token speaks for. `now` paces the fetches of the issuer's keys.
+    pub async fn verify(&self, token: &str, now: Instant) -> Result<Principal, OidcError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| OidcError::Invalid(format!("not a JWT: {e}")))?;
         if !ALGORITHMS.contains(&header.alg) {
@@ -104,7 +142,7 @@ impl Oidc {
         let kid = header
             .kid
             .ok_or_else(|| OidcError::Invalid("the token names no key (kid)".into()))?;
-        let key = self.key(&kid).await?;
+        let key = self.key(&kid, now).await?;
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
         validation.set_issuer(&[&self.config.issuer]);
@@ -129,43 +167,20 @@ impl Oidc {
         }
     }
 
-    // Reads the clock to pace JWKS fetches: this is the credential driver's own timer.
-    #[allow(clippy::disallowed_methods)]
-    async fn key(&self, kid: &str) -> Result<DecodingKey, OidcError> {
-        let lookup = |keys: &Keys| -> Option<Result<DecodingKey, OidcError>> {
-            if let Some(jwk) = keys.set.find(kid) {
-                return Some(
-                    DecodingKey::from_jwk(jwk).map_err(|e| OidcError::Keys(e.to_string())),
-                );
-            }
-            // Fetched recently: a failure is reported as such (503) until the next try; a
-            // success that lacks this key means the key is unknown (401).
-            let recent = keys.fetched.is_some_and(|at| at.elapsed() < REFETCH_AFTER);
-            recent.then(|| match &keys.failure {
-                Some(e) => Err(OidcError::Keys(e.clone())),
-                None => Err(OidcError::Invalid(format!("unknown signing key {kid}"))),
-            })
-        };
-        if let Some(answer) = lookup(&*self.keys.read().await) {
+    async fn key(&self, kid: &str, now: Instant) -> Result<DecodingKey, OidcError> {
+        if let Some(answer) = self.keys.read().await.lookup(kid, now) {
             return answer;
         }
         // One fetch at a time; requests for keys we hold are not held up by it (the set is
         // only write-locked to swap in the result).
         let _fetching = self.fetching.lock().await;
-        if let Some(answer) = lookup(&*self.keys.read().await) {
+        if let Some(answer) = self.keys.read().await.lookup(kid, now) {
             return answer;
         }
         let fetched = self.fetch().await;
         let mut keys = self.keys.write().await;
-        keys.fetched = Some(Instant::now());
-        match fetched {
-            Ok(set) => {
-                keys.set = set;
-                keys.failure = None;
-            }
-            Err(e) => keys.failure = Some(e.to_string()),
-        }
-        lookup(&keys)
+        keys.record(fetched, now);
+        keys.lookup(kid, now)
             .unwrap_or_else(|| Err(OidcError::Invalid(format!("unknown signing key {kid}"))))
     }
 
@@ -180,5 +195,96 @@ impl Oidc {
         res.json::<JwkSet>()
             .await
             .map_err(|e| OidcError::Keys(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KID: &str = "k1";
+
+    /// Any instant will do: every case steps from it by an explicit amount.
+    #[allow(clippy::disallowed_methods)]
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    /// A set holding one Ed25519 key named `kid`.
+    fn set_with(kid: &str) -> JwkSet {
+        serde_json::from_value(serde_json::json!({"keys": [{
+            "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid,
+            "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+        }]}))
+        .unwrap()
+    }
+
+    /// What a lookup came to, without the key itself (`DecodingKey` has no `PartialEq`).
+    #[derive(Debug, PartialEq)]
+    enum Answer {
+        Key,
+        Fetch,
+        Unknown,
+        KeysFailing,
+    }
+
+    fn answer(keys: &Keys, now: Instant) -> Answer {
+        match keys.lookup(KID, now) {
+            None => Answer::Fetch,
+            Some(Ok(_)) => Answer::Key,
+            Some(Err(OidcError::Invalid(m))) => {
+                assert_eq!(m, format!("unknown signing key {KID}"));
+                Answer::Unknown
+            }
+            Some(Err(OidcError::Keys(_))) => Answer::KeysFailing,
+            Some(Err(e)) => panic!("unexpected {e:?}"),
+        }
+    }
+
+    #[test]
+    fn fetches_are_paced_by_the_time_passed_in() {
+        let t0 = t0();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        #[track_caller]
+        fn check(
+            fetch: Option<(Result<JwkSet, OidcError>, Instant)>,
+            now: Instant,
+            expect: Answer,
+        ) {
+            let mut keys = Keys::new();
+            if let Some((fetched, at)) = fetch {
+                keys.record(fetched, at);
+            }
+            assert_eq!(answer(&keys, now), expect);
+        }
+        let other = || Ok(set_with("other"));
+        let failed = || Err(OidcError::Keys("connection refused".into()));
+        // Never fetched: only a fetch can tell.
+        check(None, at(0), Answer::Fetch);
+        // A key we hold is answered however long ago it came.
+        check(Some((Ok(set_with(KID)), at(0))), at(3600), Answer::Key);
+        // Fetched without this key: unknown for a minute, then worth another fetch.
+        check(Some((other(), at(0))), at(0), Answer::Unknown);
+        check(Some((other(), at(0))), at(59), Answer::Unknown);
+        check(Some((other(), at(0))), at(60), Answer::Fetch);
+        // A failed fetch is reported as such for a minute, then tried again.
+        check(Some((failed(), at(0))), at(10), Answer::KeysFailing);
+        check(Some((failed(), at(0))), at(61), Answer::Fetch);
+        // Another request read the clock after this one and fetched first: still recent.
+        check(Some((other(), at(5))), at(0), Answer::Unknown);
+    }
+
+    #[test]
+    fn a_failed_fetch_keeps_the_keys_we_had() {
+        let t0 = t0();
+        let later = t0 + 2 * REFETCH_AFTER;
+        let mut keys = Keys::new();
+        keys.record(Ok(set_with(KID)), t0);
+        keys.record(Err(OidcError::Keys("timed out".into())), later);
+        assert_eq!(answer(&keys, later), Answer::Key);
+        assert!(matches!(
+            keys.lookup("other", later),
+            Some(Err(OidcError::Keys(_)))
+        ));
     }
 }

@@ -1,24 +1,26 @@
 //! Fixtures shared by meshrtc's tests: deterministic identities, throw-away data directories,
-//! the Firestore emulator that the test script (scripts/test.sh) starts once per run, and service
-//! binaries run as real processes.
+//! the Firestore emulator that the test script (scripts/test.sh) starts once per run, service
+//! binaries run as real processes, and the statistics benchmarks report (`stats`).
 //!
 //! Fixtures panic with a message that says what to do: they run only inside tests.
-// Fixtures drive real processes against wall-clock deadlines, and fail loudly: they are test
-// drivers, so the clock and unwrap are theirs to use.
-#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+// Fixtures fail loudly: they are test drivers, so unwrap is theirs to use. The clock and the OS
+// RNG are not blanket-allowed: the few fixtures that need them say why where they read them.
+#![allow(clippy::unwrap_used)]
 
 pub mod browser;
+mod deadline;
 pub mod firestore;
 pub mod netns;
 pub mod oidc;
 pub mod process;
+pub mod stats;
 pub mod turn;
 pub mod workers;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use mesh_types::{Identity, PeerId};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 /// The variable the Google emulator (and the firestore crate) use to find each other.
 pub const FIRESTORE_EMULATOR_HOST: &str = "FIRESTORE_EMULATOR_HOST";
@@ -55,10 +57,20 @@ pub fn firestore_emulator_host() -> String {
 
 /// A project id no other test uses, so tests sharing one emulator never see each other's data.
 pub fn unique_project(prefix: &str) -> String {
+    // Test processes of other runs share the emulator and may get the same pid: only entropy
+    // from the OS tells them apart, so this fixture seeds from it.
+    #[allow(clippy::disallowed_methods)]
+    let mut rng = rand::rng();
+    project_id(prefix, std::process::id(), &mut rng)
+}
+
+/// `prefix`, the process, a counter (unique within the process) and a salt from `rng` (unique
+/// across runs).
+fn project_id(prefix: &str, pid: u32, rng: &mut impl Rng) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let salt: u32 = rand::random();
-    format!("{prefix}-{}-{n}-{salt:08x}", std::process::id())
+    let salt = rng.next_u32();
+    format!("{prefix}-{pid}-{n}-{salt:08x}")
 }
 
 /// The path of workspace binary `bin` (package `package`), for tests that run another
@@ -86,4 +98,20 @@ pub fn workspace_bin(package: &str, bin: &str) -> std::path::PathBuf {
         path.display()
     );
     path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_ids_differ_within_a_process_and_carry_the_salt() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let salt = rand::rngs::StdRng::seed_from_u64(7).next_u32();
+        let first = project_id("conformance", 42, &mut rng);
+        let second = project_id("conformance", 42, &mut rng);
+        assert_ne!(first, second);
+        assert!(first.starts_with("conformance-42-"), "{first}");
+        assert!(first.ends_with(&format!("-{salt:08x}")), "{first}");
+    }
 }

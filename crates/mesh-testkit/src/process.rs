@@ -6,7 +6,9 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::deadline::Deadline;
 
 /// A running service process.
 #[derive(Debug)]
@@ -113,8 +115,8 @@ impl ServiceProcess {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
+        let deadline = Deadline::after(within);
+        while !deadline.passed() {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some(status);
             }
@@ -139,12 +141,12 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + within;
+    let deadline = Deadline::after(within);
     loop {
         if let Some(v) = check().await {
             return v;
         }
-        if Instant::now() >= deadline {
+        if deadline.passed() {
             panic!("timed out after {within:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(25)).await;

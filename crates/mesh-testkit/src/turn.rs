@@ -3,7 +3,9 @@
 
 use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::deadline::Deadline;
 
 pub const TURN_USER: &str = "mesh";
 pub const TURN_PASSWORD: &str = "relay-secret";
@@ -100,9 +102,9 @@ fn try_stun(addr: (&str, u16), within: Duration) -> bool {
     // A STUN Binding Request: type 0x0001, length 0, magic cookie, transaction id.
     let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
     request.extend_from_slice(b"meshrtc-test");
-    let deadline = Instant::now() + within;
+    let deadline = Deadline::after(within);
     let mut buf = [0u8; 512];
-    while Instant::now() < deadline {
+    while !deadline.passed() {
         let _ = socket.send_to(&request, addr);
         if let Ok((n, _)) = socket.recv_from(&mut buf)
             && n >= 20

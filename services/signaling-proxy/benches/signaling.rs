@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use mesh_testkit::stats::percentile;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
@@ -203,10 +204,6 @@ async fn registered_pairs(url: &str, n: usize) -> Vec<(Client, Client)> {
     )
     .await;
     pairs
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Micros since the bench started: the timestamp carried in each message.

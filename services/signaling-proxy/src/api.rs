@@ -17,6 +17,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::Proxy;
+use crate::peers;
+use crate::query::{page_limit, query_of};
 use crate::upstream::Step;
 use mesh_auth::{Caller, Role};
 
@@ -42,17 +44,6 @@ pub fn routes(proxy: Arc<Proxy>) -> Router {
         .with_state(proxy)
 }
 
-pub(crate) async fn peer(proxy: &Proxy, id: &PeerId) -> ApiResult<Peer> {
-    match proxy.store.get_peer(id).await {
-        Ok(p) => Ok(p),
-        Err(e) if e.kind() == ErrorKind::NotFound => Err(ApiError::not_found(
-            "unknown_peer",
-            format!("peer {id} is not registered"),
-        )),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// `POST /api/mesh/peers`: a registration signed by the key it registers.
 async fn register(
     State(proxy): State<Arc<Proxy>>,
@@ -60,33 +51,17 @@ async fn register(
     ApiJson(reg): ApiJson<PeerRegistration>,
 ) -> ApiResult<(StatusCode, axum::Json<Peer>)> {
     caller.require(Role::Peer)?;
-    if reg.id.as_str().starts_with(crate::ws::ANONYMOUS_PREFIX) {
-        return Err(ApiError::bad_request(
-            "reserved_id",
-            format!(
-                "ids starting with {} are assigned to anonymous WebSocket clients",
-                crate::ws::ANONYMOUS_PREFIX
-            ),
-        ));
-    }
-    if !proxy.allowlist.allows(&reg.id, &reg.pub_key) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_allowed",
-            format!(
-                "peer {} (key {}) is not on this mesh's allowlist",
-                reg.id,
-                reg.pub_key.key_id()
-            ),
-        ));
-    }
+    peers::check_not_reserved(&reg.id)?;
+    peers::check_allowed(&proxy.allowlist, &reg.id, &reg.pub_key)?;
     check_endpoint(reg.endpoints.https.as_deref())?;
     // Self-signed: proves the registrant holds the key; the window and replay cache stop an old
     // registration being sent again to roll endpoints back.
     proxy.verify(&reg, &reg.pub_key)?;
-    let existing = proxy.store.get_peer(&reg.id).await;
-    let created = matches!(&existing, Err(e) if e.kind() == ErrorKind::NotFound);
-    if let Ok(p) = &existing
+    // A failed read refuses nothing: the upsert below meets the same store and reports its
+    // failure, or a key bound meanwhile, itself.
+    let existing = peers::find(&proxy.store, &reg.id).await;
+    let created = matches!(existing, Ok(None));
+    if let Ok(Some(p)) = &existing
         && p.pub_key != reg.pub_key
     {
         return Err(ApiError::new(
@@ -169,7 +144,7 @@ async fn replace_key(
     ApiJson(body): ApiJson<KeyReplacement>,
 ) -> ApiResult<axum::Json<Peer>> {
     let who = caller.require(Role::Operator)?;
-    peer(&proxy, &body.id).await?;
+    peers::lookup(&proxy.store, &body.id).await?;
     let updated = proxy
         .store
         .replace_peer_key(&body.id, &body.pub_key)
@@ -281,7 +256,7 @@ async fn connect(
         // leave it to the dial time-out (a retry would meet `link_exists` meanwhile).
         let proxy = proxy.clone();
         tokio::spawn(async move {
-            if let Ok(a) = peer(&proxy, &req.a).await {
+            if let Ok(a) = peers::lookup(&proxy.store, &req.a).await {
                 proxy.upstream.hang_up(&a, &req.b).await;
             }
         });
@@ -338,8 +313,8 @@ async fn start_transfer(
     ApiJson(req): ApiJson<TransferRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     caller.require(Role::Operator)?;
-    let from = peer(&proxy, &req.from).await?;
-    peer(&proxy, &req.to).await?;
+    let from = peers::lookup(&proxy.store, &req.from).await?;
+    peers::lookup(&proxy.store, &req.to).await?;
     let started: Value = proxy
         .upstream
         .post(
@@ -372,32 +347,10 @@ async fn list_transfers(
     ))
 }
 
-/// A query string, or 400 `invalid_query` saying what is wrong with it.
-pub(crate) fn query_of<T>(
-    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<T> {
-    query
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
-}
-
-/// A `?limit=` within `1..=max`, `default` when absent.
-pub(crate) fn page_limit(requested: Option<usize>, default: usize, max: usize) -> ApiResult<usize> {
-    let limit = requested.unwrap_or(default);
-    if (1..=max).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be from 1 to {max}"),
-        ))
-    }
-}
-
 impl Proxy {
     pub async fn dial(&self, from: &PeerId, to: &PeerId) -> ApiResult<Offer> {
-        let dialler = peer(self, from).await?;
-        peer(self, to).await?;
+        let dialler = peers::lookup(&self.store, from).await?;
+        peers::lookup(&self.store, to).await?;
         self.upstream
             .post(&dialler, Step::Dial, &json!({ "peerTo": to }))
             .await
@@ -406,16 +359,16 @@ impl Proxy {
     pub async fn forward_offer(&self, offer: &Offer) -> ApiResult<Answer> {
         // The addressee's worker verifies the signature itself; checking here too refuses a
         // forgery before it costs a worker anything.
-        let signer = peer(self, offer.signer()).await?;
+        let signer = peers::lookup(&self.store, offer.signer()).await?;
         mesh_types::signing::verify_signature(offer, &signer.pub_key)?;
-        let to = peer(self, &offer.peer_to).await?;
+        let to = peers::lookup(&self.store, &offer.peer_to).await?;
         self.upstream.post(&to, Step::Offer, offer).await
     }
 
     pub async fn forward_answer(&self, answer: &Answer) -> ApiResult<Value> {
-        let signer = peer(self, answer.signer()).await?;
+        let signer = peers::lookup(&self.store, answer.signer()).await?;
         mesh_types::signing::verify_signature(answer, &signer.pub_key)?;
-        let to = peer(self, &answer.peer_to).await?;
+        let to = peers::lookup(&self.store, &answer.peer_to).await?;
         self.upstream.post(&to, Step::Answer, answer).await
     }
 
@@ -430,7 +383,7 @@ impl Proxy {
         // Ask the dialler's worker, not the store: its live view says whether *this* connection
         // is up, with no clocks of two machines to compare. Then return the stored link, which
         // the worker writes the moment the state changes.
-        let dialler = peer(self, a).await?;
+        let dialler = peers::lookup(&self.store, a).await?;
         let id = LinkId::between(a, b)
             .map_err(|e| ApiError::bad_request("invalid_input", e.to_string()))?;
         let mut pause = Duration::from_millis(20);

@@ -10,6 +10,9 @@ use mesh_types::{PeerId, PublicKey};
 
 use mesh_auth::AuthConfig;
 
+// The allowlist is a registry rule; configuration only reads it in.
+pub use crate::peers::Allowlist;
+
 pub const MESH_PEER_ALLOWLIST: &str = "MESH_PEER_ALLOWLIST";
 pub const MESH_CORS_ORIGINS: &str = "MESH_CORS_ORIGINS";
 pub const MESH_RATE_PER_IP: &str = "MESH_RATE_PER_IP";
@@ -23,23 +26,6 @@ pub const MESH_WS_MESSAGES_PER_SEC: &str = "MESH_WS_MESSAGES_PER_SEC";
 pub const MESH_WS_IDLE_SECS: &str = "MESH_WS_IDLE_SECS";
 pub const MESH_WS_ANONYMOUS: &str = "MESH_WS_ANONYMOUS";
 pub const MESH_LIVE_INTERVAL_MS: &str = "MESH_LIVE_INTERVAL_MS";
-
-/// Who may register: peer ids and/or public keys. Empty: everyone.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Allowlist {
-    pub ids: Vec<PeerId>,
-    pub keys: Vec<PublicKey>,
-}
-
-impl Allowlist {
-    pub fn is_open(&self) -> bool {
-        self.ids.is_empty() && self.keys.is_empty()
-    }
-
-    pub fn allows(&self, id: &PeerId, key: &PublicKey) -> bool {
-        self.is_open() || self.ids.contains(id) || self.keys.contains(key)
-    }
-}
 
 /// WebSocket signaling limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

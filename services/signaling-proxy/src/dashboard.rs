@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::Proxy;
+use crate::query::{page_limit, query_of};
 
 const INDEX_HTML: &str = include_str!("../dashboard/index.html");
 const DASHBOARD_JS: &str = include_str!("../dashboard/dashboard.js");
@@ -386,8 +387,8 @@ async fn gossip(
     query: Result<Query<GossipQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     caller.require(Role::Read)?;
-    let q = crate::api::query_of(query)?;
-    let limit = crate::api::page_limit(q.limit, GOSSIP_DEFAULT_LIMIT, MAX_LIST_LIMIT)?;
+    let q = query_of(query)?;
+    let limit = page_limit(q.limit, GOSSIP_DEFAULT_LIMIT, MAX_LIST_LIMIT)?;
     let records = proxy.store.list_audit(limit).await?;
     Ok(axum::Json(
         serde_json::json!({ "count": records.len(), "records": records }),

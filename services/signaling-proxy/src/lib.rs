@@ -10,6 +10,8 @@ pub mod config;
 pub mod dashboard;
 pub mod limits;
 mod metrics;
+pub mod peers;
+mod query;
 pub mod upstream;
 pub mod ws;
 
@@ -31,8 +33,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use config::ProxyConfig;
 
-use crate::config::Allowlist;
 use crate::limits::RateLimits;
+use crate::peers::Allowlist;
 use crate::upstream::Upstream;
 use crate::ws::Hub;
 use mesh_auth::Credentials;
@@ -139,7 +141,10 @@ pub async fn run(
     let gate = Gate::new(&config)?;
     let local = listener.local_addr()?;
     tracing::info!(%local, credentials = config.auth.tokens.len(), "signaling-proxy serving");
-    let _connections_gauge = metrics::observe_connections(&proxy.hub);
+    // Weak: the gauge, which lives in the global meter provider, must not keep the hub alive.
+    let hub = Arc::downgrade(&proxy.hub);
+    let _connections_gauge =
+        metrics::observe_connections(move || hub.upgrade().map(|hub| hub.connection_count()));
     let router = app(proxy.clone(), &gate);
     let stopping = async move {
         shutdown.await;

@@ -2,7 +2,7 @@
 //! an over-limit request gets 429 with `Retry-After`, before any work is done for it.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -19,7 +19,9 @@ pub struct RateLimits {
     per_ip: Mutex<Keyed<IpAddr>>,
     per_credential: Mutex<Keyed<String>>,
     client_ip_header: Option<String>,
-    start: Instant,
+    /// Where the buckets' time starts: the first request's instant. Any fixed start will do,
+    /// since buckets only compare times with each other; this one needs no clock of its own.
+    start: OnceLock<Instant>,
 }
 
 fn retry_secs(wait: Duration) -> u64 {
@@ -27,14 +29,12 @@ fn retry_secs(wait: Duration) -> u64 {
 }
 
 impl RateLimits {
-    // The limiter's clock starts here; the driver reads it, the buckets take it as a value.
-    #[allow(clippy::disallowed_methods)]
     pub fn new(per_ip: u32, per_credential: u32, client_ip_header: Option<String>) -> Self {
         RateLimits {
             per_ip: Mutex::new(Keyed::new(Quota::per_second(per_ip))),
             per_credential: Mutex::new(Keyed::new(Quota::per_second(per_credential))),
             client_ip_header,
-            start: Instant::now(),
+            start: OnceLock::new(),
         }
     }
 
@@ -85,9 +85,16 @@ impl RateLimits {
         Ok(())
     }
 
-    /// [`check_at`](Self::check_at) with the time now.
-    pub fn check(&self, ip: Option<IpAddr>, who: Option<&Principal>) -> Result<(), Limited> {
-        self.check_at(ip, who, self.start.elapsed())
+    /// [`check_at`](Self::check_at) at instant `now`.
+    pub fn check(
+        &self,
+        ip: Option<IpAddr>,
+        who: Option<&Principal>,
+        now: Instant,
+    ) -> Result<(), Limited> {
+        let start = *self.start.get_or_init(|| now);
+        // Saturating: a request that read the clock just before the first one was counted.
+        self.check_at(ip, who, now.saturating_duration_since(start))
     }
 }
 
@@ -129,7 +136,11 @@ pub async fn rate_limit(
         .map(|c| c.0);
     let ip = limits.client_ip(req.headers(), socket);
     let who = req.extensions().get::<Principal>();
-    match limits.check(ip, who) {
+    // The limiter's driver: it reads the clock once per request and hands the buckets the
+    // time as a value.
+    #[allow(clippy::disallowed_methods)]
+    let now = Instant::now();
+    match limits.check(ip, who, now) {
         Ok(()) => next.run(req).await,
         Err(limited) => limited.into_response(),
     }
@@ -165,6 +176,21 @@ mod tests {
                 .is_ok()
         );
         assert!(limits.check_at(ip, None, 2 * S).is_ok(), "refilled");
+    }
+
+    #[test]
+    fn time_counts_from_the_first_request() {
+        // Any instant will do: the test steps from it by explicit amounts.
+        #[allow(clippy::disallowed_methods)]
+        let t0 = Instant::now();
+        let limits = RateLimits::new(1, 1000, None);
+        let ip = Some(IpAddr::from([10, 0, 0, 1]));
+        assert!(limits.check(ip, None, t0 + S).is_ok());
+        assert!(limits.check(ip, None, t0 + S).is_ok());
+        assert!(limits.check(ip, None, t0 + S).is_err(), "burst spent");
+        // Read before the first request was counted: no time has passed for the buckets.
+        assert!(limits.check(ip, None, t0).is_err());
+        assert!(limits.check(ip, None, t0 + 2 * S).is_ok(), "refilled");
     }
 
     #[test]

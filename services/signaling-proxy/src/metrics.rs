@@ -4,13 +4,14 @@
 //! - `mesh.signaling.connections` (gauge): open WebSocket signaling connections.
 //! - `mesh.connect` (counter): `POST /api/mesh-rtc/connect` calls by `outcome` (`ok` or the
 //!   error's code, e.g. `connect_timeout`, `link_exists`).
+//!
+//! A leaf: what it observes is handed in, so any module can record here without the metrics
+//! depending on it.
 
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::LazyLock;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, ObservableGauge};
-
-use crate::ws::Hub;
 
 pub(crate) struct Instruments {
     pub connects: Counter<u64>,
@@ -30,15 +31,17 @@ pub(crate) fn connect_outcome(outcome: &str) {
         .add(1, &[KeyValue::new("outcome", outcome.to_string())]);
 }
 
-/// Registers `mesh.signaling.connections`; keep the gauge for as long as the proxy runs.
-pub(crate) fn observe_connections(hub: &Arc<Hub>) -> ObservableGauge<u64> {
-    let hub: Weak<Hub> = Arc::downgrade(hub);
+/// Registers `mesh.signaling.connections`, read from `count` at each export (`None`: nothing
+/// to report); keep the gauge for as long as the proxy runs.
+pub(crate) fn observe_connections(
+    count: impl Fn() -> Option<usize> + Send + Sync + 'static,
+) -> ObservableGauge<u64> {
     opentelemetry::global::meter("signaling-proxy")
         .u64_observable_gauge("mesh.signaling.connections")
         .with_description("Open WebSocket signaling connections")
         .with_callback(move |observer| {
-            if let Some(hub) = hub.upgrade() {
-                observer.observe(hub.connection_count() as u64, &[]);
+            if let Some(n) = count() {
+                observer.observe(n as u64, &[]);
             }
         })
         .build()

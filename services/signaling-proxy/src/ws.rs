@@ -26,11 +26,8 @@ use tokio::time::Instant;
 
 use crate::Proxy;
 use crate::config::WsConfig;
+use crate::peers::{self, ANONYMOUS_PREFIX};
 use mesh_types::rate::{Bucket, Quota};
-
-/// Ids the server assigns to anonymous clients start with this; no peer may register one, so no
-/// registered key can take over an anonymous client's id (they are listed to everyone).
-pub const ANONYMOUS_PREFIX: &str = "anon-";
 
 /// Messages queued for one client before it counts as too slow.
 const QUEUE: usize = 256;
@@ -260,15 +257,47 @@ fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-// The connection's driver: it owns the socket and the idle timer, so it reads the clock.
-#[allow(clippy::disallowed_methods)]
+/// A connection task's clock. The task drives the connection, so it may read the time; the
+/// rules it applies (rate limit, idle time-out) take the time since the connection opened.
+struct Clock(Instant);
+
+impl Clock {
+    #[allow(clippy::disallowed_methods)]
+    fn start() -> Self {
+        Clock(Instant::now())
+    }
+
+    /// Time since the connection opened.
+    #[allow(clippy::disallowed_methods)]
+    fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.0)
+    }
+}
+
+/// Why a connection is closed as idle at `now`, if it is: nothing heard from it for `timeout`,
+/// or still not registered after it. Times are since the connection opened.
+fn idle(
+    now: Duration,
+    last_heard: Duration,
+    registered: bool,
+    timeout: Duration,
+) -> Option<String> {
+    if now.saturating_sub(last_heard) >= timeout {
+        Some(format!("nothing heard for {} s", timeout.as_secs()))
+    } else if !registered && now >= timeout {
+        Some(format!("not registered within {} s", timeout.as_secs()))
+    } else {
+        None
+    }
+}
+
 async fn serve(proxy: Arc<Proxy>, socket: WebSocket) {
     let hub = proxy.hub.clone();
     let config = hub.config;
     let (tx, mut rx) = mpsc::channel::<ServerMessage>(QUEUE);
     let closer = Arc::new(Closer::default());
     let quota = Quota::per_second(config.messages_per_second);
-    let start = Instant::now();
+    let clock = Clock::start();
     let mut conn = Conn {
         id: hub.next_conn.fetch_add(1, Ordering::Relaxed),
         nonce: random_token(),
@@ -299,16 +328,17 @@ async fn serve(proxy: Arc<Proxy>, socket: WebSocket) {
     }
     let mut ping = tokio::time::interval(config.idle_timeout / 3);
     ping.tick().await;
-    let mut last_heard = Instant::now();
+    let mut last_heard = clock.now();
     // Set when this side sent a close frame.
     let mut closing = None;
     loop {
         tokio::select! {
             frame = stream.next() => {
                 let Some(Ok(frame)) = frame else { break };
-                last_heard = Instant::now();
+                let now = clock.now();
+                last_heard = now;
                 let reply = match frame {
-                    Message::Text(text) => on_text(&proxy, &mut conn, text.as_str(), start.elapsed()).await,
+                    Message::Text(text) => on_text(&proxy, &mut conn, text.as_str(), now).await,
                     Message::Binary(_) => Some(error("bad_frame", "messages are JSON text frames", None)),
                     Message::Ping(_) | Message::Pong(_) => None,
                     Message::Close(_) => break,
@@ -343,14 +373,7 @@ async fn serve(proxy: Arc<Proxy>, socket: WebSocket) {
                 }
             }
             _ = ping.tick() => {
-                let quiet = last_heard.elapsed() >= config.idle_timeout;
-                let unregistered = conn.me.is_none() && start.elapsed() >= config.idle_timeout;
-                if quiet || unregistered {
-                    let message = if quiet {
-                        format!("nothing heard for {} s", config.idle_timeout.as_secs())
-                    } else {
-                        format!("not registered within {} s", config.idle_timeout.as_secs())
-                    };
+                if let Some(message) = idle(clock.now(), last_heard, conn.me.is_some(), config.idle_timeout) {
                     closing = Some(Closing { code: CLOSE_IDLE, reason: "idle", error: error("idle_timeout", message, None) });
                     break;
                 }
@@ -470,7 +493,7 @@ async fn on_text(
                 },
                 None if config.anonymous => {
                     match PeerId::new(format!(
-                        "anon-{}",
+                        "{ANONYMOUS_PREFIX}{}",
                         &random_token()[..12]
                             .to_ascii_lowercase()
                             .replace(['-', '_'], "x")
@@ -552,12 +575,7 @@ fn relay(
 /// Checks a registration proof: this connection's nonce, a registered (and allowed) peer, its
 /// key's signature, a fresh timestamp.
 async fn check_proof(proxy: &Proxy, conn: &Conn, proof: &RegisterProof) -> Result<(), ApiError> {
-    if proof.id.as_str().starts_with(ANONYMOUS_PREFIX) {
-        return Err(ApiError::bad_request(
-            "reserved_id",
-            format!("ids starting with {ANONYMOUS_PREFIX} belong to anonymous clients"),
-        ));
-    }
+    peers::check_not_reserved(&proof.id)?;
     if proof.nonce != conn.nonce {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -565,13 +583,34 @@ async fn check_proof(proxy: &Proxy, conn: &Conn, proof: &RegisterProof) -> Resul
             "the proof must sign this connection's nonce (from hello)",
         ));
     }
-    let peer = crate::api::peer(proxy, &proof.id).await?;
-    if !proxy.allowlist.allows(&peer.id, &peer.pub_key) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_allowed",
-            format!("peer {} is not on this mesh's allowlist", peer.id),
-        ));
-    }
+    let peer = peers::lookup(&proxy.store, &proof.id).await?;
+    peers::check_allowed(&proxy.allowlist, &peer.id, &peer.pub_key)?;
     proxy.verify(proof, &peer.pub_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silent_or_unregistered_connections_are_idle() {
+        const S: Duration = Duration::from_secs(1);
+        #[track_caller]
+        fn check(now: Duration, last_heard: Duration, registered: bool, expect: Option<&str>) {
+            assert_eq!(idle(now, last_heard, registered, 30 * S).as_deref(), expect);
+        }
+        check(29 * S, Duration::ZERO, true, None);
+        check(30 * S, Duration::ZERO, true, Some("nothing heard for 30 s"));
+        check(50 * S, 25 * S, true, None);
+        check(55 * S, 25 * S, true, Some("nothing heard for 30 s"));
+        check(29 * S, 20 * S, false, None);
+        check(30 * S, 20 * S, false, Some("not registered within 30 s"));
+        // Silence is the reason given when both hold.
+        check(
+            30 * S,
+            Duration::ZERO,
+            false,
+            Some("nothing heard for 30 s"),
+        );
+    }
 }

@@ -317,3 +317,26 @@ async fn a_client_that_stops_reading_is_dropped_not_waited_on() {
     assert_eq!(left["id"], "bob");
     drop(b);
 }
+
+/// A registry refusal reads the same whichever way the peer came: HTTP registration or `/ws`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reserved_id_is_refused_alike_over_http_and_ws() {
+    let mesh = Mesh::new(&[]);
+    let squatter = mesh_testkit::identity("anon-abc", 97);
+    let reg = Mesh::registration(&squatter, "http://127.0.0.1:9", &squatter);
+    let (s, http) = mesh
+        .post(
+            "/api/mesh/peers",
+            Some(common::PEER),
+            &serde_json::to_value(&reg).unwrap(),
+        )
+        .await;
+    assert_eq!(s, 400, "{http}");
+    let mut c = Client::open(&mesh).await;
+    let ws = c.register(&squatter).await;
+    assert_eq!(ws["code"], "reserved_id", "{ws}");
+    assert_eq!(
+        (&ws["code"], &ws["message"]),
+        (&http["error"]["code"], &http["error"]["message"]),
+    );
+}

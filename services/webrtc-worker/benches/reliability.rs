@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use mesh_store::Store;
 use mesh_store::embedded::EmbeddedStore;
+use mesh_testkit::stats::percentile;
 use mesh_testkit::workers::{Mesh, Peer};
 use mesh_types::{Health, LinkId};
 use serde_json::json;
@@ -157,17 +158,12 @@ async fn run(n: usize, env: &[(&str, &str)], rejoin: bool) -> (f64, Option<f64>,
     (detection, Some(rejoined), counts)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn summary(mut xs: Vec<f64>) -> serde_json::Value {
     xs.sort_by(f64::total_cmp);
     json!({
         "runs": xs.len(),
-        "p50_ms": percentile(&xs, 50.0).round(),
-        "p99_ms": percentile(&xs, 99.0).round(),
+        "p50_ms": percentile(&xs, 0.5).round(),
+        "p99_ms": percentile(&xs, 0.99).round(),
         "max_ms": xs.last().copied().unwrap_or(0.0).round(),
         "min_ms": xs.first().copied().unwrap_or(0.0).round(),
     })
@@ -205,7 +201,7 @@ async fn main() {
     let p99 = |xs: &[f64]| {
         let mut v = xs.to_vec();
         v.sort_by(f64::total_cmp);
-        percentile(&v, 99.0)
+        percentile(&v, 0.99)
     };
     let report = json!({
         "machine": format!("{} cores", std::thread::available_parallelism().map_or(0, |n| n.get())),

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use mesh_store::embedded::EmbeddedStore;
 use mesh_store::{PeerUpsert, Store};
 use mesh_testkit::process::ServiceProcess;
+use mesh_testkit::stats::percentile;
 use mesh_types::signing::Signed;
 use mesh_types::{Answer, Endpoints, Offer};
 use serde_json::{Value, json};
@@ -79,10 +80,12 @@ async fn close(p: Pair) {
     p.b.close().await;
 }
 
-fn percentile(samples: &[f64], p: f64) -> f64 {
+/// `samples` in ascending order, as `percentile` takes them; a NaN is a broken measurement and
+/// stops the bench.
+fn sorted(samples: &[f64]) -> Vec<f64> {
     let mut v = samples.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() - 1) as f64 * p).round() as usize]
+    v
 }
 
 async fn setups(t: &Transport) -> Vec<f64> {
@@ -223,8 +226,8 @@ fn idle_both() -> (Value, Value) {
     }
     let [ours, library] = runs.map(|(kb, cpu)| {
         json!({
-            "perConnectionKB": percentile(&kb, 0.5),
-            "cpuPerLinkPct": percentile(&cpu, 0.5),
+            "perConnectionKB": percentile(&sorted(&kb), 0.5),
+            "cpuPerLinkPct": percentile(&sorted(&cpu), 0.5),
             "runs": {"perConnectionKB": kb, "cpuPerLinkPct": cpu},
         })
     });
@@ -346,11 +349,12 @@ where
     Fut: std::future::Future<Output = f64>,
 {
     let runs = [run().await, run().await, run().await];
-    percentile(&runs, 0.5)
+    percentile(&sorted(&runs), 0.5)
 }
 
 fn summary(setups: &[f64]) -> Value {
-    json!({"p50": percentile(setups, 0.5), "p95": percentile(setups, 0.95)})
+    let setups = sorted(setups);
+    json!({"p50": percentile(&setups, 0.5), "p95": percentile(&setups, 0.95)})
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -438,7 +442,7 @@ async fn main() {
         "cycles": {"rssAfter50KB": at50, "rssAfter200KB": at200, "growthKB": at200 as i64 - at50 as i64},
         "worker200": worker,
         "ratios": {
-            "setupP50VsChromium": ratio(ours["setupMs"]["p50"].as_f64().unwrap(), percentile(&chrome_setups, 0.5)),
+            "setupP50VsChromium": ratio(ours["setupMs"]["p50"].as_f64().unwrap(), percentile(&sorted(&chrome_setups), 0.5)),
             "throughput64kVsChromium": ratio(ours["throughputMBps"]["65536"].as_f64().unwrap(), chrome["throughputMBps"]["65536"].as_f64().unwrap()),
             "throughput1kVsChromium": ratio(ours["throughputMBps"]["1024"].as_f64().unwrap(), chrome["throughputMBps"]["1024"].as_f64().unwrap()),
             "idleCpuVsLibraryDefault": ratio(ours["idle100"]["cpuPerLinkPct"].as_f64().unwrap(), modes["library-default"]["idle100"]["cpuPerLinkPct"].as_f64().unwrap()),
