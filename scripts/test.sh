@@ -7,7 +7,8 @@
 # killing only the wrapper would leave it running. If the emulator cannot start, this fails; the
 # Firestore tests are never skipped.
 #
-# Then the checks of deploy/ (Node's test runner, no cloud needed).
+# Before the tests, the checks of the code's shape and the docs' paths (scripts/check-imports.py,
+# scripts/check-docs.sh); after them, the checks of deploy/ (Node's test runner, no cloud needed).
 #
 # Usage: scripts/test.sh [extra cargo-nextest arguments]
 set -euo pipefail
@@ -54,6 +55,13 @@ if [ -z "${FIRESTORE_EMULATOR_HOST:-}" ]; then
 else
   echo "test.sh: using the Firestore emulator at $FIRESTORE_EMULATOR_HOST"
 fi
+
+# The shape docs/ARCHITECTURE.md promises (its invariants): no import cycle among a crate's
+# modules, the worker's link core and rejoin naming no `Worker`, and every path the docs name.
+python3 scripts/check-imports.py crates/* services/gossip-push services/meshctl \
+  services/signaling-proxy \
+  services/webrtc-worker --features links,rejoin --known-cycle files,gossip,queue,worker
+scripts/check-docs.sh
 
 cargo nextest run --workspace --profile ci "$@"
 
