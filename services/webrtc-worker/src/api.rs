@@ -108,7 +108,7 @@ async fn status(State(w): State<Arc<Worker>>) -> ApiJson<Value> {
         "quorum": crate::quorum::quorum(w.live_peer_count(), up),
         "rejoining": rejoining,
         "spool": w.spool.stats(),
-        "queues": w.queues.views(),
+        "queues": w.queue().views(),
     }))
 }
 

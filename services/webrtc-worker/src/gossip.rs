@@ -21,6 +21,7 @@ use mesh_gossip::select::{Candidate, Sampler, SelectionConfig};
 use mesh_service::ApiError;
 use mesh_types::rate::{Bucket, Keyed, Quota};
 use mesh_types::signing::{Signed, verify_signature};
+use mesh_types::transfer::MessageKind;
 use mesh_types::{
     AuditRecord, AuditTarget, Delivery, Envelope, GossipEntry, GossipFrame, LinkSummary, Outcome,
     PeerId, PublicKey, Telemetry, TelemetryPayload, Transport, UnixMillis, Verifier,
@@ -506,7 +507,11 @@ impl Worker {
             envelope: envelope.clone(),
         })
         .ok()?;
-        match self.queue_envelope(peer, frame).await {
+        match self
+            .queue()
+            .enqueue(peer, MessageKind::Gossip, Bytes::from(frame))
+            .await
+        {
             Ok(seq) => Some(seq),
             Err(e) => {
                 tracing::warn!(%peer, "gossip envelope not queued: {e}");

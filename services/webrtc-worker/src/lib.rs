@@ -157,7 +157,8 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("files directory {}: {e}", config.files.dir.display()))?;
     worker
-        .restore_queues()
+        .queue()
+        .restore()
         .await
         .map_err(|e| anyhow::anyhow!("message queues in {}: {e}", config.files.dir.display()))?;
     // The peers we were linked with may be waiting for us (we restarted); not fatal if the

@@ -1,23 +1,25 @@
 //! The worker's wiring: it builds the link core (`links`) and the features around it, hands the
 //! core's events to the features, and is what the HTTP API and `run` hold. It decides nothing
-//! about links itself. (Gossip, files and queue still extend `Worker` from their own
+//! about links itself. (Gossip and files still extend `Worker` from their own
 //! files; each is to become a component of its own, taking the core's handle.)
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use mesh_store::{PeerUpsert, SharedStore, StoreError};
+use mesh_types::transfer::MessageKind;
 use mesh_types::{Endpoints, Identity, PeerId};
 
 use crate::clock::Clock;
-use crate::error::WorkerError;
+use crate::error::{MAX_MESSAGE_BYTES, WorkerError};
 use crate::inbox::{Inbox, Received};
 use crate::links::{End, LinkEvent, LinkObserver, LinkTimings, Links};
 use crate::lock;
+use crate::queue::{Arrived, Queue, Queues, Sent};
 use crate::rejoin::Rejoin;
 use crate::transport::{Channel, Transport};
 
-pub use crate::error::MAX_MESSAGE_BYTES;
 pub use crate::links::{LinkView, Role};
 
 pub struct Worker {
@@ -33,7 +35,7 @@ pub struct Worker {
     /// File transfers, sending and receiving.
     pub(crate) files: crate::files::Files,
     /// Queued messages to and from worker peers.
-    pub(crate) queues: crate::queue::Queues,
+    queue: Arc<Queue>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -79,6 +81,11 @@ impl Worker {
         );
         let worker = Arc::new(Worker {
             gossip,
+            queue: Queue::new(
+                Queues::new(parts.files.dir.join("queue"), parts.files.queue_capacity),
+                links.clone(),
+                rejoin.clone(),
+            ),
             links,
             rejoin,
             clock: parts.clock,
@@ -86,11 +93,13 @@ impl Worker {
             store: parts.store,
             inbox: Mutex::new(Inbox::new(1024, 8 * 1024 * 1024)),
             spool,
-            queues: crate::queue::Queues::new(
-                parts.files.dir.join("queue"),
-                parts.files.queue_capacity,
-            ),
             files: crate::files::Files::new(parts.files),
+        });
+        let weak = Arc::downgrade(&worker);
+        worker.queue.deliver_to(move |arrived| {
+            if let Some(worker) = weak.upgrade() {
+                worker.deliver_arrived(arrived);
+            }
         });
         let observer: Arc<dyn LinkObserver> = worker.clone();
         worker.links.observe(Arc::downgrade(&observer));
@@ -100,6 +109,24 @@ impl Worker {
     /// The link core: connections, their handshakes and their views.
     pub fn links(&self) -> &Arc<Links> {
         &self.links
+    }
+
+    /// Queued messages to and from worker peers.
+    pub fn queue(&self) -> &Arc<Queue> {
+        &self.queue
+    }
+
+    /// A message the queue delivered: text and binary to the inbox; gossip is checked, merged
+    /// and audited like one from the gossip channel.
+    fn deliver_arrived(self: Arc<Self>, arrived: Arrived) {
+        let Arrived { from, kind, data } = arrived;
+        match kind {
+            MessageKind::Text => self.to_inbox(from, &data, true),
+            MessageKind::Binary => self.to_inbox(from, &data, false),
+            MessageKind::Gossip => {
+                tokio::spawn(async move { self.gossip_frame(from, data).await });
+            }
+        }
     }
 
     /// Getting lost links back.
@@ -168,6 +195,44 @@ impl Worker {
     pub async fn hang_up_all(&self, within: Duration) {
         self.rejoin.stop_all();
         self.links.hang_up_all(within).await;
+    }
+
+    /// `POST /links/{peer}/messages`: to a browser peer straight on the mesh channel; to a
+    /// worker peer through its outbox (linked or not).
+    pub async fn send_message(
+        self: &Arc<Self>,
+        peer: &PeerId,
+        data: Vec<u8>,
+        text: bool,
+    ) -> Result<Sent, WorkerError> {
+        if data.len() > MAX_MESSAGE_BYTES {
+            return Err(WorkerError::MessageTooLarge(data.len()));
+        }
+        let connected = self.links.connected(peer).is_some();
+        // Workers (peers with a worker URL) get a queue; a browser has only the mesh channel,
+        // and one that is away may never come back to this worker.
+        match self.worker_url_of(peer).await? {
+            Some(Some(_)) => {}
+            Some(None) | None if connected => {
+                self.links.send(peer, &data, text).await?;
+                return Ok(Sent::Direct);
+            }
+            Some(None) => return Err(WorkerError::NotConnected(peer.clone())),
+            None => return Err(WorkerError::UnknownPeer(peer.clone())),
+        }
+        // Carried now (or as soon as the receiver says where it stands: a link seconds old).
+        let linked = connected;
+        let kind = if text {
+            MessageKind::Text
+        } else {
+            MessageKind::Binary
+        };
+        let seq = self
+            .queue
+            .enqueue(peer, kind, Bytes::from(data))
+            .await
+            .map_err(|e| WorkerError::Busy(format!("the outbox cannot be written: {e}")))?;
+        Ok(Sent::Queued { seq, linked })
     }
 
     /// Puts a message from `from` in the inbox `GET /messages` reads.

@@ -562,7 +562,7 @@ impl Worker {
         let worker = self.clone();
         tokio::spawn(async move {
             let mut closed = closed;
-            worker.queue_session_started(&peer, &conn).await;
+            worker.queue().session_started(&peer, &conn).await;
             loop {
                 tokio::select! {
                     biased;
@@ -607,12 +607,13 @@ impl Worker {
                     .await;
             }
             Frame::Message(q) => {
-                self.on_queued_message(peer, conn, q.seq, q.kind, q.data)
+                self.queue()
+                    .on_message(peer, conn, q.seq, q.kind, q.data)
                     .await;
             }
             Frame::Control(
                 c @ (Control::MsgState { .. } | Control::MsgAck { .. } | Control::MsgSkip { .. }),
-            ) => self.on_queue_control(peer, conn, closed, &c).await,
+            ) => self.queue().on_control(peer, conn, closed, &c).await,
             Frame::Control(Control::Offer { manifest }) => {
                 self.on_offer(peer, conn, *manifest).await
             }

@@ -18,7 +18,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use mesh_types::PeerId;
@@ -26,8 +26,9 @@ use mesh_types::transfer::{Control, MessageKind, QueuedMessage};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
+use crate::links::Links;
+use crate::rejoin::Rejoin;
 use crate::transport::{Channel, Connection};
-use crate::worker::Worker;
 use crate::{blocking, lock};
 use proto::{Arrival, Inlet, Outbox, OutboxSend, OutboxStats, Queued};
 
@@ -394,88 +395,93 @@ fn compact(path: &Path, outbox: &Outbox) -> std::io::Result<OutLog> {
     })
 }
 
-impl Worker {
-    /// At start-up: opens the queues on disk and asks for links to the peers with messages
-    /// waiting.
-    pub async fn restore_queues(self: &Arc<Self>) -> std::io::Result<()> {
-        let worker = self.clone();
-        let waiting = blocking(move || worker.queues.restore()).await?;
-        for peer in waiting {
-            self.rejoin().start(peer, "queued messages");
-        }
-        Ok(())
-    }
+/// A message that arrived through the queue, for the wiring to deliver (the inbox, gossip).
+#[derive(Debug)]
+pub struct Arrived {
+    pub from: PeerId,
+    pub kind: MessageKind,
+    pub data: Bytes,
+}
 
-    /// `POST /links/{peer}/messages`: to a browser peer straight on the mesh channel; to a
-    /// worker peer through its outbox (linked or not).
-    pub async fn send_message(
-        self: &Arc<Self>,
-        peer: &PeerId,
-        data: Vec<u8>,
-        text: bool,
-    ) -> Result<Sent, crate::error::WorkerError> {
-        use crate::error::{MAX_MESSAGE_BYTES, WorkerError};
-        if data.len() > MAX_MESSAGE_BYTES {
-            return Err(WorkerError::MessageTooLarge(data.len()));
-        }
-        let connected = self.links().connected(peer).is_some();
-        // Workers (peers with a worker URL) get a queue; a browser has only the mesh channel,
-        // and one that is away may never come back to this worker.
-        match self.worker_url_of(peer).await? {
-            Some(Some(_)) => {}
-            Some(None) | None if connected => {
-                self.links().send(peer, &data, text).await?;
-                return Ok(Sent::Direct);
-            }
-            Some(None) => return Err(WorkerError::NotConnected(peer.clone())),
-            None => return Err(WorkerError::UnknownPeer(peer.clone())),
-        }
-        // Carried now (or as soon as the receiver says where it stands: a link seconds old).
-        let linked = connected;
-        let worker = self.clone();
-        let to = peer.clone();
-        let kind = if text {
-            MessageKind::Text
-        } else {
-            MessageKind::Binary
-        };
-        let seq = blocking(move || worker.queues.push(&to, kind, Bytes::from(data)))
-            .await
-            .map_err(|e| WorkerError::Busy(format!("the outbox cannot be written: {e}")))?;
-        if !linked && !self.links().has_link(peer) {
-            self.rejoin().start(peer.clone(), "queued messages");
-        }
-        Ok(Sent::Queued { seq, linked })
-    }
+/// Where arrivals go.
+type Deliver = Box<dyn Fn(Arrived) + Send + Sync>;
 
-    /// Queues a gossip envelope for a worker peer that neither link nor HTTPS reached; it goes
-    /// when the link is back (and is refused there if it is older than the age limit by then).
-    /// Returns its number.
-    pub(crate) async fn queue_envelope(
-        self: &Arc<Self>,
-        peer: &PeerId,
-        frame: Vec<u8>,
-    ) -> std::io::Result<u64> {
-        let worker = self.clone();
-        let to = peer.clone();
-        let seq = blocking(move || {
-            worker
-                .queues
-                .push(&to, MessageKind::Gossip, Bytes::from(frame))
+/// The queue component: owns the outboxes and inlets ([`Queues`]) and their couriers; links
+/// through the link core's handle, and asks `Rejoin` for a link when a message waits.
+pub struct Queue {
+    queues: Arc<Queues>,
+    links: Arc<Links>,
+    rejoin: Arc<Rejoin>,
+    deliver: OnceLock<Deliver>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("queues", &self.queues)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    pub fn new(queues: Queues, links: Arc<Links>, rejoin: Arc<Rejoin>) -> Arc<Self> {
+        Arc::new(Queue {
+            queues: Arc::new(queues),
+            links,
+            rejoin,
+            deliver: OnceLock::new(),
         })
-        .await?;
-        if !self.links().has_link(peer) {
-            self.rejoin().start(peer.clone(), "queued gossip");
+    }
+
+    /// Sets where arrived messages go; once, before the first link.
+    pub fn deliver_to(&self, deliver: impl Fn(Arrived) + Send + Sync + 'static) {
+        if self.deliver.set(Box::new(deliver)).is_err() {
+            tracing::error!("the queue has a delivery already");
+        }
+    }
+
+    pub fn views(&self) -> Vec<QueueView> {
+        self.queues.views()
+    }
+
+    /// Puts a message in `peer`'s outbox and, unless a link to it exists or is being made,
+    /// asks for one. Returns its number.
+    pub async fn enqueue(
+        &self,
+        peer: &PeerId,
+        kind: MessageKind,
+        data: Bytes,
+    ) -> std::io::Result<u64> {
+        let queues = self.queues.clone();
+        let to = peer.clone();
+        let seq = blocking(move || queues.push(&to, kind, data)).await?;
+        if !self.links.has_link(peer) {
+            let why = match kind {
+                MessageKind::Gossip => "queued gossip",
+                MessageKind::Text | MessageKind::Binary => "queued messages",
+            };
+            self.rejoin.start(peer.clone(), why);
         }
         Ok(seq)
     }
 
+    /// At start-up: opens the queues on disk and asks for links to the peers with messages
+    /// waiting.
+    pub async fn restore(&self) -> std::io::Result<()> {
+        let queues = self.queues.clone();
+        let waiting = blocking(move || queues.restore()).await?;
+        for peer in waiting {
+            self.rejoin.start(peer, "queued messages");
+        }
+        Ok(())
+    }
+
     /// At the start of a file session: say what we have from the peer, and carry our outbox to
     /// it once it has said the same.
-    pub(crate) async fn queue_session_started(self: &Arc<Self>, peer: &PeerId, conn: &Connection) {
-        let worker = self.clone();
+    pub async fn session_started(&self, peer: &PeerId, conn: &Connection) {
+        let queues = self.queues.clone();
         let from = peer.clone();
-        match blocking(move || worker.queues.inlet(&from)).await {
+        match blocking(move || queues.inlet(&from)).await {
             Ok(inlet) => {
                 let msg = Control::MsgState {
                     delivered: inlet.delivered,
@@ -487,8 +493,8 @@ impl Worker {
     }
 
     /// Handles the queue's control messages on the `file` channel.
-    pub(crate) async fn on_queue_control(
-        self: &Arc<Self>,
+    pub async fn on_control(
+        &self,
         peer: &PeerId,
         conn: &Arc<Connection>,
         closed: &watch::Receiver<()>,
@@ -496,9 +502,9 @@ impl Worker {
     ) {
         match *c {
             Control::MsgState { delivered } => {
-                let worker = self.clone();
+                let queues = self.queues.clone();
                 let to = peer.clone();
-                let slot = match blocking(move || worker.queues.outbox(&to)).await {
+                let slot = match blocking(move || queues.outbox(&to)).await {
                     Ok(slot) => slot,
                     Err(e) => {
                         tracing::warn!(%peer, "outbox not opened: {e}");
@@ -520,16 +526,16 @@ impl Worker {
                 ));
             }
             Control::MsgAck { up_to } => {
-                let worker = self.clone();
+                let queues = self.queues.clone();
                 let to = peer.clone();
-                if let Err(e) = blocking(move || worker.queues.ack(&to, up_to)).await {
+                if let Err(e) = blocking(move || queues.ack(&to, up_to)).await {
                     tracing::warn!(%peer, "outbox acknowledgement not recorded: {e}");
                 }
             }
             Control::MsgSkip { up_to } => {
-                let worker = self.clone();
+                let queues = self.queues.clone();
                 let from = peer.clone();
-                match blocking(move || worker.queues.update_inlet(&from, |i| i.skip(up_to))).await {
+                match blocking(move || queues.update_inlet(&from, |i| i.skip(up_to))).await {
                     Ok((lost, inlet)) => {
                         if lost > 0 {
                             tracing::warn!(%peer, lost, lost_total = inlet.lost, "messages lost: the sender's outbox was full");
@@ -547,32 +553,29 @@ impl Worker {
     }
 
     /// A numbered message from `peer`: delivered once, in order, then acknowledged.
-    pub(crate) async fn on_queued_message(
-        self: &Arc<Self>,
+    pub async fn on_message(
+        &self,
         peer: &PeerId,
         conn: &Connection,
         seq: u64,
         kind: MessageKind,
         data: &[u8],
     ) {
-        let worker = self.clone();
+        let queues = self.queues.clone();
         let from = peer.clone();
-        let arrival = blocking(move || worker.queues.update_inlet(&from, |i| i.arrive(seq))).await;
+        let arrival = blocking(move || queues.update_inlet(&from, |i| i.arrive(seq))).await;
         let inlet = match arrival {
             Ok((Arrival::Duplicate, inlet)) => inlet,
             Ok((arrival, inlet)) => {
                 if let Arrival::AfterGap { lost } = arrival {
                     tracing::warn!(%peer, seq, lost, "messages missing before this one; counted lost");
                 }
-                match kind {
-                    MessageKind::Text => self.to_inbox(peer.clone(), data, true),
-                    MessageKind::Binary => self.to_inbox(peer.clone(), data, false),
-                    // Checked, merged and audited like one from the gossip channel.
-                    MessageKind::Gossip => {
-                        let worker = self.clone();
-                        let (from, frame) = (peer.clone(), Bytes::copy_from_slice(data));
-                        tokio::spawn(async move { worker.gossip_frame(from, frame).await });
-                    }
+                if let Some(deliver) = self.deliver.get() {
+                    deliver(Arrived {
+                        from: peer.clone(),
+                        kind,
+                        data: Bytes::copy_from_slice(data),
+                    });
                 }
                 inlet
             }
