@@ -105,7 +105,7 @@ async fn status(State(w): State<Arc<Worker>>) -> ApiJson<Value> {
     ApiJson(json!({
         "peer": w.id(),
         "links": links.len(),
-        "quorum": crate::quorum::quorum(w.live_peer_count(), up),
+        "quorum": crate::quorum::quorum(w.gossip().live_peer_count(), up),
         "rejoining": rejoining,
         "spool": w.spool.stats(),
         "queues": w.queue().views(),
@@ -253,7 +253,7 @@ async fn gossip_receive(
     State(w): State<Arc<Worker>>,
     ApiJson(delivery): ApiJson<Delivery>,
 ) -> ApiResult<ApiJson<crate::gossip::Taken>> {
-    Ok(ApiJson(w.gossip_receive_https(delivery).await?))
+    Ok(ApiJson(w.gossip().receive_https(delivery).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,12 +282,12 @@ async fn gossip_push(
             "targets: each peer once",
         ));
     }
-    Ok(ApiJson(w.gossip_push(req.targets).await?))
+    Ok(ApiJson(w.gossip().push(req.targets).await?))
 }
 
 /// The gossiped state as this peer sees it, newest first.
 async fn gossip_state(State(w): State<Arc<Worker>>) -> ApiJson<Value> {
-    let entries = w.gossip_state();
+    let entries = w.gossip().state();
     ApiJson(json!({"peer": w.id(), "count": entries.len(), "entries": entries}))
 }
 

@@ -19,12 +19,13 @@ use mesh_gossip::limits::{RateConfig, quota};
 use mesh_gossip::node::{Node, NodeConfig, OriginateError, Received, Rejection};
 use mesh_gossip::select::{Candidate, Sampler, SelectionConfig};
 use mesh_service::ApiError;
+use mesh_store::SharedStore;
 use mesh_types::rate::{Bucket, Keyed, Quota};
 use mesh_types::signing::{Signed, verify_signature};
 use mesh_types::transfer::MessageKind;
 use mesh_types::{
-    AuditRecord, AuditTarget, Delivery, Envelope, GossipEntry, GossipFrame, LinkSummary, Outcome,
-    PeerId, PublicKey, Telemetry, TelemetryPayload, Transport, UnixMillis, Verifier,
+    AuditRecord, AuditTarget, Delivery, Envelope, GossipEntry, GossipFrame, Identity, LinkSummary,
+    Outcome, PeerId, PublicKey, Telemetry, TelemetryPayload, Transport, UnixMillis, Verifier,
     VerifierConfig,
 };
 use rand::SeedableRng;
@@ -34,9 +35,11 @@ use tokio::sync::oneshot;
 
 use crate::clock::Clock;
 use crate::error::WorkerError;
+use crate::links::Links;
 use crate::lock;
+use crate::queue::Queue;
+use crate::spool::Spool;
 use crate::transport::Channel;
-use crate::worker::Worker;
 
 /// How long a DataChannel delivery waits for the receiver's ack before trying HTTPS.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -92,8 +95,9 @@ struct Ack {
     message: Option<String>,
 }
 
-/// The gossip state a worker holds.
-pub(crate) struct Gossip {
+/// The gossip component: the node's state, the peer cache, the rate limits and the acks being
+/// waited for; it reaches links, the store and the queue through the handles it was given.
+pub struct Gossip {
     settings: GossipSettings,
     node: Mutex<Node>,
     peers: Mutex<PeerCache>,
@@ -111,16 +115,44 @@ pub(crate) struct Gossip {
     http: reqwest::Client,
     rng: Mutex<StdRng>,
     clock: Clock,
+    links: Arc<Links>,
+    identity: Arc<Identity>,
+    store: SharedStore,
+    /// Audit records on their way to the store.
+    spool: Arc<Spool>,
+    /// Where envelopes go for a worker peer that neither the link nor HTTPS reached.
+    queue: Arc<Queue>,
+    /// This worker's region, for its telemetry.
+    region: Option<String>,
+}
+
+impl std::fmt::Debug for Gossip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gossip")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Gossip {
     // The driver seeds its RNG from the OS.
     #[allow(clippy::disallowed_methods)]
-    pub(crate) fn new(me: PeerId, settings: GossipSettings, clock: Clock) -> Self {
-        let any = Quota::new(1.0, 1.0);
-        Gossip {
+    pub fn new(parts: GossipParts) -> Arc<Self> {
+        let GossipParts {
             settings,
-            node: Mutex::new(Node::new(me, settings.node)),
+            clock,
+            links,
+            identity,
+            store,
+            spool,
+            queue,
+            region,
+            http,
+        } = parts;
+        let any = Quota::new(1.0, 1.0);
+        Arc::new(Gossip {
+            settings,
+            node: Mutex::new(Node::new(links.id().clone(), settings.node)),
             peers: Mutex::new(PeerCache::default()),
             reload: tokio::sync::Mutex::new(()),
             inbound: Mutex::new(Keyed::new(any)),
@@ -130,26 +162,46 @@ impl Gossip {
             deliveries: Mutex::new(Verifier::new(VerifierConfig::default())),
             originate: Mutex::new(ORIGINATE.bucket(Duration::ZERO)),
             unstored: Mutex::new(HashMap::new()),
-            // No redirects: a worker URL from the registry is called as registered.
-            http: reqwest::Client::builder()
-                .timeout(HTTP_TIMEOUT)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default(),
+            http,
             rng: Mutex::new(StdRng::from_rng(&mut rand::rng())),
             clock,
-        }
-    }
-
-    /// The HTTP client for calls to other workers and the proxy (no redirects).
-    pub(crate) fn http(&self) -> &reqwest::Client {
-        &self.http
+            links,
+            identity,
+            store,
+            spool,
+            queue,
+            region,
+        })
     }
 
     /// Time since the worker started: what the rate limits count in.
     fn elapsed(&self) -> Duration {
         self.clock.since_start()
     }
+}
+
+/// The HTTP client for calls to other workers and the proxy. No redirects: a worker URL from the
+/// registry is called as registered.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default()
+}
+
+/// What the gossip component is built from: its settings and the handles it acts through.
+#[derive(Debug)]
+pub struct GossipParts {
+    pub settings: GossipSettings,
+    pub clock: Clock,
+    pub links: Arc<Links>,
+    pub identity: Arc<Identity>,
+    pub store: SharedStore,
+    pub spool: Arc<Spool>,
+    pub queue: Arc<Queue>,
+    pub region: Option<String>,
+    pub http: reqwest::Client,
 }
 
 /// An ack being waited for; dropping it stops the wait.
@@ -266,17 +318,13 @@ fn target(peer: &PeerId, transport: Transport, error: Option<String>) -> AuditTa
     }
 }
 
-impl Worker {
-    fn gossip(&self) -> &Gossip {
-        &self.gossip
-    }
-
+impl Gossip {
     /// This peer's telemetry: its links' health and QoS as its drivers last measured them.
     fn telemetry(&self) -> Telemetry {
         Telemetry {
-            region: self.region(),
+            region: self.region.clone(),
             links: self
-                .links()
+                .links
                 .views()
                 .into_iter()
                 .filter_map(|v| {
@@ -291,14 +339,14 @@ impl Worker {
     }
 
     /// Loads the gossiped state kept in the store (what this peer learned before a restart).
-    pub async fn restore_gossip(&self) -> Result<usize, WorkerError> {
-        let entries = self.store().list_gossip(mesh_store::MAX_LIST_LIMIT).await?;
-        Ok(lock(&self.gossip().node).restore(entries))
+    pub async fn restore(&self) -> Result<usize, WorkerError> {
+        let entries = self.store.list_gossip(mesh_store::MAX_LIST_LIMIT).await?;
+        Ok(lock(&self.node).restore(entries))
     }
 
     /// The state as this peer sees it, newest stamp first.
-    pub fn gossip_state(&self) -> Vec<GossipEntry> {
-        let node = lock(&self.gossip().node);
+    pub fn state(&self) -> Vec<GossipEntry> {
+        let node = lock(&self.node);
         let mut entries: Vec<GossipEntry> = node.state().iter().map(|(_, e)| e.clone()).collect();
         entries.sort_by(|a, b| b.hlc.cmp(&a.hlc).then_with(|| a.key.cmp(&b.key)));
         entries
@@ -307,7 +355,7 @@ impl Worker {
     /// Reloads the peer list from the store when `force`d (an unknown peer; at most every
     /// [`RELOAD_AFTER`]) or when it is older than [`MAX_PEER_AGE`].
     async fn refresh_peers(&self, force: bool) -> Result<(), WorkerError> {
-        let now = self.gossip().elapsed();
+        let now = self.elapsed();
         let due = |cache: &PeerCache| match cache.loaded {
             None => true,
             Some(at) => {
@@ -315,15 +363,15 @@ impl Worker {
                 age > MAX_PEER_AGE || (force && age > RELOAD_AFTER)
             }
         };
-        if !due(&lock(&self.gossip().peers)) {
+        if !due(&lock(&self.peers)) {
             return Ok(());
         }
-        let _one = self.gossip().reload.lock().await;
-        if !due(&lock(&self.gossip().peers)) {
+        let _one = self.reload.lock().await;
+        if !due(&lock(&self.peers)) {
             return Ok(());
         }
-        let peers = self.store().list_peers().await?;
-        let mut cache = lock(&self.gossip().peers);
+        let peers = self.store.list_peers().await?;
+        let mut cache = lock(&self.peers);
         cache.peers = peers
             .into_iter()
             .map(|p| {
@@ -336,16 +384,16 @@ impl Worker {
                 (p.id, info)
             })
             .collect();
-        cache.loaded = Some(self.gossip().elapsed());
+        cache.loaded = Some(self.elapsed());
         Ok(())
     }
 
     /// Live peers in the cached registry (seen within the stale window), without reading the
     /// store: `GET /status` must answer while the store is away.
-    pub(crate) fn live_peer_count(&self) -> usize {
-        let now = self.now_ms();
-        let stale = self.gossip().settings.selection.stale_after_ms;
-        lock(&self.gossip().peers)
+    pub fn live_peer_count(&self) -> usize {
+        let now = self.clock.now_ms();
+        let stale = self.settings.selection.stale_after_ms;
+        lock(&self.peers)
             .peers
             .values()
             .filter(|p| now.saturating_sub(p.last_seen_ms) <= stale)
@@ -356,9 +404,9 @@ impl Worker {
     /// peer's state, newest entries first, straight to the peer; the peer does the same, so both
     /// hold the newer of each entry after one exchange (as far as one envelope carries: up to its
     /// entry and size limits, the newest first).
-    pub(crate) async fn sync_gossip(self: &Arc<Self>, peer: PeerId) {
+    pub async fn sync(self: &Arc<Self>, peer: PeerId) {
         let _ = self.refresh_peers(false).await;
-        match self.gossip_push(vec![peer.clone()]).await {
+        match self.push(vec![peer.clone()]).await {
             Ok(report) => {
                 tracing::debug!(%peer, ok = report.targets.iter().all(|t| t.ok), "gossip state synced on link up");
             }
@@ -368,12 +416,12 @@ impl Worker {
     }
 
     fn peer_info(&self, peer: &PeerId) -> Option<PeerInfo> {
-        lock(&self.gossip().peers).peers.get(peer).cloned()
+        lock(&self.peers).peers.get(peer).cloned()
     }
 
     /// `peer`'s worker URL from the (cached) registry: `None` when it is not registered,
     /// `Some(None)` for a peer without one (a browser).
-    pub(crate) async fn worker_url_of(
+    pub async fn worker_url_of(
         &self,
         peer: &PeerId,
     ) -> Result<Option<Option<String>>, WorkerError> {
@@ -384,12 +432,9 @@ impl Worker {
     }
 
     /// `POST /gossip/push`: originates an envelope and delivers it to each of `targets`.
-    pub async fn gossip_push(
-        self: &Arc<Self>,
-        targets: Vec<PeerId>,
-    ) -> Result<PushReport, WorkerError> {
-        let now = self.gossip().elapsed();
-        let allowed = ORIGINATE.take(&mut lock(&self.gossip().originate), now);
+    pub async fn push(self: &Arc<Self>, targets: Vec<PeerId>) -> Result<PushReport, WorkerError> {
+        let now = self.elapsed();
+        let allowed = ORIGINATE.take(&mut lock(&self.originate), now);
         if let Err(wait) = allowed {
             return Err(WorkerError::RateLimited(format!(
                 "this worker originates at most 1 envelope a second; next in {} ms",
@@ -401,9 +446,9 @@ impl Worker {
             WorkerError::Signing(mesh_types::Error::Canonicalisation(e.to_string()))
         })?;
         let envelope = {
-            let mut rng = lock(&self.gossip().rng);
-            lock(&self.gossip().node)
-                .originate(self.identity(), own, self.now_ms(), &mut *rng)
+            let mut rng = lock(&self.rng);
+            lock(&self.node)
+                .originate(&self.identity, own, self.clock.now_ms(), &mut *rng)
                 .map_err(|e| match e {
                     OriginateError::Busy(_) => WorkerError::Busy(e.to_string()),
                     e => WorkerError::Signing(mesh_types::Error::Canonicalisation(e.to_string())),
@@ -440,7 +485,7 @@ impl Worker {
 
     /// Delivers `envelope` to `peer`: over the link's gossip channel, else HTTPS.
     async fn deliver(self: &Arc<Self>, peer: &PeerId, envelope: &Envelope) -> AuditTarget {
-        if peer == self.id() {
+        if peer == self.links.id() {
             return target(
                 peer,
                 Transport::None,
@@ -448,9 +493,9 @@ impl Worker {
             );
         }
         let trust = self.peer_info(peer).map_or(0.0, |p| p.trust);
-        let q = quota(trust, &self.gossip().settings.rate);
-        let now = self.gossip().elapsed();
-        let allowed = lock(&self.gossip().outbound).check_with(peer, q, now);
+        let q = quota(trust, &self.settings.rate);
+        let now = self.elapsed();
+        let allowed = lock(&self.outbound).check_with(peer, q, now);
         if let Err(wait) = allowed {
             return target(
                 peer,
@@ -508,7 +553,7 @@ impl Worker {
         })
         .ok()?;
         match self
-            .queue()
+            .queue
             .enqueue(peer, MessageKind::Gossip, Bytes::from(frame))
             .await
         {
@@ -523,7 +568,7 @@ impl Worker {
     /// Sends on the gossip channel and waits for the ack; `Err` says why HTTPS should be tried.
     async fn deliver_datachannel(&self, peer: &PeerId, envelope: &Envelope) -> Result<Ack, String> {
         let conn = self
-            .links()
+            .links
             .connected(peer)
             .ok_or_else(|| format!("no connected link to {peer}"))?;
         let frame = serde_json::to_vec(&GossipFrame::Envelope {
@@ -532,10 +577,10 @@ impl Worker {
         .map_err(|e| format!("encoding: {e}"))?;
         let key: AckKey = (peer.clone(), envelope.from.clone(), envelope.id.clone());
         let (tx, rx) = oneshot::channel();
-        lock(&self.gossip().acks).insert(key.clone(), tx);
+        lock(&self.acks).insert(key.clone(), tx);
         // Removed however this ends, a cancelled request included.
         let _pending = PendingAck {
-            acks: &self.gossip().acks,
+            acks: &self.acks,
             key,
         };
         async {
@@ -560,19 +605,18 @@ impl Worker {
             .and_then(|p| p.https)
             .ok_or_else(|| format!("{peer} has no registered HTTPS endpoint"))?;
         let mut delivery = Delivery {
-            sender: self.id().clone(),
+            sender: self.links.id().clone(),
             to: peer.clone(),
-            ts: self.now_ms(),
+            ts: self.clock.now_ms(),
             envelope: envelope.clone(),
             sig: String::new(),
             kid: None,
         };
         delivery
-            .sign(self.identity())
+            .sign(&self.identity)
             .map_err(|e| format!("signing the delivery: {e}"))?;
         let url = format!("{}/gossip", base.trim_end_matches('/'));
         let res = self
-            .gossip()
             .http
             .post(&url)
             .json(&delivery)
@@ -592,10 +636,7 @@ impl Worker {
     }
 
     /// `POST /gossip`: an envelope handed over HTTPS, in a delivery signed by its sender.
-    pub async fn gossip_receive_https(
-        self: &Arc<Self>,
-        delivery: Delivery,
-    ) -> Result<Taken, Refusal> {
+    pub async fn receive_https(self: &Arc<Self>, delivery: Delivery) -> Result<Taken, Refusal> {
         let sender = delivery.sender.clone();
         let envelope_id = delivery.envelope.id.clone();
         let refuse = |code: &str, status: StatusCode, message: String| Refusal {
@@ -621,11 +662,15 @@ impl Worker {
                 .await;
             return Err(r);
         }
-        if &delivery.to != self.id() {
+        if &delivery.to != self.links.id() {
             let r = refuse(
                 "wrong_addressee",
                 StatusCode::FORBIDDEN,
-                format!("this delivery is for {}, not {}", delivery.to, self.id()),
+                format!(
+                    "this delivery is for {}, not {}",
+                    delivery.to,
+                    self.links.id()
+                ),
             );
             self.audit_refusal(&sender, true, &envelope_id, "reject", &r)
                 .await;
@@ -634,8 +679,8 @@ impl Worker {
         // The sender's quota before the replay cache takes an entry for it: one peer cannot
         // fill the cache that every sender's deliveries share.
         self.check_inbound(&sender, &envelope_id).await?;
-        let fresh = lock(&self.gossip().deliveries)
-            .admit(&delivery, self.now_ms())
+        let fresh = lock(&self.deliveries)
+            .admit(&delivery, self.clock.now_ms())
             .map_err(Refusal::from);
         if let Err(r) = fresh {
             self.audit_refusal(&sender, true, &envelope_id, "reject", &r)
@@ -648,9 +693,9 @@ impl Worker {
     /// Takes one envelope from `sender`'s quota (set by its trust), or refuses and audits a drop.
     async fn check_inbound(&self, sender: &PeerId, envelope_id: &str) -> Result<(), Refusal> {
         let trust = self.peer_info(sender).map_or(0.0, |p| p.trust);
-        let q = quota(trust, &self.gossip().settings.rate);
-        let now = self.gossip().elapsed();
-        let allowed = lock(&self.gossip().inbound).check_with(sender, q, now);
+        let q = quota(trust, &self.settings.rate);
+        let now = self.elapsed();
+        let allowed = lock(&self.inbound).check_with(sender, q, now);
         let Err(wait) = allowed else {
             return Ok(());
         };
@@ -669,7 +714,7 @@ impl Worker {
     }
 
     /// A frame on `from`'s gossip channel (the link says who sent it).
-    pub(crate) async fn gossip_frame(self: &Arc<Self>, from: PeerId, data: Bytes) {
+    pub async fn on_frame(self: &Arc<Self>, from: PeerId, data: Bytes) {
         let frame: GossipFrame = match serde_json::from_slice(&data) {
             Ok(f) => f,
             Err(e) => {
@@ -690,7 +735,7 @@ impl Worker {
                 code,
                 message,
             } => {
-                let waiting = lock(&self.gossip().acks).remove(&(from.clone(), origin, id));
+                let waiting = lock(&self.acks).remove(&(from.clone(), origin, id));
                 match waiting {
                     Some(tx) => {
                         let _ = tx.send(Ack {
@@ -726,7 +771,7 @@ impl Worker {
                     },
                 };
                 if let (Some(conn), Ok(bytes)) =
-                    (self.links().connected(&from), serde_json::to_vec(&ack))
+                    (self.links.connected(&from), serde_json::to_vec(&ack))
                 {
                     // A lost ack makes the sender try HTTPS, where the envelope is a duplicate.
                     if let Err(e) = conn.send(Channel::Gossip, &bytes, false).await {
@@ -742,8 +787,8 @@ impl Worker {
     /// lasts.
     async fn take(self: &Arc<Self>, sender: &PeerId, envelope: Envelope) -> Result<Taken, Refusal> {
         let _ = self.refresh_peers(false).await;
-        let unknown = |w: &Worker| {
-            let cache = lock(&w.gossip().peers);
+        let unknown = |g: &Gossip| {
+            let cache = lock(&g.peers);
             let mut origins = vec![envelope.from.clone()];
             if let Ok(p) = serde_json::from_value::<TelemetryPayload>(envelope.payload.clone()) {
                 origins.extend(p.entries.into_iter().map(|e| e.origin));
@@ -754,9 +799,9 @@ impl Worker {
             let _ = self.refresh_peers(true).await;
         }
         let verdict = {
-            let cache = lock(&self.gossip().peers);
+            let cache = lock(&self.peers);
             let key_of = |p: &PeerId| cache.peers.get(p).map(|i| i.key);
-            lock(&self.gossip().node).receive(&envelope, &key_of, self.now_ms())
+            lock(&self.node).receive(&envelope, &key_of, self.clock.now_ms())
         };
         let outcome = match &verdict {
             Ok(Received::Duplicate) => "duplicate".to_string(),
@@ -805,16 +850,16 @@ impl Worker {
     /// waits for the next write.
     async fn persist(&self, entries: Vec<GossipEntry>) {
         let mut batch = entries;
-        batch.extend(lock(&self.gossip().unstored).drain().map(|(_, e)| e));
+        batch.extend(lock(&self.unstored).drain().map(|(_, e)| e));
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = self.store().merge_gossip(&batch).await {
+        if let Err(e) = self.store.merge_gossip(&batch).await {
             tracing::warn!(
                 entries = batch.len(),
                 "gossiped state not stored yet, kept for the next write: {e}"
             );
-            let mut unstored = lock(&self.gossip().unstored);
+            let mut unstored = lock(&self.unstored);
             for entry in batch {
                 match unstored.get(&entry.key) {
                     Some(kept) if !entry.supersedes(kept) => {}
@@ -831,7 +876,7 @@ impl Worker {
     /// link to us is down may be up elsewhere, and gets the envelope over HTTPS); stale peers
     /// are skipped.
     async fn forward(self: &Arc<Self>, sender: &PeerId, envelope: Envelope) {
-        let candidates: Vec<Candidate> = lock(&self.gossip().peers)
+        let candidates: Vec<Candidate> = lock(&self.peers)
             .peers
             .iter()
             .map(|(id, p)| Candidate {
@@ -841,10 +886,10 @@ impl Worker {
                 link: None,
             })
             .collect();
-        let settings = self.gossip().settings.selection;
-        let sampler = Sampler::new(&candidates, self.id(), self.now_ms(), &settings);
+        let settings = self.settings.selection;
+        let sampler = Sampler::new(&candidates, self.links.id(), self.clock.now_ms(), &settings);
         let chosen = {
-            let mut rng = lock(&self.gossip().rng);
+            let mut rng = lock(&self.rng);
             sampler
                 .draw(settings.fanout, &[sender, &envelope.from], &mut *rng)
                 .chosen
@@ -873,13 +918,13 @@ impl Worker {
         r: &Refusal,
     ) {
         tracing::warn!(peer = %sender, envelope = envelope_id, code = %r.code, "gossip refused: {}", r.message);
-        let now = self.gossip().elapsed();
+        let now = self.elapsed();
         let key = if verified {
             sender.clone()
         } else {
             PeerId::new(UNREGISTERED).unwrap_or_else(|_| sender.clone())
         };
-        let Some(suppressed) = lock(&self.gossip().audit_budget).take(&key, now) else {
+        let Some(suppressed) = lock(&self.audit_budget).take(&key, now) else {
             return;
         };
         let mut reason = format!("{}: {}", r.code, r.message);
@@ -893,17 +938,17 @@ impl Worker {
                 " (and {suppressed} earlier refusals of {key}, over the audit budget, not recorded one by one)"
             ));
         }
-        let ts = self.now_ms();
+        let ts = self.clock.now_ms();
         let suffix: u64 = {
-            let mut rng = lock(&self.gossip().rng);
+            let mut rng = lock(&self.rng);
             rand::RngExt::random(&mut *rng)
         };
         let record = AuditRecord {
-            id: format!("{ts}-{kind}-{}-{suffix:016x}", self.id()),
+            id: format!("{ts}-{kind}-{}-{suffix:016x}", self.links.id()),
             ts,
             kind: kind.to_string(),
             from: sender.clone(),
-            recorded_by: Some(self.id().clone()),
+            recorded_by: Some(self.links.id().clone()),
             fanout: 0,
             succeeded: 0,
             failed: 1,

@@ -131,6 +131,7 @@ pub async fn run(
         .unwrap_or_else(|| format!("http://127.0.0.1:{}", local.port()));
     let worker = Worker::new(Parts {
         identity: config.identity,
+        region: config.region.clone(),
         store,
         transport,
         timings,
@@ -140,12 +141,10 @@ pub async fn run(
         spool_capacity: config.spool_capacity,
         files: config.files.clone(),
     });
-    worker
-        .register_self(config.region.clone(), public_url.clone())
-        .await?;
+    worker.register_self(public_url.clone()).await?;
     // From here on `run` reaches its end, which stops the writer.
     let spool_writer = tokio::spawn(worker.spool.clone().run(worker.store().clone()));
-    match worker.restore_gossip().await {
+    match worker.gossip().restore().await {
         Ok(n) => tracing::debug!(entries = n, "gossiped state restored"),
         // Not fatal: the state comes back with the next envelopes.
         Err(e) => tracing::warn!("gossiped state not restored: {e}"),
@@ -177,16 +176,12 @@ pub async fn run(
     // not seen for 10 minutes are stale and skipped, so refresh well within that.
     let beacon = {
         let worker = worker.clone();
-        let region = config.region.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
             every.tick().await;
             loop {
                 every.tick().await;
-                if let Err(e) = worker
-                    .register_self(region.clone(), public_url.clone())
-                    .await
-                {
+                if let Err(e) = worker.register_self(public_url.clone()).await {
                     tracing::warn!("registration not refreshed: {e}");
                 }
             }

@@ -1,6 +1,6 @@
 //! The worker's wiring: it builds the link core (`links`) and the features around it, hands the
 //! core's events to the features, and is what the HTTP API and `run` hold. It decides nothing
-//! about links itself. (Gossip and files still extend `Worker` from their own
+//! about links itself. (Files still extends `Worker` from their own
 //! files; each is to become a component of its own, taking the core's handle.)
 
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,7 @@ use mesh_types::{Endpoints, Identity, PeerId};
 
 use crate::clock::Clock;
 use crate::error::{MAX_MESSAGE_BYTES, WorkerError};
+use crate::gossip::{Gossip, GossipParts};
 use crate::inbox::{Inbox, Received};
 use crate::links::{End, LinkEvent, LinkObserver, LinkTimings, Links};
 use crate::lock;
@@ -25,8 +26,9 @@ pub use crate::links::{LinkView, Role};
 pub struct Worker {
     links: Arc<Links>,
     clock: Clock,
-    region: Mutex<Option<String>>,
-    pub(crate) gossip: crate::gossip::Gossip,
+    /// The region this worker registers with.
+    region: Option<String>,
+    gossip: Arc<Gossip>,
     store: SharedStore,
     inbox: Mutex<Inbox>,
     rejoin: Arc<Rejoin>,
@@ -50,6 +52,7 @@ impl std::fmt::Debug for Worker {
 #[derive(Debug)]
 pub struct Parts {
     pub identity: Identity,
+    pub region: Option<String>,
     pub store: SharedStore,
     pub transport: Transport,
     pub timings: LinkTimings,
@@ -63,33 +66,46 @@ pub struct Parts {
 impl Worker {
     pub fn new(parts: Parts) -> Arc<Self> {
         let spool = Arc::new(crate::spool::Spool::new(parts.spool_capacity));
+        let identity = Arc::new(parts.identity);
         let links = Links::new(
-            parts.identity,
+            identity.clone(),
             parts.store.clone(),
             parts.transport,
             parts.timings,
             parts.clock,
             spool.clone(),
         );
-        let gossip = crate::gossip::Gossip::new(links.id().clone(), parts.gossip, parts.clock);
+        let http = crate::gossip::http_client();
         let rejoin = Rejoin::new(
             links.clone(),
             parts.store.clone(),
-            gossip.http().clone(),
+            http.clone(),
             parts.clock,
             parts.rejoin,
         );
+        let queue = Queue::new(
+            Queues::new(parts.files.dir.join("queue"), parts.files.queue_capacity),
+            links.clone(),
+            rejoin.clone(),
+        );
+        let gossip = Gossip::new(GossipParts {
+            settings: parts.gossip,
+            clock: parts.clock,
+            links: links.clone(),
+            identity,
+            store: parts.store.clone(),
+            spool: spool.clone(),
+            queue: queue.clone(),
+            region: parts.region.clone(),
+            http,
+        });
         let worker = Arc::new(Worker {
             gossip,
-            queue: Queue::new(
-                Queues::new(parts.files.dir.join("queue"), parts.files.queue_capacity),
-                links.clone(),
-                rejoin.clone(),
-            ),
+            queue,
             links,
             rejoin,
             clock: parts.clock,
-            region: Mutex::new(None),
+            region: parts.region,
             store: parts.store,
             inbox: Mutex::new(Inbox::new(1024, 8 * 1024 * 1024)),
             spool,
@@ -124,7 +140,7 @@ impl Worker {
             MessageKind::Text => self.to_inbox(from, &data, true),
             MessageKind::Binary => self.to_inbox(from, &data, false),
             MessageKind::Gossip => {
-                tokio::spawn(async move { self.gossip_frame(from, data).await });
+                tokio::spawn(async move { self.gossip.on_frame(from, data).await });
             }
         }
     }
@@ -155,24 +171,19 @@ impl Worker {
         &self.store
     }
 
-    /// The region this worker registered with.
-    pub fn region(&self) -> Option<String> {
-        lock(&self.region).clone()
+    /// Gossip: pushes, receipts and the state this peer holds.
+    pub fn gossip(&self) -> &Arc<Gossip> {
+        &self.gossip
     }
 
     /// Registers (or refreshes) this worker's peer record, keeping its trust, so peers sharing
     /// the store can verify what it signs.
-    pub async fn register_self(
-        &self,
-        region: Option<String>,
-        https: String,
-    ) -> Result<(), StoreError> {
-        lock(&self.region).clone_from(&region);
+    pub async fn register_self(&self, https: String) -> Result<(), StoreError> {
         self.store
             .upsert_peer(&PeerUpsert {
                 id: self.id().clone(),
                 pub_key: self.identity().public_key(),
-                region,
+                region: self.region.clone(),
                 endpoints: Endpoints {
                     webrtc: None,
                     https: Some(https),
@@ -211,7 +222,7 @@ impl Worker {
         let connected = self.links.connected(peer).is_some();
         // Workers (peers with a worker URL) get a queue; a browser has only the mesh channel,
         // and one that is away may never come back to this worker.
-        match self.worker_url_of(peer).await? {
+        match self.gossip.worker_url_of(peer).await? {
             Some(Some(_)) => {}
             Some(None) | None if connected => {
                 self.links.send(peer, &data, text).await?;
@@ -263,12 +274,12 @@ impl LinkObserver for Worker {
                 data,
                 ..
             } => {
-                tokio::spawn(async move { self.gossip_frame(peer, data).await });
+                tokio::spawn(async move { self.gossip.on_frame(peer, data).await });
             }
             // The core publishes frames of the mesh and gossip channels only.
             LinkEvent::Frame { .. } => {}
             LinkEvent::GossipReady { peer } => {
-                tokio::spawn(async move { self.sync_gossip(peer).await });
+                tokio::spawn(async move { self.gossip.sync(peer).await });
             }
             LinkEvent::FileSession {
                 peer,

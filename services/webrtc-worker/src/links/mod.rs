@@ -147,7 +147,7 @@ struct Entry {
 
 /// The link core. Cheap to share (`Arc`); its state is behind its own locks.
 pub struct Links {
-    identity: Identity,
+    identity: Arc<Identity>,
     store: SharedStore,
     transport: Transport,
     timings: LinkTimings,
@@ -173,7 +173,7 @@ impl std::fmt::Debug for Links {
 
 impl Links {
     pub fn new(
-        identity: Identity,
+        identity: Arc<Identity>,
         store: SharedStore,
         transport: Transport,
         timings: LinkTimings,
