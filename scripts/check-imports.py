@@ -3,11 +3,9 @@
 
 For each crate named on the command line: its top-level modules (src/x.rs or src/x/) must form
 no cycle through `crate::` paths; a module may use its own children, and the crate root (lib.rs,
-main.rs) is no node. With --features M,N: those modules must not name `Worker`. With
---known-cycle M,N: a cycle of exactly those modules, not yet broken, is reported but passes (a
-ratchet: any other cycle fails, and the list only shrinks).
+main.rs) is no node. With --features M,N: those modules must not name `Worker`.
 
-Usage: scripts/check-imports.py CRATE_DIR [--features a,b] [--known-cycle a,b] [CRATE_DIR ...]
+Usage: scripts/check-imports.py CRATE_DIR [--features a,b] [CRATE_DIR ...]
 Exits 1 and names each cycle (or feature naming `Worker`) it finds.
 """
 
@@ -88,7 +86,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def check(crate: Path, features: list[str], known: list[str]) -> list[str]:
+def check(crate: Path, features: list[str]) -> list[str]:
     src = crate / "src"
     code = modules(src)
     edges = graph(code)
@@ -97,10 +95,7 @@ def check(crate: Path, features: list[str], known: list[str]) -> list[str]:
         detail = "; ".join(
             f"{m} -> {', '.join(sorted(edges[m] & set(component)))}" for m in component
         )
-        if component == sorted(known):
-            print(f"{crate}: known import cycle, still to break: {detail}", file=sys.stderr)
-        else:
-            problems.append(f"{crate}: modules in an import cycle: {detail}")
+        problems.append(f"{crate}: modules in an import cycle: {detail}")
     for feature in features:
         if feature not in code:
             problems.append(f"{crate}: no module {feature}")
@@ -115,12 +110,12 @@ def main(argv: list[str]) -> int:
     i = 0
     while i < len(argv):
         crate = Path(argv[i])
-        options = {"--features": [], "--known-cycle": []}
+        features: list[str] = []
         i += 1
-        while i + 1 < len(argv) and argv[i] in options:
-            options[argv[i]] = [m for m in argv[i + 1].split(",") if m]
+        if i + 1 < len(argv) and argv[i] == "--features":
+            features = [m for m in argv[i + 1].split(",") if m]
             i += 2
-        problems += check(crate, options["--features"], options["--known-cycle"])
+        problems += check(crate, features)
         checked.append(str(crate))
     if not checked:
         print(__doc__, file=sys.stderr)
@@ -129,7 +124,7 @@ def main(argv: list[str]) -> int:
         print(p, file=sys.stderr)
     if problems:
         return 1
-    print(f"check-imports: no new import cycle in {', '.join(checked)}")
+    print(f"check-imports: no import cycle in {', '.join(checked)}")
     return 0
 
 

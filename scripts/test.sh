@@ -60,7 +60,7 @@ fi
 # modules, the worker's link core and rejoin naming no `Worker`, and every path the docs name.
 python3 scripts/check-imports.py crates/* services/gossip-push services/meshctl \
   services/signaling-proxy \
-  services/webrtc-worker --features links,rejoin,queue,gossip --known-cycle files,worker
+  services/webrtc-worker --features links,rejoin,queue,gossip,files,file_channel,inbox
 scripts/check-docs.sh
 
 cargo nextest run --workspace --profile ci "$@"

@@ -308,13 +308,14 @@ async fn start_transfer(
         return Err(ApiError::bad_request("invalid_input", "path is empty"));
     }
     let view = w
+        .files()
         .start_transfer(req.to, std::path::Path::new(&req.path))
         .await?;
     Ok((StatusCode::ACCEPTED, ApiJson(json!(view))))
 }
 
 async fn transfers(State(w): State<Arc<Worker>>) -> ApiJson<Value> {
-    let all = w.transfers();
+    let all = w.files().transfers();
     ApiJson(json!({"peer": w.id(), "count": all.len(), "transfers": all}))
 }
 
@@ -328,7 +329,8 @@ async fn transfer(
     Path(id): Path<String>,
 ) -> ApiResult<ApiJson<Value>> {
     let id = transfer_id(&id)?;
-    w.transfer(id)
+    w.files()
+        .transfer(id)
         .map(|v| ApiJson(json!(v)))
         .ok_or_else(|| FileError::NotFound(id).into())
 }
@@ -338,6 +340,6 @@ async fn cancel_transfer(
     State(w): State<Arc<Worker>>,
     Path(id): Path<String>,
 ) -> ApiResult<ApiJson<Value>> {
-    w.cancel_transfer(transfer_id(&id)?).await?;
+    w.files().cancel_transfer(transfer_id(&id)?).await?;
     Ok(ApiJson(json!({"ok": true})))
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod file_channel;
 pub mod files;
 pub mod gossip;
 pub mod inbox;
@@ -152,6 +153,7 @@ pub async fn run(
     // Transfers a previous run left resume; a files directory we cannot use is fatal, as any
     // other bad configuration.
     worker
+        .files()
         .restore_transfers()
         .await
         .map_err(|e| anyhow::anyhow!("files directory {}: {e}", config.files.dir.display()))?;
@@ -199,7 +201,7 @@ pub async fn run(
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                let n = worker.expire_transfers().await;
+                let n = worker.files().expire_transfers().await;
                 if n > 0 {
                     tracing::info!(transfers = n, "expired transfers removed");
                 }

@@ -13,6 +13,7 @@ use mesh_types::{Endpoints, Identity, PeerId};
 
 use crate::clock::Clock;
 use crate::error::{MAX_MESSAGE_BYTES, WorkerError};
+use crate::files::{Files, FilesParts};
 use crate::gossip::{Gossip, GossipParts};
 use crate::inbox::{Inbox, Received};
 use crate::links::{End, LinkEvent, LinkObserver, LinkTimings, Links};
@@ -35,7 +36,7 @@ pub struct Worker {
     /// Link samples and audit records on their way to the store.
     pub(crate) spool: Arc<crate::spool::Spool>,
     /// File transfers, sending and receiving.
-    pub(crate) files: crate::files::Files,
+    files: Arc<Files>,
     /// Queued messages to and from worker peers.
     queue: Arc<Queue>,
 }
@@ -92,14 +93,24 @@ impl Worker {
             settings: parts.gossip,
             clock: parts.clock,
             links: links.clone(),
-            identity,
+            identity: identity.clone(),
             store: parts.store.clone(),
             spool: spool.clone(),
             queue: queue.clone(),
             region: parts.region.clone(),
             http,
         });
+        let files = Files::new(FilesParts {
+            config: parts.files,
+            links: links.clone(),
+            rejoin: rejoin.clone(),
+            store: parts.store.clone(),
+            spool: spool.clone(),
+            identity: identity.clone(),
+            clock: parts.clock,
+        });
         let worker = Arc::new(Worker {
+            files,
             gossip,
             queue,
             links,
@@ -109,7 +120,6 @@ impl Worker {
             store: parts.store,
             inbox: Mutex::new(Inbox::new(1024, 8 * 1024 * 1024)),
             spool,
-            files: crate::files::Files::new(parts.files),
         });
         let weak = Arc::downgrade(&worker);
         worker.queue.deliver_to(move |arrived| {
@@ -125,6 +135,11 @@ impl Worker {
     /// The link core: connections, their handshakes and their views.
     pub fn links(&self) -> &Arc<Links> {
         &self.links
+    }
+
+    /// File transfers, sending and receiving.
+    pub fn files(&self) -> &Arc<Files> {
+        &self.files
     }
 
     /// Queued messages to and from worker peers.
@@ -286,7 +301,14 @@ impl LinkObserver for Worker {
                 generation,
                 conn,
                 ended,
-            } => self.start_file_session(peer, generation, conn, ended),
+            } => crate::file_channel::start(
+                peer,
+                generation,
+                conn,
+                ended,
+                self.files.clone(),
+                self.queue.clone(),
+            ),
             LinkEvent::PathBroken { peer, generation } => {
                 tokio::spawn(self.rejoin.clone().restart_ice(peer, generation));
             }

@@ -25,17 +25,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use mesh_store::SharedStore;
 use mesh_types::signing::{Signed, verify_signature};
 use mesh_types::transfer::{
-    Control, Frame, Manifest, PIECE_HEADER, RefuseCode, TransferId, TransferRecord, TransferState,
+    Control, Manifest, PIECE_HEADER, RefuseCode, TransferId, TransferRecord, TransferState,
     chunk_size_for,
 };
-use mesh_types::{PeerId, UnixMillis};
+use mesh_types::{Identity, PeerId, UnixMillis};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use crate::clock::Clock;
+use crate::links::Links;
+use crate::rejoin::Rejoin;
+use crate::spool::Spool;
 use crate::transport::{Channel, Connection};
-use crate::worker::Worker;
 use crate::{blocking, bulk, lock, spawn_bulk};
 use disk::{Checkpoint, Layout, SendPathError, WholeCheck};
 use proto::{Incoming, Outgoing, PieceAction, RateMeter, SenderEvent};
@@ -246,9 +250,18 @@ enum ChunkEnd {
     Unreadable(String),
 }
 
-/// The worker's transfers.
+/// The files component: the worker's transfers, sending and receiving, and the links' file
+/// sessions; it reaches links, the store and the rejoin loop through the handles it was given.
 pub struct Files {
     config: FilesConfig,
+    links: Arc<Links>,
+    rejoin: Arc<Rejoin>,
+    store: SharedStore,
+    /// Transfer records on their way to the store.
+    spool: Arc<Spool>,
+    /// What manifests are signed with.
+    identity: Arc<Identity>,
+    clock: Clock,
     layout: Layout,
     outgoing: Mutex<HashMap<TransferId, OutSlot>>,
     incoming: Mutex<HashMap<TransferId, Arc<tokio::sync::Mutex<InEntry>>>>,
@@ -265,19 +278,46 @@ impl std::fmt::Debug for Files {
     }
 }
 
+/// What the files component is built from: its settings and the handles it acts through.
+#[derive(Debug)]
+pub struct FilesParts {
+    pub config: FilesConfig,
+    pub links: Arc<Links>,
+    pub rejoin: Arc<Rejoin>,
+    pub store: SharedStore,
+    pub spool: Arc<Spool>,
+    pub identity: Arc<Identity>,
+    pub clock: Clock,
+}
+
 impl Files {
-    pub fn new(config: FilesConfig) -> Self {
-        Files {
+    pub fn new(parts: FilesParts) -> Arc<Self> {
+        let FilesParts {
+            config,
+            links,
+            rejoin,
+            store,
+            spool,
+            identity,
+            clock,
+        } = parts;
+        Arc::new(Files {
             layout: Layout {
                 root: config.dir.clone(),
             },
             config,
+            links,
+            rejoin,
+            store,
+            spool,
+            identity,
+            clock,
             outgoing: Mutex::default(),
             incoming: Mutex::default(),
             views: Mutex::default(),
             sessions: Mutex::default(),
             sessions_changed: watch::Sender::new(0),
-        }
+        })
     }
 
     pub fn config(&self) -> &FilesConfig {
@@ -291,11 +331,11 @@ impl Files {
     }
 }
 
-impl Worker {
+impl Files {
     /// Creates the directories and picks up the transfers a previous run left: partial files are
     /// offered again by their senders; unfinished sends start again.
     pub async fn restore_transfers(self: &Arc<Self>) -> std::io::Result<()> {
-        let layout = self.files.layout.clone();
+        let layout = self.layout.clone();
         let (checkpoints, outgoing) = blocking(move || {
             layout.create()?;
             let mut cps = Vec::new();
@@ -332,12 +372,12 @@ impl Worker {
         for (cp, touched) in checkpoints {
             let id = cp.manifest.id;
             let file = if cp.done_path.is_none() {
-                let part = self.files.layout.part(id);
+                let part = self.layout.part(id);
                 match blocking(move || File::options().write(true).open(part)).await {
                     Ok(f) => Some(Arc::new(f)),
                     Err(e) => {
                         tracing::warn!(%id, "partial file gone ({e}); starting it over");
-                        disk::remove_partial(&self.files.layout, id);
+                        disk::remove_partial(&self.layout, id);
                         continue;
                     }
                 }
@@ -351,7 +391,7 @@ impl Worker {
         }
         for out in outgoing {
             if out.record.state.is_final() {
-                lock(&self.files.views).insert(
+                lock(&self.views).insert(
                     out.record.id,
                     TransferView {
                         direction: Direction::Out,
@@ -373,17 +413,17 @@ impl Worker {
         to: PeerId,
         path: &Path,
     ) -> Result<TransferView, FileError> {
-        if &to == self.id() {
+        if &to == self.links.id() {
             return Err(FileError::ToSelf);
         }
-        match self.store().get_peer(&to).await {
+        match self.store.get_peer(&to).await {
             Ok(_) => {}
             Err(e) if e.kind() == mesh_store::ErrorKind::NotFound => {
                 return Err(FileError::UnknownPeer(to));
             }
             Err(e) => return Err(FileError::Io(format!("the peer registry: {e}"))),
         }
-        let root = self.files.config.send_root.clone();
+        let root = self.config.send_root.clone();
         let asked = path.to_path_buf();
         let resolved = blocking(move || {
             Ok(disk::resolve_send_path(&root, &asked).and_then(|p| {
@@ -410,13 +450,13 @@ impl Worker {
             path: path.display().to_string(),
             source: SendPathError::Unreadable(e.to_string()),
         })?;
-        let now = self.now_ms();
+        let now = self.clock.now_ms();
         // A driver: ids come from the OS's randomness.
         #[allow(clippy::disallowed_methods)]
         let id = TransferId::random(&mut rand::rng());
         let record = TransferRecord {
             id,
-            from: self.id().clone(),
+            from: self.links.id().clone(),
             to,
             name,
             size,
@@ -444,23 +484,23 @@ impl Worker {
 
     /// `GET /transfers`: newest first.
     pub fn transfers(&self) -> Vec<TransferView> {
-        let mut all: Vec<TransferView> = lock(&self.files.views).values().cloned().collect();
+        let mut all: Vec<TransferView> = lock(&self.views).values().cloned().collect();
         all.sort_by_key(|v| std::cmp::Reverse(v.record.started_at));
         all
     }
 
     pub fn transfer(&self, id: TransferId) -> Option<TransferView> {
-        lock(&self.files.views).get(&id).cloned()
+        lock(&self.views).get(&id).cloned()
     }
 
     /// `DELETE /transfers/{id}`: a send stops and tells the receiver; a receive tells the sender
     /// and removes its partial file.
     pub async fn cancel_transfer(self: &Arc<Self>, id: TransferId) -> Result<(), FileError> {
-        if let Some(slot) = lock(&self.files.outgoing).get(&id) {
+        if let Some(slot) = lock(&self.outgoing).get(&id) {
             slot.cancel.send_replace(true);
             return Ok(());
         }
-        let entry = lock(&self.files.incoming).get(&id).cloned();
+        let entry = lock(&self.incoming).get(&id).cloned();
         let Some(entry) = entry else {
             return match self.transfer(id) {
                 Some(_) => Err(FileError::Ended(id)),
@@ -490,7 +530,7 @@ impl Worker {
     }
 
     fn session(&self, peer: &PeerId) -> Option<Session> {
-        lock(&self.files.sessions).get(peer).cloned()
+        lock(&self.sessions).get(peer).cloned()
     }
 
     fn spawn_send(
@@ -502,7 +542,7 @@ impl Worker {
         let (ctrl_tx, ctrl_rx) = mpsc::channel(1024);
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let id = record.id;
-        lock(&self.files.outgoing).insert(
+        lock(&self.outgoing).insert(
             id,
             OutSlot {
                 to: record.to.clone(),
@@ -510,7 +550,7 @@ impl Worker {
                 cancel: cancel_tx,
             },
         );
-        lock(&self.files.views).insert(
+        lock(&self.views).insert(
             id,
             TransferView {
                 direction: Direction::Out,
@@ -518,10 +558,10 @@ impl Worker {
                 path: None,
             },
         );
-        let worker = self.clone();
+        let files = self.clone();
         tokio::spawn(async move {
             let mut sender = Sender {
-                worker: worker.clone(),
+                files: files.clone(),
                 path,
                 record,
                 ctrl: ctrl_rx,
@@ -532,131 +572,88 @@ impl Worker {
                 recheck: HashSet::new(),
             };
             sender.run(manifest).await;
-            lock(&worker.files.outgoing).remove(&id);
+            lock(&files.outgoing).remove(&id);
         });
     }
 
     // ---- receiving ----
 
-    /// Runs the file session of one link: spawned by the link's driver when the link is up with
-    /// its `file` channel open; ends when the driver drops `closed`'s sender.
-    pub(crate) fn start_file_session(
-        self: &Arc<Self>,
-        peer: PeerId,
+    /// A link's file session began (`file_channel`): transfers to its peer may use `conn` until
+    /// `closed` changes.
+    pub(crate) fn session_started(
+        &self,
+        peer: &PeerId,
         generation: u64,
         conn: Arc<Connection>,
         closed: watch::Receiver<()>,
     ) {
-        let Some(mut queue) = conn.take_file_queue() else {
-            return;
-        };
-        lock(&self.files.sessions).insert(
+        lock(&self.sessions).insert(
             peer.clone(),
             Session {
                 generation,
-                conn: conn.clone(),
-                closed: closed.clone(),
+                conn,
+                closed,
             },
         );
-        self.files.sessions_changed.send_modify(|n| *n += 1);
-        let worker = self.clone();
-        tokio::spawn(async move {
-            let mut closed = closed;
-            worker.queue().session_started(&peer, &conn).await;
-            loop {
-                tokio::select! {
-                    biased;
-                    m = queue.recv() => match m {
-                        Some(m) => worker.on_file_message(&peer, &conn, &closed, m).await,
-                        None => break,
-                    },
-                    r = closed.changed() => if r.is_err() { break },
-                }
-            }
-            {
-                let mut sessions = lock(&worker.files.sessions);
-                if sessions
-                    .get(&peer)
-                    .is_some_and(|s| s.generation == generation)
-                {
-                    sessions.remove(&peer);
-                }
-            }
-            worker.files.sessions_changed.send_modify(|n| *n += 1);
-        });
+        self.sessions_changed.send_modify(|n| *n += 1);
     }
 
-    async fn on_file_message(
-        self: &Arc<Self>,
-        peer: &PeerId,
-        conn: &Arc<Connection>,
-        closed: &watch::Receiver<()>,
-        m: Bytes,
-    ) {
-        let frame = match Frame::decode(&m) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(%peer, "file channel: {e}; message ignored");
+    /// That session ended (a newer one of the same peer is left alone).
+    pub(crate) fn session_ended(&self, peer: &PeerId, generation: u64) {
+        {
+            let mut sessions = lock(&self.sessions);
+            if sessions
+                .get(peer)
+                .is_some_and(|s| s.generation == generation)
+            {
+                sessions.remove(peer);
+            }
+        }
+        self.sessions_changed.send_modify(|n| *n += 1);
+    }
+
+    /// A transfer's control message from `peer` (anything but the queue's).
+    pub(crate) async fn on_control(self: &Arc<Self>, peer: &PeerId, conn: &Connection, c: Control) {
+        let id = match &c {
+            Control::Offer { .. } => {
+                if let Control::Offer { manifest } = c {
+                    self.on_offer(peer, conn, *manifest).await;
+                }
                 return;
             }
+            Control::Accept { id, .. }
+            | Control::Refuse { id, .. }
+            | Control::Ack { id, .. }
+            | Control::Nack { id, .. }
+            | Control::Done { id }
+            | Control::Cancel { id, .. } => *id,
+            Control::MsgState { .. } | Control::MsgAck { .. } | Control::MsgSkip { .. } => return,
         };
-        match frame {
-            Frame::Piece(p) => {
-                let (id, chunk, offset) = (p.id, p.chunk, p.offset);
-                self.on_piece(peer, conn, id, chunk, offset, m.slice(PIECE_HEADER..))
-                    .await;
-            }
-            Frame::Message(q) => {
-                self.queue()
-                    .on_message(peer, conn, q.seq, q.kind, q.data)
-                    .await;
-            }
-            Frame::Control(
-                c @ (Control::MsgState { .. } | Control::MsgAck { .. } | Control::MsgSkip { .. }),
-            ) => self.queue().on_control(peer, conn, closed, &c).await,
-            Frame::Control(Control::Offer { manifest }) => {
-                self.on_offer(peer, conn, *manifest).await
-            }
-            Frame::Control(c) => {
-                let id = match &c {
-                    Control::Accept { id, .. }
-                    | Control::Refuse { id, .. }
-                    | Control::Ack { id, .. }
-                    | Control::Nack { id, .. }
-                    | Control::Done { id }
-                    | Control::Cancel { id, .. } => *id,
-                    Control::Offer { .. }
-                    | Control::MsgState { .. }
-                    | Control::MsgAck { .. }
-                    | Control::MsgSkip { .. } => return,
-                };
-                let to_sender = lock(&self.files.outgoing)
-                    .get(&id)
-                    .filter(|s| &s.to == peer)
-                    .map(|s| s.ctrl.clone());
-                if let Some(tx) = to_sender {
-                    // Bounded by the window: a sender has few messages due at once.
-                    let _ = tx.send(c).await;
-                } else if let Control::Cancel { message, .. } = &c {
-                    let ours = lock(&self.files.incoming).get(&id).cloned();
-                    if let Some(entry) = ours {
-                        // Decided and done under the transfer's lock, as the writer records
-                        // under it: a file already in place stays.
-                        let e = entry.lock().await;
-                        if e.manifest.from == *peer && e.done_path.is_none() {
-                            tracing::info!(%id, %peer, "the sender cancelled: {message}");
-                            self.drop_incoming(
-                                id,
-                                TransferState::Cancelled,
-                                RefuseCode::Cancelled,
-                                message,
-                            );
-                        }
-                    }
-                } else {
-                    tracing::debug!(%id, %peer, "file control message for no transfer of ours");
+        let to_sender = lock(&self.outgoing)
+            .get(&id)
+            .filter(|s| &s.to == peer)
+            .map(|s| s.ctrl.clone());
+        if let Some(tx) = to_sender {
+            // Bounded by the window: a sender has few messages due at once.
+            let _ = tx.send(c).await;
+        } else if let Control::Cancel { message, .. } = &c {
+            let ours = lock(&self.incoming).get(&id).cloned();
+            if let Some(entry) = ours {
+                // Decided and done under the transfer's lock, as the writer records under it: a
+                // file already in place stays.
+                let e = entry.lock().await;
+                if e.manifest.from == *peer && e.done_path.is_none() {
+                    tracing::info!(%id, %peer, "the sender cancelled: {message}");
+                    self.drop_incoming(
+                        id,
+                        TransferState::Cancelled,
+                        RefuseCode::Cancelled,
+                        message,
+                    );
                 }
             }
+        } else {
+            tracing::debug!(%id, %peer, "file control message for no transfer of ours");
         }
     }
 
@@ -677,18 +674,18 @@ impl Worker {
                 .reply(conn, &refuse(RefuseCode::InvalidManifest, e.to_string()))
                 .await;
         }
-        if &manifest.to != self.id() || &manifest.from != peer {
+        if &manifest.to != self.links.id() || &manifest.from != peer {
             let msg = format!(
                 "a manifest from {} to {} arrived from {peer} at {}",
                 manifest.from,
                 manifest.to,
-                self.id()
+                self.links.id()
             );
             return self
                 .reply(conn, &refuse(RefuseCode::InvalidManifest, msg))
                 .await;
         }
-        let existing = lock(&self.files.incoming).get(&id).cloned();
+        let existing = lock(&self.incoming).get(&id).cloned();
         if let Some(entry) = existing {
             let mut e = entry.lock().await;
             if *e.manifest != manifest {
@@ -701,16 +698,16 @@ impl Worker {
             }
             if e.done_path.is_some() {
                 // The sender still asks: keep the record that answers it a while longer.
-                e.touched = self.now_ms();
+                e.touched = self.clock.now_ms();
                 return self.reply(conn, &Control::Done { id }).await;
             }
             e.machine.restart();
             e.resumes += 1;
-            e.touched = self.now_ms();
+            e.touched = self.clock.now_ms();
             let have = e.machine.have();
             tracing::info!(%id, %peer, verified = have.len(), "resuming a file transfer");
             let view = self.in_view(&e);
-            self.files.view(id, |v| *v = view);
+            self.view(id, |v| *v = view);
             self.reply(conn, &Control::Accept { id, have }).await;
             if e.machine.complete() {
                 // Every chunk was verified before a restart cut the finish short: finish now,
@@ -719,7 +716,7 @@ impl Worker {
             }
             return;
         }
-        if let Some(allowed) = &self.files.config.accept_from
+        if let Some(allowed) = &self.config.accept_from
             && !allowed.contains(peer)
         {
             let msg = format!("{peer} is not among the peers this worker takes files from");
@@ -727,7 +724,7 @@ impl Worker {
                 .reply(conn, &refuse(RefuseCode::UnknownSender, msg))
                 .await;
         }
-        let key = match self.store().get_peer(peer).await {
+        let key = match self.store.get_peer(peer).await {
             Ok(p) => p.pub_key,
             Err(e) if e.kind() == mesh_store::ErrorKind::NotFound => {
                 let msg = format!("{peer} is not registered");
@@ -746,20 +743,20 @@ impl Worker {
                 .reply(conn, &refuse(RefuseCode::BadSignature, e.to_string()))
                 .await;
         }
-        if manifest.size > self.files.config.max_bytes {
+        if manifest.size > self.config.max_bytes {
             let msg = format!(
                 "{} bytes; this worker takes files of up to {}",
-                manifest.size, self.files.config.max_bytes
+                manifest.size, self.config.max_bytes
             );
             return self.reply(conn, &refuse(RefuseCode::TooLarge, msg)).await;
         }
-        let layout = self.files.layout.clone();
+        let layout = self.layout.clone();
         let size = manifest.size;
         let cp = Checkpoint {
             manifest: manifest.clone(),
             have: Vec::new(),
             done_path: None,
-            started_at: self.now_ms(),
+            started_at: self.clock.now_ms(),
         };
         let created = blocking(move || {
             layout.create()?;
@@ -796,7 +793,13 @@ impl Worker {
         tracing::info!(%id, %peer, name = %manifest.name, size, "receiving a file");
         let complete = manifest.chunk_count() == 0;
         let entry = self
-            .new_incoming(manifest, &[], self.now_ms(), None, Some(Arc::new(file)))
+            .new_incoming(
+                manifest,
+                &[],
+                self.clock.now_ms(),
+                None,
+                Some(Arc::new(file)),
+            )
             .await;
         self.reply(
             conn,
@@ -836,9 +839,9 @@ impl Worker {
             rate: RateMeter::new(5_000),
             writer: file.is_some().then_some(tx),
         };
-        lock(&self.files.views).insert(id, self.in_view(&entry));
+        lock(&self.views).insert(id, self.in_view(&entry));
         let entry = Arc::new(tokio::sync::Mutex::new(entry));
-        lock(&self.files.incoming).insert(id, entry.clone());
+        lock(&self.incoming).insert(id, entry.clone());
         if let Some(file) = file {
             // Weak: the writer ends when the entry is dropped (its queue's sender with it).
             tokio::spawn(
@@ -865,11 +868,11 @@ impl Worker {
         // written while a chunk is checkpointed and acknowledged.
         let (results, mut checked_rx) = mpsc::channel::<disk::Checked>(WRITER_QUEUE);
         let recorder = {
-            let (worker, entry, manifest) = (self.clone(), entry.clone(), manifest.clone());
+            let (files, entry, manifest) = (self.clone(), entry.clone(), manifest.clone());
             tokio::spawn(async move {
                 let mut flusher = Flusher::new(file);
                 while let Some(c) = checked_rx.recv().await {
-                    if !worker
+                    if !files
                         .chunk_checked(&entry, &manifest, &mut flusher, c)
                         .await
                     {
@@ -927,7 +930,7 @@ impl Worker {
     /// Whether `entry` is still the transfer `id` being received (not ended, nor ended and
     /// offered again); callers hold the entry's lock.
     fn is_current(&self, id: TransferId, entry: &Arc<tokio::sync::Mutex<InEntry>>) -> bool {
-        lock(&self.files.incoming)
+        lock(&self.incoming)
             .get(&id)
             .is_some_and(|ours| Arc::ptr_eq(ours, entry))
     }
@@ -976,11 +979,11 @@ impl Worker {
             self.storage_failed(&manifest.from, id, &err).await;
             return false;
         }
-        let (now, bytes) = (self.now_ms(), e.machine.bytes_verified());
+        let (now, bytes) = (self.clock.now_ms(), e.machine.bytes_verified());
         e.rate.record(now, bytes);
         e.touched = now;
         let view = self.in_view(&e);
-        self.files.view(id, |v| *v = view);
+        self.view(id, |v| *v = view);
         // Lost with the link if it dropped meanwhile: the next offer's `have` says it.
         self.tell(&manifest.from, &msg).await;
         if e.machine.complete() {
@@ -1002,7 +1005,7 @@ impl Worker {
         }
     }
 
-    async fn on_piece(
+    pub(crate) async fn on_piece(
         self: &Arc<Self>,
         peer: &PeerId,
         conn: &Connection,
@@ -1011,7 +1014,7 @@ impl Worker {
         offset: u32,
         data: Bytes,
     ) {
-        let Some(entry) = lock(&self.files.incoming).get(&id).cloned() else {
+        let Some(entry) = lock(&self.incoming).get(&id).cloned() else {
             tracing::debug!(%id, %peer, "a piece of no transfer of ours");
             return;
         };
@@ -1030,7 +1033,7 @@ impl Worker {
                     None
                 }
                 PieceAction::Write { last } => {
-                    e.touched = self.now_ms();
+                    e.touched = self.clock.now_ms();
                     e.writer.clone().map(|w| {
                         let job = WriteJob {
                             chunk,
@@ -1056,7 +1059,7 @@ impl Worker {
             done_path: e.done_path.clone(),
             started_at: e.started_at,
         };
-        let layout = self.files.layout.clone();
+        let layout = self.layout.clone();
         blocking(move || match &cp.done_path {
             // The manifest is in the checkpoint since the transfer began; only `have` changes.
             None => disk::write_have(&layout.have(cp.manifest.id), &cp.have),
@@ -1095,7 +1098,7 @@ impl Worker {
         let id = e.manifest.id;
         let from = e.manifest.from.clone();
         let manifest = e.manifest.clone();
-        let layout = self.files.layout.clone();
+        let layout = self.layout.clone();
         let checked = bulk(move || {
             let check = if whole == Some(manifest.sha256) {
                 WholeCheck::Good
@@ -1113,14 +1116,14 @@ impl Worker {
             Ok((WholeCheck::Good, Some(path))) => {
                 tracing::info!(%id, path = %path.display(), "file received and verified");
                 e.done_path = Some(path);
-                e.touched = self.now_ms();
+                e.touched = self.clock.now_ms();
                 e.writer = None;
                 if let Err(err) = self.checkpoint(e).await {
                     // The file is in place; only the record of it is missing.
                     tracing::warn!(%id, "checkpoint of a finished file not written: {err}");
                 }
                 let view = self.in_view(e);
-                self.files.view(id, |v| *v = view);
+                self.view(id, |v| *v = view);
                 self.tell(&from, &Control::Done { id }).await;
             }
             Ok((WholeCheck::BadChunks(bad), _)) => {
@@ -1157,10 +1160,10 @@ impl Worker {
     /// heard `done` would send the file again) and of sends that ended. Returns how many
     /// transfers it removed.
     pub async fn expire_transfers(&self) -> usize {
-        let now = self.now_ms();
-        let keep = u64::try_from(self.files.config.keep.as_millis()).unwrap_or(u64::MAX);
+        let now = self.clock.now_ms();
+        let keep = u64::try_from(self.config.keep.as_millis()).unwrap_or(u64::MAX);
         let stale = |t: UnixMillis| now.saturating_sub(t) > keep;
-        let incoming: Vec<_> = lock(&self.files.incoming)
+        let incoming: Vec<_> = lock(&self.incoming)
             .iter()
             .map(|(id, e)| (*id, e.clone()))
             .collect();
@@ -1174,10 +1177,10 @@ impl Worker {
             }
             removed += 1;
             if e.done_path.is_some() {
-                lock(&self.files.incoming).remove(&id);
-                lock(&self.files.views).remove(&id);
+                lock(&self.incoming).remove(&id);
+                lock(&self.views).remove(&id);
                 drop(e);
-                let path = self.files.layout.done(id);
+                let path = self.layout.done(id);
                 if let Err(e) = blocking(move || disk::remove_if_there(&path)).await {
                     tracing::warn!(%id, "record of a received file not removed: {e}");
                 }
@@ -1193,8 +1196,8 @@ impl Worker {
         // Transfers that ended otherwise: refused, failed, cancelled, and every send. Found and
         // removed in one step, so a transfer offered again meanwhile keeps its view.
         let ended: Vec<(TransferId, Direction)> = {
-            let incoming = lock(&self.files.incoming);
-            let mut views = lock(&self.files.views);
+            let incoming = lock(&self.incoming);
+            let mut views = lock(&self.views);
             let ended: Vec<_> = views
                 .iter()
                 .filter(|(id, v)| {
@@ -1212,7 +1215,7 @@ impl Worker {
         for (id, direction) in ended {
             removed += 1;
             if direction == Direction::Out {
-                let path = self.files.layout.outgoing(id);
+                let path = self.layout.outgoing(id);
                 if let Err(e) = blocking(move || disk::remove_if_there(&path)).await {
                     tracing::warn!(%id, "record of an ended send not removed: {e}");
                 }
@@ -1223,10 +1226,10 @@ impl Worker {
 
     /// Forgets a transfer being received and removes its files.
     fn drop_incoming(&self, id: TransferId, state: TransferState, code: RefuseCode, why: &str) {
-        lock(&self.files.incoming).remove(&id);
-        disk::remove_partial(&self.files.layout, id);
-        let now = self.now_ms();
-        self.files.view(id, |v| {
+        lock(&self.incoming).remove(&id);
+        disk::remove_partial(&self.layout, id);
+        let now = self.clock.now_ms();
+        self.view(id, |v| {
             v.record.state = state;
             v.record.error_code = Some(code.as_str().into());
             v.record.error = Some(why.into());
@@ -1272,7 +1275,7 @@ impl Worker {
                 error_code: None,
                 error: None,
                 started_at: e.started_at,
-                updated_at: self.now_ms(),
+                updated_at: self.clock.now_ms(),
                 version: 0,
             },
             path: e.done_path.as_ref().map(|p| p.display().to_string()),
@@ -1282,7 +1285,7 @@ impl Worker {
 
 /// One send, from hashing the file to the receiver's `done`.
 struct Sender {
-    worker: Arc<Worker>,
+    files: Arc<Files>,
     path: PathBuf,
     record: TransferRecord,
     ctrl: mpsc::Receiver<Control>,
@@ -1302,7 +1305,7 @@ enum SessionEnd {
 
 impl Sender {
     async fn run(&mut self, manifest: Option<Manifest>) {
-        let window = self.worker.files.config.window;
+        let window = self.files.config.window;
         let mut machine = match manifest {
             // A previous run of this worker offered it already.
             Some(m) => {
@@ -1389,11 +1392,11 @@ impl Sender {
             chunk_size,
             sha256,
             chunks,
-            ts: self.worker.now_ms(),
+            ts: self.files.clock.now_ms(),
             sig: String::new(),
             kid: None,
         };
-        if let Err(e) = manifest.sign(self.worker.identity()) {
+        if let Err(e) = manifest.sign(&self.files.identity) {
             let mut m = Outgoing::new(self.placeholder(), 1);
             self.fail(
                 &mut m,
@@ -1438,18 +1441,18 @@ impl Sender {
 
     /// Waits for a link to the receiver, asking for one; `None` when cancelled.
     async fn wait_session(&mut self) -> Option<Session> {
-        let files = &self.worker.files;
+        let files = &self.files;
         let mut changed = files.sessions_changed.subscribe();
         loop {
             if *self.cancel.borrow() {
                 return None;
             }
-            if let Some(s) = self.worker.session(&self.record.to) {
+            if let Some(s) = self.files.session(&self.record.to) {
                 return Some(s);
             }
-            if !self.worker.links().has_link(&self.record.to) {
-                self.worker
-                    .rejoin()
+            if !self.files.links.has_link(&self.record.to) {
+                self.files
+                    .rejoin
                     .start(self.record.to.clone(), "file transfer");
             }
             tokio::select! {
@@ -1587,7 +1590,7 @@ impl Sender {
                 .map_err(unreadable)?
                 .ok_or_else(|| ChunkEnd::Unreadable(CHANGED.into()))?;
             if offset == 0
-                && self.worker.files.config.flip_chunk == Some(chunk)
+                && self.files.config.flip_chunk == Some(chunk)
                 && !self.flipped
                 && let Some(first) = pieces.first_mut().filter(|p| p.len() > PIECE_HEADER)
             {
@@ -1637,7 +1640,7 @@ impl Sender {
 
     /// Updates the record; writes it to the store (and, on a state change, the state file).
     async fn save(&mut self, machine: &Outgoing, significant: bool) {
-        let now = self.worker.now_ms();
+        let now = self.files.clock.now_ms();
         let state = machine.state();
         let changed = state != self.record.state;
         let bytes = machine.bytes_verified();
@@ -1663,8 +1666,8 @@ impl Sender {
         self.record.version += 1;
         let id = self.record.id;
         let record = self.record.clone();
-        self.worker.files.view(id, |v| v.record = record.clone());
-        self.worker
+        self.files.view(id, |v| v.record = record.clone());
+        self.files
             .spool
             .push(crate::spool::Write::Transfer(Box::new(record.clone())));
         if changed || significant {
@@ -1675,7 +1678,7 @@ impl Sender {
                 manifest: Some(machine.manifest().clone()).filter(|m| !m.sig.is_empty()),
                 record,
             };
-            let path = self.worker.files.layout.outgoing(id);
+            let path = self.files.layout.outgoing(id);
             if let Err(e) = blocking(move || disk::write_json(&path, &state_file)).await {
                 tracing::warn!(%id, "transfer state not saved: {e}");
             }
