@@ -108,6 +108,17 @@ impl Mesh {
     pub async fn link_count(&self, p: &Peer) -> u64 {
         self.get(p, "/links").await["count"].as_u64().unwrap()
     }
+
+    /// `p`'s link to `peer` as `GET /links` shows it, if it has one (in any state).
+    pub async fn link(&self, p: &Peer, peer: &str) -> Option<Value> {
+        let links = self.get(p, "/links").await;
+        links["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["peer"] == peer)
+            .cloned()
+    }
 }
 
 impl Default for Mesh {

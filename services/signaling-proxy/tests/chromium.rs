@@ -147,12 +147,53 @@ async fn chromium_offers_to_a_worker_over_websocket_signaling() {
     let check = harness.check.lock().unwrap().clone().unwrap();
     assert_eq!(check["text"], "hello from chromium over ws signaling");
     assert_eq!(check["binaryIntact"], true);
+    // The worker is on the proxy's WebSocket signaling under its own (signed) id, not an
+    // anonymous one: a client that registers there finds it listed.
+    let listed = ws_peers(&ws_url).await;
     assert!(
-        harness
-            .worker
-            .log()
-            .contains("registered on WebSocket signaling"),
-        "{}",
+        listed.iter().any(|p| p == "worker"),
+        "{listed:?}\n{}",
         logs()
     );
+}
+
+/// Registers anonymously on the proxy's WebSocket signaling at `url` and returns the peers the
+/// proxy lists there (itself included).
+async fn ws_peers(url: &str) -> Vec<String> {
+    use futures_util::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "hello");
+    ws.send(Message::text(json!({"type": "register"}).to_string()))
+        .await
+        .unwrap();
+    let registered = next_json(&mut ws).await;
+    assert_eq!(registered["type"], "registered", "{registered}");
+    let peers = next_json(&mut ws).await;
+    assert_eq!(peers["type"], "peers", "{peers}");
+    peers["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect()
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text message on `ws` as JSON (waits at most 10 s).
+async fn next_json(ws: &mut Socket) -> Value {
+    use futures_util::StreamExt as _;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the connection is open")
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = frame {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
 }

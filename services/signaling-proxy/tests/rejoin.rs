@@ -105,9 +105,10 @@ async fn a_killed_peer_that_comes_back_is_rejoined_through_the_proxy() {
         },
     )
     .await;
-    eventually(Duration::from_secs(10), "rj-a rejoining", || {
-        let rejoining = a.proc.log().contains("rejoining");
-        async move { rejoining.then_some(()) }
+    // The survivor is rejoining the lost peer (and keeps at it while the peer is away).
+    eventually(Duration::from_secs(10), "rj-a rejoining rj-b", || async {
+        let status = worker_get(&mesh, &a, "/status").await;
+        (status["rejoining"] == json!(["rj-b"])).then_some(())
     })
     .await;
 

@@ -189,21 +189,18 @@ async fn a_full_outbox_drops_the_oldest_and_both_sides_count_them() {
         (mesh.link_count(&a).await == 0).then_some(())
     })
     .await;
-    for n in 1..=12 {
+    // Each message past the bound drops one, as it is queued: the outbox holds five at most and
+    // counts every drop.
+    for n in 1..=12u64 {
         let (status, body) = send(&mesh, &a, "f-b", &format!("m{n}")).await;
         assert_eq!(status, 202, "{body}");
+        let q = queue_of(&mesh, &a, "f-b").await;
+        assert_eq!(
+            q["out"],
+            json!({"pending": n.min(5), "delivered": 0, "dropped": n.saturating_sub(5)}),
+            "after m{n}: {q}"
+        );
     }
-    let q = queue_of(&mesh, &a, "f-b").await;
-    assert_eq!(
-        q["out"],
-        json!({"pending": 5, "delivered": 0, "dropped": 7}),
-        "{q}"
-    );
-    assert!(
-        a.proc
-            .log()
-            .contains("outbox full: dropped the oldest message")
-    );
 
     let b = mesh.worker("f-b", 96, FAST);
     let got = eventually(Duration::from_secs(30), "the five kept", || async {
@@ -211,17 +208,15 @@ async fn a_full_outbox_drops_the_oldest_and_both_sides_count_them() {
         (t.len() >= 5).then_some(t)
     })
     .await;
+    // The oldest went: the five kept are the newest, in order.
     assert_eq!(got, ["m8", "m9", "m10", "m11", "m12"]);
+    // The receiver counts the seven it will never get as lost.
     let theirs = queue_of(&mesh, &b, "f-a").await;
     assert_eq!(
         theirs["in"],
         json!({"delivered": 12, "lost": 7}),
-        "{theirs}"
-    );
-    assert!(
-        b.proc
-            .log()
-            .contains("messages lost: the sender's outbox was full")
+        "{theirs}\n{}",
+        b.proc.log()
     );
 }
 
