@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 
 use crate::clock::Clock;
 use crate::error::WorkerError;
-use crate::links::Links;
+use crate::links::LinkHandle;
 use crate::lock;
 use crate::queue::Queue;
 use crate::spool::Spool;
@@ -115,7 +115,7 @@ pub struct Gossip {
     http: reqwest::Client,
     rng: Mutex<StdRng>,
     clock: Clock,
-    links: Arc<Links>,
+    links: Arc<dyn LinkHandle>,
     identity: Arc<Identity>,
     store: SharedStore,
     /// Audit records on their way to the store.
@@ -195,7 +195,7 @@ pub fn http_client() -> reqwest::Client {
 pub struct GossipParts {
     pub settings: GossipSettings,
     pub clock: Clock,
-    pub links: Arc<Links>,
+    pub links: Arc<dyn LinkHandle>,
     pub identity: Arc<Identity>,
     pub store: SharedStore,
     pub spool: Arc<Spool>,
@@ -567,10 +567,6 @@ impl Gossip {
 
     /// Sends on the gossip channel and waits for the ack; `Err` says why HTTPS should be tried.
     async fn deliver_datachannel(&self, peer: &PeerId, envelope: &Envelope) -> Result<Ack, String> {
-        let conn = self
-            .links
-            .connected(peer)
-            .ok_or_else(|| format!("no connected link to {peer}"))?;
         let frame = serde_json::to_vec(&GossipFrame::Envelope {
             envelope: envelope.clone(),
         })
@@ -584,9 +580,13 @@ impl Gossip {
             key,
         };
         async {
-            conn.send(Channel::Gossip, &frame, false)
+            self.links
+                .send_on(peer, Channel::Gossip, &frame)
                 .await
-                .map_err(|e| format!("gossip channel: {e}"))?;
+                .map_err(|e| match e {
+                    WorkerError::NotConnected(_) => format!("no connected link to {peer}"),
+                    e => format!("gossip channel: {e}"),
+                })?;
             match tokio::time::timeout(ACK_TIMEOUT, rx).await {
                 Ok(Ok(ack)) => Ok(ack),
                 Ok(Err(_)) => Err("the link closed before the ack".to_string()),
@@ -770,11 +770,9 @@ impl Gossip {
                         message: Some(r.message),
                     },
                 };
-                if let (Some(conn), Ok(bytes)) =
-                    (self.links.connected(&from), serde_json::to_vec(&ack))
-                {
+                if let Ok(bytes) = serde_json::to_vec(&ack) {
                     // A lost ack makes the sender try HTTPS, where the envelope is a duplicate.
-                    if let Err(e) = conn.send(Channel::Gossip, &bytes, false).await {
+                    if let Err(e) = self.links.send_on(&from, Channel::Gossip, &bytes).await {
                         tracing::debug!(peer = %from, "gossip ack not sent: {e}");
                     }
                 }
@@ -986,5 +984,124 @@ mod tests {
             .filter(|i| budget.take(&p(&format!("s{i}")), at).is_some())
             .count();
         assert_eq!(written, 100);
+    }
+
+    // ---- the component, against fake link cores, with paused time ----
+
+    use crate::links::fake::{FakeLinks, World, identity, peer};
+    use crate::queue::Queues;
+
+    const WITHIN: Duration = Duration::from_secs(60);
+
+    /// Worker `me`'s gossip in `w`'s store and directory, over `links`.
+    fn node(w: &World, me: &str, links: Arc<FakeLinks>) -> Arc<Gossip> {
+        let queue = Queue::new(
+            Queues::new(w.dir.path().join(format!("queue-{me}")), 10),
+            links.clone(),
+            w.rejoin.clone(),
+        );
+        Gossip::new(GossipParts {
+            settings: GossipSettings::default(),
+            clock: w.clock,
+            links,
+            identity: Arc::new(identity(me)),
+            store: w.store.clone(),
+            spool: Arc::new(Spool::new(100)),
+            queue,
+            region: None,
+            http: http_client(),
+        })
+    }
+
+    fn sent(links: &FakeLinks, i: usize) -> (PeerId, Vec<u8>) {
+        links.calls(|c| (c.sent[i].0.clone(), c.sent[i].2.clone()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_originates_at_most_one_envelope_a_second_in_bursts_of_ten() {
+        let w = World::new(&[], &[]).await;
+        let a = node(&w, "a", w.links.clone());
+        for _ in 0..10 {
+            a.push(Vec::new()).await.expect("within the burst");
+        }
+        assert!(matches!(
+            a.push(Vec::new()).await,
+            Err(WorkerError::RateLimited(_))
+        ));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        a.push(Vec::new()).await.expect("a second later");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_envelope_over_the_link_is_merged_and_acked_and_its_replay_changes_nothing() {
+        let w = World::new(&[("b", 0)], &[]).await;
+        let a = node(&w, "a", w.links.clone());
+        let b_links = Arc::new(FakeLinks::new("b"));
+        let b = node(&w, "b", b_links.clone());
+        w.links.link_up(&peer("b"));
+        b_links.link_up(&peer("a"));
+        // b pushes to a over their link and waits for the ack.
+        let push = tokio::spawn({
+            let b = b.clone();
+            async move { b.push(vec![peer("a")]).await }
+        });
+        b_links
+            .until(WITHIN, "b's envelope sent", |l| {
+                l.calls(|c| c.sent.len()) == 1
+            })
+            .await;
+        let (to, envelope) = sent(&b_links, 0);
+        assert_eq!(to, peer("a"));
+        a.on_frame(peer("b"), Bytes::from(envelope.clone())).await;
+        assert!(
+            a.state().iter().any(|e| e.origin == peer("b")),
+            "a holds b's telemetry"
+        );
+        let (to, ack) = sent(&w.links, 0);
+        assert_eq!(to, peer("b"));
+        b.on_frame(peer("a"), Bytes::from(ack)).await;
+        let report = push
+            .await
+            .expect("the push ends")
+            .expect("the push succeeds");
+        assert_eq!(report.targets.len(), 1);
+        assert!(report.targets[0].ok, "{report:?}");
+        assert_eq!(report.targets[0].transport, Transport::Datachannel);
+        // The same envelope again: a duplicate, acked as one, nothing merged twice.
+        let held = a.state();
+        a.on_frame(peer("b"), Bytes::from(envelope)).await;
+        let (_, ack) = sent(&w.links, 1);
+        let ack: GossipFrame = serde_json::from_slice(&ack).expect("an ack");
+        assert!(
+            matches!(
+                ack,
+                GossipFrame::Ack {
+                    outcome: Outcome::Duplicate,
+                    ..
+                }
+            ),
+            "{ack:?}"
+        );
+        assert_eq!(a.state(), held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_link_or_an_address_a_push_fails_and_says_why() {
+        let w = World::new(&[("b", 0)], &[]).await;
+        let a = node(&w, "a", w.links.clone());
+        let report = a.push(vec![peer("b"), peer("a")]).await.expect("pushed");
+        assert_eq!(report.targets.len(), 2);
+        let to_b = &report.targets[0];
+        assert!(!to_b.ok);
+        assert_eq!(to_b.fallback.as_deref(), Some("no connected link to b"));
+        assert!(
+            to_b.error
+                .as_deref()
+                .is_some_and(|e| e.contains("no registered HTTPS endpoint"))
+        );
+        assert_eq!(
+            report.targets[1].error.as_deref(),
+            Some("a peer does not gossip to itself")
+        );
     }
 }

@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::error::WorkerError;
-use crate::links::Links;
+use crate::links::LinkHandle;
 use crate::lock;
 
 /// Redial delays: the `n`th wait is drawn from `[d/2, d]` with `d = min(cap, base · 2ⁿ)` ("equal
@@ -107,11 +107,13 @@ const OFFER_TIMEOUT: Duration = Duration::from_secs(20);
 /// The rejoin component: owns which peers are being rejoined and the loops doing it; acts on
 /// links only through the link core's handle.
 pub struct Rejoin {
-    links: Arc<Links>,
+    links: Arc<dyn LinkHandle>,
     store: SharedStore,
-    http: reqwest::Client,
+    courier: Arc<dyn OfferCourier>,
     clock: Clock,
     settings: RejoinSettings,
+    /// Each loop's jitter is drawn from a generator seeded from this one.
+    rng: Mutex<StdRng>,
     /// Peers being rejoined, each with what cancels its loop.
     rejoining: Mutex<HashMap<PeerId, Arc<Notify>>>,
     /// Set when the worker starts to stop: no new rejoining from then on.
@@ -128,18 +130,20 @@ impl std::fmt::Debug for Rejoin {
 
 impl Rejoin {
     pub fn new(
-        links: Arc<Links>,
+        links: Arc<dyn LinkHandle>,
         store: SharedStore,
-        http: reqwest::Client,
+        courier: Arc<dyn OfferCourier>,
         clock: Clock,
         settings: RejoinSettings,
+        rng: StdRng,
     ) -> Arc<Self> {
         Arc::new(Rejoin {
             links,
             store,
-            http,
+            courier,
             clock,
             settings,
+            rng: Mutex::new(rng),
             rejoining: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
         })
@@ -208,11 +212,9 @@ impl Rejoin {
         Ok(n)
     }
 
-    // The driver seeds its RNG from the OS.
-    #[allow(clippy::disallowed_methods)]
     async fn rejoin_loop(self: Arc<Self>, peer: PeerId, cancel: Arc<Notify>) {
         let mut backoff = Backoff::new(self.settings.base, self.settings.cap);
-        let mut rng = StdRng::from_rng(&mut rand::rng());
+        let mut rng = StdRng::from_rng(&mut *lock(&self.rng));
         let started = self.clock.since_start();
         // The connection the attempt under way made, so a cancel can end exactly that one.
         let attempt: Arc<Mutex<Option<u64>>> = Arc::default();
@@ -298,9 +300,9 @@ impl Rejoin {
             Err(e) => return Err(RedialError::Retry(e.to_string())),
         };
         *lock(attempt) = Some(generation);
-        let still_ours = |links: &Links| links.generation_of(peer) == Some(generation);
-        let answer = match self.deliver_offer(&offer).await {
-            Ok(answer) if still_ours(&self.links) => answer,
+        let still_ours = |links: &dyn LinkHandle| links.generation_of(peer) == Some(generation);
+        let answer = match self.courier.deliver(&offer).await {
+            Ok(answer) if still_ours(&*self.links) => answer,
             Ok(_) => {
                 return Err(RedialError::Retry(
                     "replaced by the peer's own offer".into(),
@@ -317,7 +319,7 @@ impl Rejoin {
             return Err(RedialError::Retry(e.to_string()));
         }
         let up = async {
-            while still_ours(&self.links) {
+            while still_ours(&*self.links) {
                 if self.links.is_up(peer) {
                     return true;
                 }
@@ -325,7 +327,7 @@ impl Rejoin {
             }
             false
         };
-        match tokio::time::timeout(self.links.timings().dial_timeout, up).await {
+        match tokio::time::timeout(self.links.dial_timeout(), up).await {
             Ok(true) => Ok(()),
             _ => {
                 self.links.stop_generation(peer, generation);
@@ -344,7 +346,7 @@ impl Rejoin {
         tracing::info!(%peer, "restarting ICE on the live connection");
         let outcome = async {
             let offer = offer.map_err(|e| e.to_string())?;
-            let answer = self.deliver_offer(&offer).await?;
+            let answer = self.courier.deliver(&offer).await?;
             self.links
                 .accept_answer(answer)
                 .await
@@ -359,11 +361,38 @@ impl Rejoin {
             }
         }
     }
+}
 
-    /// Sends `offer` through the proxy, or to the peer's worker; its answer.
-    async fn deliver_offer(&self, offer: &Offer) -> Result<Answer, String> {
+/// Carries a signed offer to its peer and brings back the answer: the signalling a rejoin and an
+/// ICE restart go through.
+#[async_trait::async_trait]
+pub trait OfferCourier: Send + Sync + std::fmt::Debug {
+    async fn deliver(&self, offer: &Offer) -> Result<Answer, String>;
+}
+
+/// Offers over HTTPS: through the proxy (`POST /api/mesh-rtc/offer` with a peer token) when one
+/// is configured, else to the peer's registered worker URL.
+pub struct HttpCourier {
+    pub http: reqwest::Client,
+    pub store: SharedStore,
+    /// The proxy's base URL and a `peer` token; `None`: straight to the peer's worker.
+    pub proxy: Option<(String, String)>,
+}
+
+// By hand: the proxy token is a secret and stays out of debug output.
+impl std::fmt::Debug for HttpCourier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCourier")
+            .field("proxy", &self.proxy.as_ref().map(|(url, _)| url))
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl OfferCourier for HttpCourier {
+    async fn deliver(&self, offer: &Offer) -> Result<Answer, String> {
         let http = &self.http;
-        let request = match &self.settings.proxy {
+        let request = match &self.proxy {
             Some((url, token)) => http
                 .post(format!("{url}/api/mesh-rtc/offer"))
                 .bearer_auth(token),
@@ -449,5 +478,157 @@ mod tests {
         for _ in 0..100 {
             assert!(b.next(&mut r) <= Duration::from_secs(30));
         }
+    }
+
+    // ---- the component, against a fake link core, with paused time and a seeded generator ----
+
+    use mesh_types::{Health, Link, LinkQos};
+
+    use crate::links::fake::{Deliver, World, peer};
+
+    const WITHIN: Duration = Duration::from_secs(60);
+
+    fn dial_times(w: &World) -> Vec<u64> {
+        w.links.calls(|c| {
+            let first = c.dials.first().map(|d| d.1);
+            c.dials
+                .iter()
+                .map(|(_, at)| {
+                    first.map_or(0, |f| at.saturating_duration_since(f).as_millis() as u64)
+                })
+                .collect()
+        })
+    }
+
+    /// Waits, in paused time, until no loop runs any more.
+    async fn loops_end(rejoin: &Rejoin) {
+        tokio::time::timeout(WITHIN, async {
+            while !rejoin.peers().is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("the rejoin loops end");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_peer_is_redialled_with_growing_waits_until_its_link_is_up() {
+        let w = World::new(
+            &[("b", 0)],
+            &[Deliver::Fail, Deliver::Fail, Deliver::Answer],
+        )
+        .await;
+        let began = crate::links::fake::now();
+        w.rejoin.start(peer("b"), "test");
+        assert_eq!(w.rejoin.peers(), [peer("b")]);
+        w.links
+            .until(WITHIN, "b's link up", |l| l.is_up(&peer("b")))
+            .await;
+        let first = w
+            .links
+            .calls(|c| c.dials[0].1.saturating_duration_since(began).as_millis() as u64);
+        assert!(
+            (125..=250).contains(&first),
+            "first attempt after {first} ms"
+        );
+        // Equal jitter: each wait in [d/2, d], d doubling from 250 ms; attempts take no time.
+        let times = dial_times(&w);
+        assert_eq!(times.len(), 3);
+        let gaps: Vec<u64> = times.windows(2).map(|t| t[1] - t[0]).collect();
+        assert!(
+            (250..=500).contains(&gaps[0]) && (500..=1000).contains(&gaps[1]),
+            "{gaps:?}"
+        );
+        // Each failed attempt's half-made connection was stopped, not left to time out.
+        assert_eq!(w.links.calls(|c| c.stopped.len()), 2);
+        // Rejoined: the loop ends and forgets the peer.
+        loops_end(&w.rejoin).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_seed_gives_the_same_schedule() {
+        let mut schedules = Vec::new();
+        for _ in 0..2 {
+            let w = World::new(
+                &[("b", 0)],
+                &[Deliver::Fail, Deliver::Fail, Deliver::Answer],
+            )
+            .await;
+            w.rejoin.start(peer("b"), "test");
+            w.links
+                .until(WITHIN, "b's link up", |l| l.is_up(&peer("b")))
+                .await;
+            schedules.push(dial_times(&w));
+        }
+        assert_eq!(schedules[0], schedules[1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancel_stops_the_loop_and_the_attempt_under_way() {
+        // No answer ever comes: the attempt waits on the courier.
+        let w = World::new(&[("b", 0)], &[]).await;
+        w.rejoin.start(peer("b"), "test");
+        w.links
+            .until(WITHIN, "a dial", |l| l.calls(|c| c.dials.len()) == 1)
+            .await;
+        w.rejoin.cancel(&peer("b"));
+        w.links
+            .until(WITHIN, "the attempt stopped", |l| {
+                l.calls(|c| c.stopped.len()) == 1
+            })
+            .await;
+        assert!(w.rejoin.peers().is_empty());
+        // Nothing more is dialled, however long we look.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(w.links.calls(|c| c.dials.len()), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_gone_from_the_registry_or_long_unseen_is_not_redialled() {
+        let w = World::new(&[("stale", 11 * 60 * 1000)], &[Deliver::Answer]).await;
+        for id in ["stale", "unregistered"] {
+            w.rejoin.start(peer(id), "test");
+        }
+        loops_end(&w.rejoin).await;
+        assert_eq!(w.links.calls(|c| c.dials.len()), 0);
+        assert_eq!(w.courier.delivered(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_stopped_nothing_is_rejoined() {
+        let w = World::new(&[("b", 0), ("c", 0)], &[]).await;
+        w.rejoin.start(peer("b"), "test");
+        w.rejoin.stop_all();
+        w.rejoin.start(peer("c"), "test");
+        assert!(w.rejoin.peers().is_empty());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(w.links.calls(|c| c.dials.len()), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_start_up_the_peers_of_recent_links_are_rejoined() {
+        let w = World::new(&[("b", 0), ("c", 0)], &[]).await;
+        let now = w.clock.now_ms();
+        for (other, ago) in [("b", 60_000), ("c", 20 * 60_000)] {
+            let qos = LinkQos {
+                last_ts: now - ago,
+                ..Default::default()
+            };
+            let link =
+                Link::new(&peer("a"), &peer(other), Health::Up, qos, now - ago).expect("a link");
+            w.store.upsert_link(&link).await.expect("link stored");
+        }
+        assert_eq!(w.rejoin.recent().await.expect("links read"), 1);
+        assert_eq!(w.rejoin.peers(), [peer("b")]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_link_that_came_up_meanwhile_ends_the_loop_without_a_dial() {
+        let w = World::new(&[("b", 0)], &[]).await;
+        w.rejoin.start(peer("b"), "test");
+        // The peer dialled us before our first wait was over.
+        w.links.link_up(&peer("b"));
+        loops_end(&w.rejoin).await;
+        assert_eq!(w.links.calls(|c| c.dials.len()), 0);
     }
 }

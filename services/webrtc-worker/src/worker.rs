@@ -19,7 +19,7 @@ use crate::inbox::{Inbox, Received};
 use crate::links::{End, LinkEvent, LinkObserver, LinkTimings, Links};
 use crate::lock;
 use crate::queue::{Arrived, Queue, Queues, Sent};
-use crate::rejoin::Rejoin;
+use crate::rejoin::{HttpCourier, Rejoin};
 use crate::transport::{Channel, Transport};
 
 pub use crate::links::{LinkView, Role};
@@ -77,12 +77,18 @@ impl Worker {
             spool.clone(),
         );
         let http = crate::gossip::http_client();
+        let courier = HttpCourier {
+            http: http.clone(),
+            store: parts.store.clone(),
+            proxy: parts.rejoin.proxy.clone(),
+        };
         let rejoin = Rejoin::new(
             links.clone(),
             parts.store.clone(),
-            http.clone(),
+            Arc::new(courier),
             parts.clock,
             parts.rejoin,
+            os_seeded(),
         );
         let queue = Queue::new(
             Queues::new(parts.files.dir.join("queue"), parts.files.queue_capacity),
@@ -270,6 +276,13 @@ impl Worker {
         let inbox = lock(&self.inbox);
         (inbox.recent(limit, from), inbox.dropped())
     }
+}
+
+/// A generator seeded from the OS: the wiring is a driver, and may read it.
+#[allow(clippy::disallowed_methods)]
+fn os_seeded() -> rand::rngs::StdRng {
+    use rand::SeedableRng as _;
+    rand::rngs::StdRng::from_rng(&mut rand::rng())
 }
 
 impl LinkObserver for Worker {

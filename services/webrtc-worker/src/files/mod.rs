@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
-use crate::links::Links;
+use crate::links::LinkHandle;
 use crate::rejoin::Rejoin;
 use crate::spool::Spool;
 use crate::transport::{Channel, Connection};
@@ -155,7 +155,7 @@ struct OutSlot {
 /// sessions; it reaches links, the store and the rejoin loop through the handles it was given.
 pub struct Files {
     config: FilesConfig,
-    links: Arc<Links>,
+    links: Arc<dyn LinkHandle>,
     rejoin: Arc<Rejoin>,
     store: SharedStore,
     /// Transfer records on their way to the store.
@@ -183,7 +183,7 @@ impl std::fmt::Debug for Files {
 #[derive(Debug)]
 pub struct FilesParts {
     pub config: FilesConfig,
-    pub links: Arc<Links>,
+    pub links: Arc<dyn LinkHandle>,
     pub rejoin: Arc<Rejoin>,
     pub store: SharedStore,
     pub spool: Arc<Spool>,
@@ -357,5 +357,89 @@ impl Files {
 
     fn session(&self, peer: &PeerId) -> Option<Session> {
         lock(&self.sessions).get(peer).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::links::fake::{World, peer};
+
+    const WITHIN: Duration = Duration::from_secs(60);
+
+    fn files(w: &World) -> Arc<Files> {
+        Files::new(FilesParts {
+            config: FilesConfig::new(w.dir.path().join("files")),
+            links: w.links.clone(),
+            rejoin: w.rejoin.clone(),
+            store: w.store.clone(),
+            spool: Arc::new(Spool::new(100)),
+            identity: Arc::new(crate::links::fake::identity("a")),
+            clock: w.clock,
+        })
+    }
+
+    /// Waits, in paused time, for `check` on the transfer's view.
+    async fn until_view(
+        f: &Files,
+        id: TransferId,
+        what: &str,
+        check: impl Fn(&TransferView) -> bool,
+    ) {
+        tokio::time::timeout(WITHIN, async {
+            while !f.transfer(id).is_some_and(|v| check(&v)) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}: {:?}", f.transfer(id)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_is_refused_before_anything_starts_when_it_cannot_go() {
+        let w = World::new(&[("b", 0)], &[]).await;
+        let f = files(&w);
+        f.restore_transfers().await.expect("directories made");
+        let to_self = f.start_transfer(peer("a"), Path::new("x")).await;
+        assert!(matches!(to_self, Err(FileError::ToSelf)));
+        let unknown = f.start_transfer(peer("zed"), Path::new("x")).await;
+        assert!(matches!(unknown, Err(FileError::UnknownPeer(_))));
+        for outside in ["../store", "/etc/hostname", "missing.txt"] {
+            let refused = f.start_transfer(peer("b"), Path::new(outside)).await;
+            assert!(matches!(refused, Err(FileError::Path { .. })), "{outside}");
+        }
+        assert!(f.transfers().is_empty(), "nothing was started");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_waits_for_a_link_it_asks_for_and_a_cancel_ends_it() {
+        let w = World::new(&[("b", 0)], &[]).await;
+        let f = files(&w);
+        f.restore_transfers().await.expect("directories made");
+        let root = &f.config().send_root;
+        std::fs::create_dir_all(root).expect("send root made");
+        std::fs::write(root.join("hello.txt"), b"hello, b").expect("written");
+        let view = f
+            .start_transfer(peer("b"), Path::new("hello.txt"))
+            .await
+            .expect("started");
+        assert_eq!(view.record.state, TransferState::Preparing);
+        assert_eq!(view.record.size, 8);
+        let id = view.record.id;
+        // Hashed and signed, it waits for a link to b and asks the rejoin loop for one.
+        until_view(&f, id, "waiting", |v| {
+            v.record.state == TransferState::Waiting
+        })
+        .await;
+        assert_eq!(w.rejoin.peers(), [peer("b")]);
+        f.cancel_transfer(id).await.expect("cancelled");
+        until_view(&f, id, "cancelled", |v| {
+            v.record.state == TransferState::Cancelled
+        })
+        .await;
+        assert!(matches!(
+            f.cancel_transfer(id).await,
+            Err(FileError::Ended(_))
+        ));
     }
 }

@@ -8,6 +8,9 @@
 //! `connected`, `dial`, `hang_up`, ...). Only this module and `transport` name connections' parts.
 
 mod driver;
+#[cfg(test)]
+pub(crate) mod fake;
+mod handle;
 pub mod state;
 
 use std::collections::HashMap;
@@ -27,6 +30,7 @@ use crate::error::{MAX_MESSAGE_BYTES, WorkerError};
 use crate::lock;
 use crate::spool::Spool;
 use crate::transport::{Channel, ConnEvent, Connection, Transport};
+pub use handle::LinkHandle;
 pub use state::{End, LinkTimings};
 
 /// Whether an offer from a peer we are already linked with replaces that link.
@@ -147,6 +151,8 @@ struct Entry {
 
 /// The link core. Cheap to share (`Arc`); its state is behind its own locks.
 pub struct Links {
+    /// Itself, for the drivers it spawns (each holds the core while its link lives).
+    me: Weak<Links>,
     identity: Arc<Identity>,
     store: SharedStore,
     transport: Transport,
@@ -180,7 +186,8 @@ impl Links {
         clock: Clock,
         spool: Arc<Spool>,
     ) -> Arc<Self> {
-        Arc::new(Links {
+        Arc::new_cyclic(|me| Links {
+            me: me.clone(),
             identity,
             store,
             transport,
@@ -253,7 +260,7 @@ impl Links {
     /// `POST /dial`: a new connection to `peer_to`, waiting for its answer; returns the signed
     /// offer and the connection's generation, so that the caller can later act on this
     /// connection only (a newer one may take its place).
-    pub async fn dial(self: &Arc<Self>, peer_to: PeerId) -> Result<(Offer, u64), WorkerError> {
+    pub async fn dial(&self, peer_to: PeerId) -> Result<(Offer, u64), WorkerError> {
         if &peer_to == self.id() {
             return Err(WorkerError::SelfDial);
         }
@@ -278,7 +285,7 @@ impl Links {
     }
 
     /// `POST /offer`: verifies a peer's offer and answers it with a new connection.
-    pub async fn accept_offer(self: &Arc<Self>, offer: Offer) -> Result<Answer, WorkerError> {
+    pub async fn accept_offer(&self, offer: Offer) -> Result<Answer, WorkerError> {
         if &offer.peer_to != self.id() {
             return Err(WorkerError::WrongAddressee {
                 to: offer.peer_to,
@@ -299,7 +306,7 @@ impl Links {
     /// `from` (a registered peer's key, or an anonymous id it assigned), so there is no signature
     /// to check here. Returns the answer's SDP.
     pub async fn accept_relayed_offer(
-        self: &Arc<Self>,
+        &self,
         from: PeerId,
         sdp: &str,
     ) -> Result<String, WorkerError> {
@@ -325,7 +332,7 @@ impl Links {
 
     /// Answers an offer from `from` (already authenticated) and registers the connection.
     async fn answer_offer(
-        self: &Arc<Self>,
+        &self,
         from: PeerId,
         offer_sdp: &str,
         replace: Replace,
@@ -382,7 +389,7 @@ impl Links {
     }
 
     /// `POST /answer`: completes a pending dial, or the ICE restart this side offered.
-    pub async fn accept_answer(self: &Arc<Self>, answer: Answer) -> Result<(), WorkerError> {
+    pub async fn accept_answer(&self, answer: Answer) -> Result<(), WorkerError> {
         if &answer.peer_to != self.id() {
             return Err(WorkerError::WrongAddressee {
                 to: answer.peer_to,
@@ -545,7 +552,7 @@ impl Links {
     }
 
     async fn register(
-        self: &Arc<Self>,
+        &self,
         peer: PeerId,
         conn: Connection,
         events: mpsc::Receiver<ConnEvent>,
@@ -553,6 +560,11 @@ impl Links {
         phase: Phase,
     ) -> Result<u64, WorkerError> {
         let conn = Arc::new(conn);
+        let Some(links) = self.me.upgrade() else {
+            // The worker is being dropped: no new link.
+            conn.close().await;
+            return Err(WorkerError::Busy("the worker is stopping".into()));
+        };
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let initial = LinkView {
             peer: peer.clone(),
@@ -589,7 +601,7 @@ impl Links {
             return Err(WorkerError::LinkExists(peer));
         }
         let driver = driver::LinkDriver {
-            links: self.clone(),
+            links,
             peer,
             generation,
             conn,
@@ -649,5 +661,68 @@ impl Links {
     /// Spools a link document: the store may be slow or away, and a driver must keep probing.
     fn write(&self, link: mesh_types::Link) {
         self.spool.push(crate::spool::Write::Link(link));
+    }
+}
+
+#[async_trait::async_trait]
+impl LinkHandle for Links {
+    fn id(&self) -> &PeerId {
+        Links::id(self)
+    }
+
+    fn has_link(&self, peer: &PeerId) -> bool {
+        Links::has_link(self, peer)
+    }
+
+    fn is_up(&self, peer: &PeerId) -> bool {
+        Links::is_up(self, peer)
+    }
+
+    fn views(&self) -> Vec<LinkView> {
+        Links::views(self)
+    }
+
+    fn generation_of(&self, peer: &PeerId) -> Option<u64> {
+        Links::generation_of(self, peer)
+    }
+
+    fn stop_generation(&self, peer: &PeerId, generation: u64) {
+        Links::stop_generation(self, peer, generation);
+    }
+
+    fn dial_timeout(&self) -> Duration {
+        self.timings.dial_timeout
+    }
+
+    async fn dial(&self, peer: PeerId) -> Result<(Offer, u64), WorkerError> {
+        Links::dial(self, peer).await
+    }
+
+    async fn accept_answer(&self, answer: Answer) -> Result<(), WorkerError> {
+        Links::accept_answer(self, answer).await
+    }
+
+    async fn begin_ice_restart(
+        &self,
+        peer: &PeerId,
+        generation: u64,
+    ) -> Option<Result<Offer, WorkerError>> {
+        Links::begin_ice_restart(self, peer, generation).await
+    }
+
+    fn ice_restart_failed(&self, peer: &PeerId, generation: u64) -> bool {
+        Links::ice_restart_failed(self, peer, generation)
+    }
+
+    async fn send_on(
+        &self,
+        peer: &PeerId,
+        channel: Channel,
+        data: &[u8],
+    ) -> Result<(), WorkerError> {
+        let conn = self
+            .connected(peer)
+            .ok_or_else(|| WorkerError::NotConnected(peer.clone()))?;
+        Ok(conn.send(channel, data, false).await?)
     }
 }

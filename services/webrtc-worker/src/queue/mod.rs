@@ -26,7 +26,7 @@ use mesh_types::transfer::{Control, MessageKind, QueuedMessage};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
-use crate::links::Links;
+use crate::links::LinkHandle;
 use crate::rejoin::Rejoin;
 use crate::transport::{Channel, Connection};
 use crate::{blocking, lock};
@@ -410,7 +410,7 @@ type Deliver = Box<dyn Fn(Arrived) + Send + Sync>;
 /// through the link core's handle, and asks `Rejoin` for a link when a message waits.
 pub struct Queue {
     queues: Arc<Queues>,
-    links: Arc<Links>,
+    links: Arc<dyn LinkHandle>,
     rejoin: Arc<Rejoin>,
     deliver: OnceLock<Deliver>,
 }
@@ -424,7 +424,7 @@ impl std::fmt::Debug for Queue {
 }
 
 impl Queue {
-    pub fn new(queues: Queues, links: Arc<Links>, rejoin: Arc<Rejoin>) -> Arc<Self> {
+    pub fn new(queues: Queues, links: Arc<dyn LinkHandle>, rejoin: Arc<Rejoin>) -> Arc<Self> {
         Arc::new(Queue {
             queues: Arc::new(queues),
             links,
@@ -717,5 +717,94 @@ mod tests {
                 lost: 3
             }
         );
+    }
+
+    // ---- the component, against a fake link core, with paused time ----
+
+    use crate::links::fake::{World, peer};
+
+    fn queue(w: &World, capacity: usize) -> Arc<Queue> {
+        Queue::new(
+            Queues::new(w.dir.path().join("queue"), capacity),
+            w.links.clone(),
+            w.rejoin.clone(),
+        )
+    }
+
+    fn out_of(q: &Queue, to: &str) -> OutboxStats {
+        q.views()
+            .into_iter()
+            .find(|v| v.peer == peer(to))
+            .map(|v| v.out)
+            .unwrap_or_default()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_waits_in_its_peers_outbox_and_a_link_is_asked_for_only_when_there_is_none() {
+        let w = World::new(&[("b", 0), ("c", 0)], &[]).await;
+        let q = queue(&w, 3);
+        w.links.link_up(&peer("c"));
+        let text = Bytes::from_static(b"hello");
+        assert_eq!(
+            q.enqueue(&peer("b"), MessageKind::Text, text.clone())
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            q.enqueue(&peer("b"), MessageKind::Gossip, text.clone())
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            q.enqueue(&peer("c"), MessageKind::Binary, text.clone())
+                .await
+                .unwrap(),
+            1
+        );
+        // b has no link: one is asked for; c's link will carry its message.
+        assert_eq!(w.rejoin.peers(), [peer("b")]);
+        assert_eq!(
+            out_of(&q, "b"),
+            OutboxStats {
+                pending: 2,
+                delivered: 0,
+                dropped: 0
+            }
+        );
+        // The bound pushes the oldest out, counted.
+        for _ in 0..3 {
+            q.enqueue(&peer("b"), MessageKind::Text, text.clone())
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            out_of(&q, "b"),
+            OutboxStats {
+                pending: 3,
+                delivered: 0,
+                dropped: 2
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_worker_finds_its_outboxes_and_asks_for_their_links() {
+        let w = World::new(&[("b", 0)], &[]).await;
+        let q = queue(&w, 10);
+        q.enqueue(&peer("b"), MessageKind::Text, Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        q.enqueue(&peer("b"), MessageKind::Text, Bytes::from_static(b"two"))
+            .await
+            .unwrap();
+        w.rejoin.cancel(&peer("b"));
+        assert!(w.rejoin.peers().is_empty());
+        // The same directory, as after a restart.
+        let restarted = queue(&w, 10);
+        restarted.restore().await.unwrap();
+        assert_eq!(out_of(&restarted, "b"), out_of(&q, "b"));
+        assert_eq!(w.rejoin.peers(), [peer("b")]);
     }
 }
