@@ -158,9 +158,12 @@ impl WorkerConfig {
                     )
                 })?,
         };
+        // The liveness defaults live in one place, `DetectorConfig::default`.
+        let defaults = crate::liveness::DetectorConfig::default();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let probe_ms = env.parse_or(
             MESH_PROBE_INTERVAL_MS,
-            500u64,
+            ms(defaults.tick),
             "milliseconds from 10 to 60000",
         )?;
         if !(10..=60_000).contains(&probe_ms) {
@@ -176,8 +179,13 @@ impl WorkerConfig {
         }
         // Defaults: a dead peer's link is down within 4.5 s (the dead bound plus at most one
         // probe interval), inside the 5 s the mesh promises.
-        let suspect_ms: u64 = env.parse_or(MESH_SUSPECT_AFTER_MS, 1_500, "milliseconds")?;
-        let dead_ms: u64 = env.parse_or(MESH_DEAD_AFTER_MS, 4_000, "milliseconds")?;
+        let suspect_ms: u64 = env.parse_or(
+            MESH_SUSPECT_AFTER_MS,
+            ms(defaults.suspect_after),
+            "milliseconds",
+        )?;
+        let dead_ms: u64 =
+            env.parse_or(MESH_DEAD_AFTER_MS, ms(defaults.dead_after), "milliseconds")?;
         // A suspicion needs several missed probes, or one lost packet would raise it.
         if suspect_ms < 3 * probe_ms {
             return Err(env.invalid(

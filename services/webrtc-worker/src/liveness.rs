@@ -238,14 +238,11 @@ mod tests {
 
     #[test]
     fn with_the_shipped_defaults_a_stall_alone_raises_no_suspicion() {
-        // The tightest setting the worker accepts: suspect after three ticks.
-        let mut d = Detector::new(
-            DetectorConfig {
-                suspect_after: Duration::from_millis(1500),
-                dead_after: Duration::from_secs(4),
-                tick: Duration::from_millis(500),
-            },
-            0,
+        // Suspect after three ticks: the tightest setting the worker accepts.
+        let mut d = Detector::new(DetectorConfig::default(), 0);
+        assert_eq!(
+            DetectorConfig::default().suspect_after,
+            3 * DetectorConfig::default().tick
         );
         d.heard(400 * MS);
         assert_eq!(d.tick(500 * MS), None);
