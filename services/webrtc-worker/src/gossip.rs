@@ -554,7 +554,7 @@ impl Gossip {
         .ok()?;
         match self
             .queue
-            .enqueue(peer, MessageKind::Gossip, Bytes::from(frame))
+            .enqueue(peer, MessageKind::Gossip, Bytes::from(frame), true)
             .await
         {
             Ok(seq) => Some(seq),
@@ -988,7 +988,8 @@ mod tests {
 
     // ---- the component, against fake link cores, with paused time ----
 
-    use crate::links::fake::{FakeLinks, World, identity, peer};
+    use crate::fixtures::{World, identity, peer};
+    use crate::links::fake::FakeLinks;
     use crate::queue::Queues;
 
     const WITHIN: Duration = Duration::from_secs(60);

@@ -10,6 +10,8 @@ pub mod config;
 pub mod error;
 pub mod file_channel;
 pub mod files;
+#[cfg(test)]
+mod fixtures;
 pub mod gossip;
 pub mod inbox;
 pub mod links;

@@ -343,7 +343,6 @@ impl Rejoin {
         let Some(offer) = self.links.begin_ice_restart(&peer, generation).await else {
             return;
         };
-        tracing::info!(%peer, "restarting ICE on the live connection");
         let outcome = async {
             let offer = offer.map_err(|e| e.to_string())?;
             let answer = self.courier.deliver(&offer).await?;
@@ -484,7 +483,7 @@ mod tests {
 
     use mesh_types::{Health, Link, LinkQos};
 
-    use crate::links::fake::{Deliver, World, peer};
+    use crate::fixtures::{Deliver, World, peer};
 
     const WITHIN: Duration = Duration::from_secs(60);
 
@@ -518,7 +517,7 @@ mod tests {
             &[Deliver::Fail, Deliver::Fail, Deliver::Answer],
         )
         .await;
-        let began = crate::links::fake::now();
+        let began = crate::fixtures::now();
         w.rejoin.start(peer("b"), "test");
         assert_eq!(w.rejoin.peers(), [peer("b")]);
         w.links

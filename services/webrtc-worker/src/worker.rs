@@ -1,7 +1,6 @@
-//! The worker's wiring: it builds the link core (`links`) and the features around it, hands the
-//! core's events to the features, and is what the HTTP API and `run` hold. It decides nothing
-//! about links itself. (Files still extends `Worker` from their own
-//! files; each is to become a component of its own, taking the core's handle.)
+//! The worker's wiring: it builds the link core (`links`) and the features around it (rejoin,
+//! queue, gossip, files), hands the core's events to the features, and is what the HTTP API and
+//! `run` hold. It decides nothing about links itself.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -261,7 +260,7 @@ impl Worker {
         };
         let seq = self
             .queue
-            .enqueue(peer, kind, Bytes::from(data))
+            .enqueue(peer, kind, Bytes::from(data), !linked)
             .await
             .map_err(|e| WorkerError::Busy(format!("the outbox cannot be written: {e}")))?;
         Ok(Sent::Queued { seq, linked })

@@ -363,7 +363,7 @@ impl Files {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::links::fake::{World, peer};
+    use crate::fixtures::{World, peer};
 
     const WITHIN: Duration = Duration::from_secs(60);
 
@@ -374,7 +374,7 @@ mod tests {
             rejoin: w.rejoin.clone(),
             store: w.store.clone(),
             spool: Arc::new(Spool::new(100)),
-            identity: Arc::new(crate::links::fake::identity("a")),
+            identity: Arc::new(crate::fixtures::identity("a")),
             clock: w.clock,
         })
     }

@@ -141,9 +141,9 @@ impl LinkDriver {
             Output::Cleared => {
                 tracing::info!(peer = %self.peer, "peer heard again; no longer suspect");
             }
+            Output::Ending(end) => tracing::info!(peer = %self.peer, reason = ?end, "link ended"),
             Output::Close => self.conn.close().await,
             Output::Ended { end, established } => {
-                tracing::info!(peer = %self.peer, reason = ?end, "link ended");
                 self.links.publish(LinkEvent::Ended {
                     peer: self.peer.clone(),
                     end,

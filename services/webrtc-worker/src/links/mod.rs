@@ -210,8 +210,10 @@ impl Links {
     }
 
     fn publish(&self, event: LinkEvent) {
-        if let Some(observer) = self.observer.get().and_then(Weak::upgrade) {
-            observer.on_link_event(event);
+        match self.observer.get().and_then(Weak::upgrade) {
+            Some(observer) => observer.on_link_event(event),
+            // Before the wiring observes (a bug) or after the worker is gone (shutdown).
+            None => tracing::debug!(?event, "link event with no observer"),
         }
     }
 
@@ -463,6 +465,7 @@ impl Links {
                 _ => return None,
             }
         };
+        tracing::info!(%peer, "restarting ICE on the live connection");
         let offer = async {
             let sdp = conn.restart_offer().await?;
             let mut offer = Offer::new(self.id().clone(), peer.clone(), sdp, self.clock.now_ms());

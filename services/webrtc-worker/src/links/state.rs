@@ -96,6 +96,9 @@ pub enum Output {
     Died {
         silent: Duration,
     },
+    /// The link is ending, for this reason: what follows (a goodbye, a `down` write, the close)
+    /// is its end.
+    Ending(End),
     /// Close the connection.
     Close,
     /// The link is over; nothing follows. `established` says whether it had come up.
@@ -414,6 +417,7 @@ impl LinkState {
 
     fn end(&mut self, now: Now, end: End) {
         self.ended = true;
+        self.out.push_back(Output::Ending(end));
         self.end_file_session();
         if end == End::HungUp {
             // Tell the peer first, before anything slow: otherwise it hears silence, takes it for
@@ -508,6 +512,7 @@ mod tests {
             Output::Suspected { .. } => "suspected".into(),
             Output::Cleared => "cleared".into(),
             Output::Died { .. } => "died".into(),
+            Output::Ending(_) => "ending".into(),
             Output::Close => "close".into(),
             Output::Ended { end, established } => {
                 format!("ended:{end:?}:{established}").to_lowercase()
@@ -668,6 +673,7 @@ mod tests {
             [
                 (1_500, "suspected"),
                 (4_000, "died"),
+                (4_000, "ending"),
                 (4_000, "file-session:false"),
                 (4_000, "write:down"),
                 (4_000, "close"),
@@ -712,6 +718,7 @@ mod tests {
             (
                 stop,
                 &[
+                    "ending",
                     "file-session:false",
                     "probe:bye",
                     "probe:bye",
@@ -724,6 +731,7 @@ mod tests {
             (
                 bye,
                 &[
+                    "ending",
                     "file-session:false",
                     "write:down",
                     "close",
@@ -733,6 +741,7 @@ mod tests {
             (
                 failed,
                 &[
+                    "ending",
                     "file-session:false",
                     "write:down",
                     "close",
@@ -742,6 +751,7 @@ mod tests {
             (
                 mesh_closed,
                 &[
+                    "ending",
                     "file-session:false",
                     "write:down",
                     "close",
@@ -761,13 +771,13 @@ mod tests {
         }
         // A link that never came up ends without a write.
         let mut s = LinkState::new(timings(), at(0), false);
-        assert_eq!(failed(&mut s), ["close", "ended:failed:false"]);
+        assert_eq!(failed(&mut s), ["ending", "close", "ended:failed:false"]);
     }
 
     #[test]
     fn a_dial_without_an_answer_ends_at_the_dial_timeout_unless_answered() {
         for (awaiting, expect) in [
-            (true, &["close", "ended:noanswer:false"][..]),
+            (true, &["ending", "close", "ended:noanswer:false"][..]),
             (false, &[][..]),
         ] {
             let mut s = LinkState::new(timings(), at(0), true);

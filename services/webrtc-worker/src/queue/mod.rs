@@ -444,18 +444,21 @@ impl Queue {
         self.queues.views()
     }
 
-    /// Puts a message in `peer`'s outbox and, unless a link to it exists or is being made,
-    /// asks for one. Returns its number.
+    /// Puts a message in `peer`'s outbox and, if `ask_for_link` and no link to it exists or is
+    /// being made, asks for one. (A caller that saw the link connected passes `false`: if that
+    /// link ended meanwhile, its end decided whether to rejoin, a goodbye included.) Returns its
+    /// number.
     pub async fn enqueue(
         &self,
         peer: &PeerId,
         kind: MessageKind,
         data: Bytes,
+        ask_for_link: bool,
     ) -> std::io::Result<u64> {
         let queues = self.queues.clone();
         let to = peer.clone();
         let seq = blocking(move || queues.push(&to, kind, data)).await?;
-        if !self.links.has_link(peer) {
+        if ask_for_link && !self.links.has_link(peer) {
             let why = match kind {
                 MessageKind::Gossip => "queued gossip",
                 MessageKind::Text | MessageKind::Binary => "queued messages",
@@ -561,6 +564,11 @@ impl Queue {
         kind: MessageKind,
         data: &[u8],
     ) {
+        let Some(deliver) = self.deliver.get() else {
+            // Not recorded, so not acknowledged: the sender sends it again.
+            tracing::error!(%peer, seq, "a queued message arrived before the queue had a delivery");
+            return;
+        };
         let queues = self.queues.clone();
         let from = peer.clone();
         let arrival = blocking(move || queues.update_inlet(&from, |i| i.arrive(seq))).await;
@@ -570,13 +578,11 @@ impl Queue {
                 if let Arrival::AfterGap { lost } = arrival {
                     tracing::warn!(%peer, seq, lost, "messages missing before this one; counted lost");
                 }
-                if let Some(deliver) = self.deliver.get() {
-                    deliver(Arrived {
-                        from: peer.clone(),
-                        kind,
-                        data: Bytes::copy_from_slice(data),
-                    });
-                }
+                deliver(Arrived {
+                    from: peer.clone(),
+                    kind,
+                    data: Bytes::copy_from_slice(data),
+                });
                 inlet
             }
             Err(e) => {
@@ -721,7 +727,7 @@ mod tests {
 
     // ---- the component, against a fake link core, with paused time ----
 
-    use crate::links::fake::{World, peer};
+    use crate::fixtures::{World, peer};
 
     fn queue(w: &World, capacity: usize) -> Arc<Queue> {
         Queue::new(
@@ -746,24 +752,28 @@ mod tests {
         w.links.link_up(&peer("c"));
         let text = Bytes::from_static(b"hello");
         assert_eq!(
-            q.enqueue(&peer("b"), MessageKind::Text, text.clone())
+            q.enqueue(&peer("b"), MessageKind::Text, text.clone(), true)
                 .await
                 .unwrap(),
             1
         );
         assert_eq!(
-            q.enqueue(&peer("b"), MessageKind::Gossip, text.clone())
+            q.enqueue(&peer("b"), MessageKind::Gossip, text.clone(), true)
                 .await
                 .unwrap(),
             2
         );
         assert_eq!(
-            q.enqueue(&peer("c"), MessageKind::Binary, text.clone())
+            q.enqueue(&peer("c"), MessageKind::Binary, text.clone(), true)
                 .await
                 .unwrap(),
             1
         );
-        // b has no link: one is asked for; c's link will carry its message.
+        // b has no link: one is asked for; c's link will carry its message. A caller that saw
+        // the link connected asks for none.
+        q.enqueue(&peer("d"), MessageKind::Text, text.clone(), false)
+            .await
+            .unwrap();
         assert_eq!(w.rejoin.peers(), [peer("b")]);
         assert_eq!(
             out_of(&q, "b"),
@@ -775,7 +785,7 @@ mod tests {
         );
         // The bound pushes the oldest out, counted.
         for _ in 0..3 {
-            q.enqueue(&peer("b"), MessageKind::Text, text.clone())
+            q.enqueue(&peer("b"), MessageKind::Text, text.clone(), true)
                 .await
                 .unwrap();
         }
@@ -793,12 +803,22 @@ mod tests {
     async fn a_restarted_worker_finds_its_outboxes_and_asks_for_their_links() {
         let w = World::new(&[("b", 0)], &[]).await;
         let q = queue(&w, 10);
-        q.enqueue(&peer("b"), MessageKind::Text, Bytes::from_static(b"one"))
-            .await
-            .unwrap();
-        q.enqueue(&peer("b"), MessageKind::Text, Bytes::from_static(b"two"))
-            .await
-            .unwrap();
+        q.enqueue(
+            &peer("b"),
+            MessageKind::Text,
+            Bytes::from_static(b"one"),
+            true,
+        )
+        .await
+        .unwrap();
+        q.enqueue(
+            &peer("b"),
+            MessageKind::Text,
+            Bytes::from_static(b"two"),
+            true,
+        )
+        .await
+        .unwrap();
         w.rejoin.cancel(&peer("b"));
         assert!(w.rejoin.peers().is_empty());
         // The same directory, as after a restart.
