@@ -2,8 +2,11 @@
 """Checks the shape of crates' modules (docs/ARCHITECTURE.md, "Invariants").
 
 For each crate named on the command line: its top-level modules (src/x.rs or src/x/) must form
-no cycle through `crate::` paths; a module may use its own children, and the crate root (lib.rs,
-main.rs) is no node. With --features M,N: those modules must not name `Worker`.
+no cycle through the paths they name: `crate::a::…`, `use crate::{a, b::{c, d}}`, `super::…`
+chains that climb to the crate root, and names the crate root re-exports (`pub use a::X` in
+lib.rs makes `crate::X` a use of `a`). A module may use its own children, the crate root
+(lib.rs, main.rs) is no node, and test-only code (`#[cfg(test)] mod …`) does not count: a test
+may use any fixture. With --features M,N: those modules must not name `Worker`.
 
 Usage: scripts/check-imports.py CRATE_DIR [--features a,b] [CRATE_DIR ...]
 Exits 1 and names each cycle (or feature naming `Worker`) it finds.
@@ -13,42 +16,174 @@ import re
 import sys
 from pathlib import Path
 
-CRATE_PATH = re.compile(r"\bcrate::([a-z_][a-z0-9_]*)")
-# `use crate::{a, b::c}` names several modules at once.
-CRATE_GROUP = re.compile(r"\bcrate::\{([^}]*)\}", re.S)
+IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 WORKER = re.compile(r"\bWorker\b")
+CFG_TEST = re.compile(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(" + IDENT + r")\s*([;{])")
 
 
-def strip_comments(text: str) -> str:
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    return "\n".join(line.split("//", 1)[0] for line in text.splitlines())
+def strip_code(text: str) -> str:
+    """The code without comments, string and char literals (each literal becomes `""`)."""
+    out = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if text.startswith("//", i):
+            i = text.find("\n", i)
+            i = n if i < 0 else i
+        elif text.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if text.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif text.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        elif c == "r" and re.match(r'r#*"', text[i:]) and not re.match(r"\w", text[i - 1 : i] or " "):
+            hashes = re.match(r'r(#*)"', text[i:]).group(1)
+            end = text.find('"' + hashes, i + 2 + len(hashes))
+            i = n if end < 0 else end + 1 + len(hashes)
+            out.append('""')
+        elif c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+            i += 1
+            out.append('""')
+        elif c == "'" and re.match(r"'(\\.|[^\\'])'", text[i : i + 4]):
+            i = text.find("'", i + 2) + 1
+            out.append("' '")
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
 
 
-def top_module(src: Path, file: Path) -> str | None:
-    rel = file.relative_to(src)
-    if rel.parts[0] in ("lib.rs", "main.rs", "bin"):
-        return None
-    return rel.parts[0].removesuffix(".rs")
+def matching_brace(text: str, open_at: int) -> int:
+    depth = 0
+    for i in range(open_at, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return len(text) - 1
 
 
-def modules(src: Path) -> dict[str, str]:
-    """Each top-level module's whole source (its file and its children's)."""
-    code: dict[str, str] = {}
+def without_tests(code: str) -> tuple[str, list[str]]:
+    """The code less its inline test modules, and the names of test-only module files."""
+    test_files = []
+    while m := CFG_TEST.search(code):
+        if m.group(2) == ";":
+            test_files.append(m.group(1))
+            code = code[: m.start()] + code[m.end() :]
+        else:
+            end = matching_brace(code, m.end() - 1)
+            code = code[: m.start()] + code[end + 1 :]
+    return code, test_files
+
+
+def group_heads(group: str) -> list[str]:
+    """The first segment of every path in a `{…}` group, nested groups included."""
+    heads, depth, start = [], 0, 0
+    for i, c in enumerate(group + ","):
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            part = group[start:i].strip()
+            start = i + 1
+            if part.startswith("{"):
+                heads += group_heads(part[1:-1])
+            elif part:
+                heads.append(re.split(r"\s*::\s*|\s+as\s+", part)[0].strip())
+    return heads
+
+
+def named_from_root(code: str) -> set[str]:
+    """The first segments of every path the code names from the crate root (`crate::`)."""
+    names = set()
+    for m in re.finditer(r"\bcrate\s*::\s*(\{|" + IDENT + ")", code):
+        if m.group(1) == "{":
+            end = matching_brace(code, m.end() - 1)
+            names.update(group_heads(code[m.end() : end]))
+        else:
+            names.add(m.group(1))
+    return names
+
+
+def climbs_to_root(code: str, depth: int) -> set[str]:
+    """What `super::…` chains that reach the crate root name there (`depth`: the file's module
+    depth below the root: 1 for src/a.rs and src/a/mod.rs, 2 for src/a/b.rs)."""
+    names = set()
+    for m in re.finditer(r"\b((?:super\s*::\s*)+)(\{|" + IDENT + ")", code):
+        if m.group(1).count("super") != depth:
+            continue
+        if m.group(2) == "{":
+            end = matching_brace(code, m.end() - 1)
+            names.update(group_heads(code[m.end() : end]))
+        else:
+            names.add(m.group(2))
+    return names
+
+
+def module_files(src: Path) -> dict[Path, tuple[str, int]]:
+    """Each file of a top-level module, with that module and the file's depth, less test-only
+    files (declared `#[cfg(test)] mod x;`)."""
+    files = {}
     for file in sorted(src.rglob("*.rs")):
-        name = top_module(src, file)
-        if name is not None:
-            code[name] = code.get(name, "") + strip_comments(file.read_text()) + "\n"
-    return code
+        rel = file.relative_to(src)
+        if rel.parts[0] in ("lib.rs", "main.rs", "bin"):
+            continue
+        depth = len(rel.parts) - (1 if rel.name == "mod.rs" else 0)
+        files[file] = (rel.parts[0].removesuffix(".rs"), depth)
+    excluded = set()
+    for file in [src / "lib.rs", src / "main.rs", *files]:
+        if not file.exists():
+            continue
+        _, test_mods = without_tests(strip_code(file.read_text()))
+        here = file.parent if file.name in ("mod.rs", "lib.rs", "main.rs") else file.with_suffix("")
+        for name in test_mods:
+            for candidate in (here / f"{name}.rs", here / name):
+                excluded.add(candidate)
+    return {
+        f: m
+        for f, m in files.items()
+        if not any(f == x or x in f.parents for x in excluded)
+    }
 
 
-def graph(code: dict[str, str]) -> dict[str, set[str]]:
-    edges: dict[str, set[str]] = {name: set() for name in code}
-    for name, text in code.items():
-        used = set(CRATE_PATH.findall(text))
-        for group in CRATE_GROUP.findall(text):
-            used.update(part.strip().split("::")[0] for part in group.split(","))
-        edges[name] = {m for m in used if m in code and m != name}
-    return edges
+def root_reexports(src: Path, modules: set[str]) -> dict[str, str]:
+    """Names lib.rs re-exports from a module: `pub use a::b::X;` maps `X` to `a`."""
+    lib = src / "lib.rs"
+    if not lib.exists():
+        return {}
+    code, _ = without_tests(strip_code(lib.read_text()))
+    names = {}
+    for m in re.finditer(r"\bpub\s+use\s+(?:crate\s*::\s*)?(" + IDENT + r")\s*::\s*([^;]*);", code):
+        if m.group(1) not in modules:
+            continue
+        tail = m.group(2)
+        for item in re.findall(IDENT + r"(?:\s+as\s+" + IDENT + r")?", tail.split("::")[-1]):
+            names[item.split()[-1]] = m.group(1)
+    return names
+
+
+def graph(src: Path) -> tuple[dict[str, set[str]], dict[str, str]]:
+    files = module_files(src)
+    modules = {m for m, _ in files.values()}
+    reexports = root_reexports(src, modules)
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    code_of: dict[str, str] = {m: "" for m in modules}
+    for file, (module, depth) in files.items():
+        code, _ = without_tests(strip_code(file.read_text()))
+        code_of[module] += code + "\n"
+        named = named_from_root(code) | climbs_to_root(code, depth)
+        used = {reexports.get(n, n) for n in named}
+        edges[module] |= {u for u in used if u in modules and u != module}
+    return edges, code_of
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -87,9 +222,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def check(crate: Path, features: list[str]) -> list[str]:
-    src = crate / "src"
-    code = modules(src)
-    edges = graph(code)
+    edges, code_of = graph(crate / "src")
     problems = []
     for component in cycles(edges):
         detail = "; ".join(
@@ -97,9 +230,9 @@ def check(crate: Path, features: list[str]) -> list[str]:
         )
         problems.append(f"{crate}: modules in an import cycle: {detail}")
     for feature in features:
-        if feature not in code:
+        if feature not in code_of:
             problems.append(f"{crate}: no module {feature}")
-        elif WORKER.search(code[feature]):
+        elif WORKER.search(code_of[feature]):
             problems.append(f"{crate}: feature module {feature} names `Worker`")
     return problems
 

@@ -58,6 +58,7 @@ fi
 
 # The shape docs/ARCHITECTURE.md promises (its invariants): no import cycle among a crate's
 # modules, the worker's link core and rejoin naming no `Worker`, and every path the docs name.
+python3 -m unittest discover -s scripts -p 'check_imports_test.py'
 python3 scripts/check-imports.py crates/* services/gossip-push services/meshctl \
   services/signaling-proxy \
   services/webrtc-worker --features links,rejoin,queue,gossip,files,file_channel,inbox
