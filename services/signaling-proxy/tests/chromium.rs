@@ -164,13 +164,13 @@ async fn ws_peers(url: &str) -> Vec<String> {
     use tokio_tungstenite::tungstenite::Message;
 
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    assert_eq!(next_json(&mut ws).await["type"], "hello");
+    assert_eq!(common::next(&mut ws).await["type"], "hello");
     ws.send(Message::text(json!({"type": "register"}).to_string()))
         .await
         .unwrap();
-    let registered = next_json(&mut ws).await;
+    let registered = common::next(&mut ws).await;
     assert_eq!(registered["type"], "registered", "{registered}");
-    let peers = next_json(&mut ws).await;
+    let peers = common::next(&mut ws).await;
     assert_eq!(peers["type"], "peers", "{peers}");
     peers["peers"]
         .as_array()
@@ -178,22 +178,4 @@ async fn ws_peers(url: &str) -> Vec<String> {
         .iter()
         .map(|p| p.as_str().unwrap().to_string())
         .collect()
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The next text message on `ws` as JSON (waits at most 10 s).
-async fn next_json(ws: &mut Socket) -> Value {
-    use futures_util::StreamExt as _;
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a message within 10 s")
-            .expect("the connection is open")
-            .unwrap();
-        if let tokio_tungstenite::tungstenite::Message::Text(t) = frame {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
 }

@@ -7,16 +7,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::Mesh;
+use common::{Mesh, Socket, next};
 use futures_util::{SinkExt, StreamExt};
 use mesh_types::Identity;
 use mesh_types::signaling::RegisterProof;
 use mesh_types::signing::Signed as _;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Client {
     ws: Socket,
@@ -59,24 +56,6 @@ impl Client {
         proof.sign(who).unwrap();
         self.send(json!({"type": "register", "proof": proof})).await;
         self.next().await
-    }
-}
-
-/// The next text message as JSON (waits at most 10 s).
-async fn next(ws: &mut Socket) -> Value {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a message within 10 s")
-            .expect("the connection is open")
-            .unwrap();
-        match frame {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Close(c) => {
-                return json!({"type": "closed", "frame": c.map(|c| (u16::from(c.code), c.reason.to_string()))});
-            }
-            _ => {}
-        }
     }
 }
 

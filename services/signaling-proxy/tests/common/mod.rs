@@ -2,10 +2,12 @@
 //! one embedded store on loopback, with three API tokens (operator, read, peer).
 #![allow(dead_code, clippy::unwrap_used, clippy::disallowed_methods)]
 
+use std::time::Duration;
+
 use mesh_testkit::process::ServiceProcess;
 use mesh_types::signing::Signed as _;
 use mesh_types::{Endpoints, Identity, PeerRegistration};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub const OPERATOR: &str = "test-operator-token";
 pub const READER: &str = "test-read-token";
@@ -160,5 +162,29 @@ impl Mesh {
     pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
         let (s, _, v) = self.call(reqwest::Method::GET, path, token, None).await;
         (s, v)
+    }
+}
+
+/// A WebSocket client of the proxy's `/ws`.
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text message as JSON (waits at most 10 s).
+pub async fn next(ws: &mut Socket) -> Value {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the connection is open")
+            .unwrap();
+        match frame {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Close(c) => {
+                return json!({"type": "closed", "frame": c.map(|c| (u16::from(c.code), c.reason.to_string()))});
+            }
+            _ => {}
+        }
     }
 }
