@@ -28,7 +28,6 @@ use mesh_types::{
     Outcome, PeerId, PublicKey, Telemetry, TelemetryPayload, Transport, UnixMillis, Verifier,
     VerifierConfig,
 };
-use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -135,24 +134,11 @@ impl std::fmt::Debug for Gossip {
 }
 
 impl Gossip {
-    // The driver seeds its RNG from the OS.
-    #[allow(clippy::disallowed_methods)]
     pub fn new(parts: GossipParts) -> Arc<Self> {
-        let GossipParts {
-            settings,
-            clock,
-            links,
-            identity,
-            store,
-            spool,
-            queue,
-            region,
-            http,
-        } = parts;
         let any = Quota::new(1.0, 1.0);
         Arc::new(Gossip {
-            settings,
-            node: Mutex::new(Node::new(links.id().clone(), settings.node)),
+            settings: parts.settings,
+            node: Mutex::new(Node::new(parts.links.id().clone(), parts.settings.node)),
             peers: Mutex::new(PeerCache::default()),
             reload: tokio::sync::Mutex::new(()),
             inbound: Mutex::new(Keyed::new(any)),
@@ -162,15 +148,15 @@ impl Gossip {
             deliveries: Mutex::new(Verifier::new(VerifierConfig::default())),
             originate: Mutex::new(ORIGINATE.bucket(Duration::ZERO)),
             unstored: Mutex::new(HashMap::new()),
-            http,
-            rng: Mutex::new(StdRng::from_rng(&mut rand::rng())),
-            clock,
-            links,
-            identity,
-            store,
-            spool,
-            queue,
-            region,
+            http: parts.http,
+            rng: Mutex::new(parts.rng),
+            clock: parts.clock,
+            links: parts.links,
+            identity: parts.identity,
+            store: parts.store,
+            spool: parts.spool,
+            queue: parts.queue,
+            region: parts.region,
         })
     }
 
@@ -202,6 +188,8 @@ pub struct GossipParts {
     pub queue: Arc<Queue>,
     pub region: Option<String>,
     pub http: reqwest::Client,
+    /// Draws targets and envelope ids.
+    pub rng: StdRng,
 }
 
 /// An ack being waited for; dropping it stops the wait.
@@ -988,6 +976,8 @@ mod tests {
 
     // ---- the component, against fake link cores, with paused time ----
 
+    use rand::SeedableRng as _;
+
     use crate::fixtures::{World, identity, peer};
     use crate::links::fake::FakeLinks;
     use crate::queue::Queues;
@@ -1011,6 +1001,7 @@ mod tests {
             queue,
             region: None,
             http: http_client(),
+            rng: StdRng::seed_from_u64(11),
         })
     }
 

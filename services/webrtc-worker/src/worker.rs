@@ -104,6 +104,7 @@ impl Worker {
             queue: queue.clone(),
             region: parts.region.clone(),
             http,
+            rng: os_seeded(),
         });
         let files = Files::new(FilesParts {
             config: parts.files,

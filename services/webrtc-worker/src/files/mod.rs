@@ -193,26 +193,17 @@ pub struct FilesParts {
 
 impl Files {
     pub fn new(parts: FilesParts) -> Arc<Self> {
-        let FilesParts {
-            config,
-            links,
-            rejoin,
-            store,
-            spool,
-            identity,
-            clock,
-        } = parts;
         Arc::new(Files {
             layout: Layout {
-                root: config.dir.clone(),
+                root: parts.config.dir.clone(),
             },
-            config,
-            links,
-            rejoin,
-            store,
-            spool,
-            identity,
-            clock,
+            config: parts.config,
+            links: parts.links,
+            rejoin: parts.rejoin,
+            store: parts.store,
+            spool: parts.spool,
+            identity: parts.identity,
+            clock: parts.clock,
             outgoing: Mutex::default(),
             incoming: Mutex::default(),
             views: Mutex::default(),
