@@ -102,15 +102,18 @@ def group_heads(group: str) -> list[str]:
     return heads
 
 
+def head_or_group(code: str, m: re.Match, group: int) -> list[str]:
+    """The name a path match ends on, or every head of the `{…}` group it opens."""
+    if m.group(group) == "{":
+        return group_heads(code[m.end() : matching_brace(code, m.end() - 1)])
+    return [m.group(group)]
+
+
 def named_from_root(code: str) -> set[str]:
     """The first segments of every path the code names from the crate root (`crate::`)."""
     names = set()
     for m in re.finditer(r"\bcrate\s*::\s*(\{|" + IDENT + ")", code):
-        if m.group(1) == "{":
-            end = matching_brace(code, m.end() - 1)
-            names.update(group_heads(code[m.end() : end]))
-        else:
-            names.add(m.group(1))
+        names.update(head_or_group(code, m, 1))
     return names
 
 
@@ -119,13 +122,8 @@ def climbs_to_root(code: str, depth: int) -> set[str]:
     depth below the root: 1 for src/a.rs and src/a/mod.rs, 2 for src/a/b.rs)."""
     names = set()
     for m in re.finditer(r"\b((?:super\s*::\s*)+)(\{|" + IDENT + ")", code):
-        if m.group(1).count("super") != depth:
-            continue
-        if m.group(2) == "{":
-            end = matching_brace(code, m.end() - 1)
-            names.update(group_heads(code[m.end() : end]))
-        else:
-            names.add(m.group(2))
+        if m.group(1).count("super") == depth:
+            names.update(head_or_group(code, m, 2))
     return names
 
 

@@ -65,11 +65,6 @@ impl Clock {
         self.wall_after(self.since_start())
     }
 
-    /// Monotonic microseconds since the clock was made.
-    pub fn now_us(&self) -> u64 {
-        micros(self.since_start())
-    }
-
     /// Monotonic time since the clock was made.
     pub fn since_start(&self) -> Duration {
         tokio_now().saturating_duration_since(self.start)

@@ -225,10 +225,6 @@ impl Links {
         &self.identity
     }
 
-    pub fn timings(&self) -> &LinkTimings {
-        &self.timings
-    }
-
     /// The connection to `peer`, if it is connected (its channels usable).
     pub fn connected(&self, peer: &PeerId) -> Option<Arc<Connection>> {
         lock(&self.registry)
