@@ -86,6 +86,7 @@ impl EmbeddedStore {
     fn try_open(path: &Path) -> std::result::Result<Self, OpenError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         // WAL lets readers in other processes proceed while one writes; NORMAL sync in WAL mode
         // survives any process crash (a power cut may lose the last commits, never corrupt).
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -204,13 +205,51 @@ fn to_doc<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| StoreError::InvalidInput(e.to_string()))
 }
 
+/// Statements through the connection's cache: SQLite parses each once per connection, not once
+/// per call (parsing cost more than the write itself on the QoS and gossip paths).
+trait Cached {
+    fn prepare_cached_row<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T>;
+    fn prepare_cached_exec<P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+    ) -> rusqlite::Result<usize>;
+}
+
+impl Cached for Connection {
+    fn prepare_cached_row<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+
+    fn prepare_cached_exec<P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+    ) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+}
+
+/// Room for every statement this store runs (the default cache holds 16).
+const STATEMENT_CACHE: usize = 64;
+
 fn from_doc<T: DeserializeOwned>(doc: &str) -> Result<T> {
     serde_json::from_str(doc).map_err(|e| StoreError::Corrupt(format!("{e}: {doc}")))
 }
 
 fn get_peer_tx(tx: &Connection, id: &PeerId) -> Result<Option<Peer>> {
     let doc: Option<String> = tx
-        .query_row(
+        .prepare_cached_row(
             &format!("SELECT doc FROM {PEERS} WHERE id = ?1"),
             [id.as_str()],
             |r| r.get(0),
@@ -221,7 +260,7 @@ fn get_peer_tx(tx: &Connection, id: &PeerId) -> Result<Option<Peer>> {
 }
 
 fn put_peer_tx(tx: &Connection, peer: &Peer) -> Result<()> {
-    tx.execute(
+    tx.prepare_cached_exec(
         &format!("INSERT INTO {PEERS} (id, doc) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc"),
         params![peer.id.as_str(), to_doc(peer)?],
     )
@@ -235,7 +274,7 @@ fn newest_docs<T: DeserializeOwned>(
     query: &str,
     limit: usize,
 ) -> Result<Vec<T>> {
-    let mut stmt = conn.prepare(query).map_err(sql)?;
+    let mut stmt = conn.prepare_cached(query).map_err(sql)?;
     let docs = stmt
         .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
             r.get::<_, String>(0)
@@ -291,7 +330,7 @@ impl Store for EmbeddedStore {
     async fn list_peers(&self) -> Result<Vec<Peer>> {
         self.with(|conn| {
             let mut stmt = conn
-                .prepare(&format!("SELECT doc FROM {PEERS} ORDER BY id"))
+                .prepare_cached(&format!("SELECT doc FROM {PEERS} ORDER BY id"))
                 .map_err(sql)?;
             let docs = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(sql)?;
             docs.map(|d| from_doc(&d.map_err(sql)?)).collect()
@@ -327,7 +366,7 @@ impl Store for EmbeddedStore {
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
             let existing: Option<Link> = tx
-                .query_row(&format!("SELECT doc FROM {LINKS} WHERE id = ?1"), [link.id.as_str()], |r| {
+                .prepare_cached_row(&format!("SELECT doc FROM {LINKS} WHERE id = ?1"), [link.id.as_str()], |r| {
                     r.get::<_, String>(0)
                 })
                 .optional()
@@ -337,7 +376,7 @@ impl Store for EmbeddedStore {
                 .transpose()?;
             let outcome = rules::link_write(existing.as_ref(), &link);
             if outcome == LinkWrite::Applied {
-                tx.execute(
+                tx.prepare_cached_exec(
                     &format!(
                         "INSERT INTO {LINKS} (id, a, b, health, last_ts, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                          ON CONFLICT(id) DO UPDATE SET health = excluded.health,
@@ -364,7 +403,7 @@ impl Store for EmbeddedStore {
         let id = id.clone();
         self.with(move |conn| {
             let doc: Option<String> = conn
-                .query_row(
+                .prepare_cached_row(
                     &format!("SELECT doc FROM {LINKS} WHERE id = ?1"),
                     [id.as_str()],
                     |r| r.get(0),
@@ -381,7 +420,7 @@ impl Store for EmbeddedStore {
         let query = query.clone();
         self.with(move |conn| {
             let mut stmt = conn
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT doc FROM {LINKS}
                      WHERE (?1 IS NULL OR a = ?1 OR b = ?1) AND (?2 IS NULL OR health = ?2)
                      ORDER BY last_ts DESC, id DESC LIMIT ?3"
@@ -406,7 +445,7 @@ impl Store for EmbeddedStore {
         let record = record.clone();
         self.with(move |conn| {
             let inserted = conn
-                .execute(
+                .prepare_cached_exec(
                     &format!("INSERT INTO {AUDIT} (id, ts, doc) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING"),
                     params![record.id, i64::try_from(record.ts).unwrap_or(i64::MAX), to_doc(&record)?],
                 )
@@ -442,7 +481,7 @@ impl Store for EmbeddedStore {
             for entry in &entries {
                 let id = entry.doc_id();
                 let existing: Option<GossipEntry> = tx
-                    .query_row(&format!("SELECT doc FROM {GOSSIP_STATE} WHERE id = ?1"), [&id], |r| {
+                    .prepare_cached_row(&format!("SELECT doc FROM {GOSSIP_STATE} WHERE id = ?1"), [&id], |r| {
                         r.get::<_, String>(0)
                     })
                     .optional()
@@ -453,7 +492,7 @@ impl Store for EmbeddedStore {
                 if existing.as_ref().is_some_and(|old| !entry.supersedes(old)) {
                     continue;
                 }
-                tx.execute(
+                tx.prepare_cached_exec(
                     &format!(
                         "INSERT INTO {GOSSIP_STATE} (id, wall_ms, counter, doc) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT(id) DO UPDATE SET wall_ms = excluded.wall_ms,
@@ -479,7 +518,7 @@ impl Store for EmbeddedStore {
         let record = record.clone();
         self.with(move |conn| {
             let changed = conn
-                .execute(
+                .prepare_cached_exec(
                     &format!(
                         "INSERT INTO {TRANSFERS} (id, version, updated_at, doc) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT(id) DO UPDATE SET version = excluded.version,
@@ -526,7 +565,10 @@ impl Store for EmbeddedStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(sql))
-            .await
+        self.with(|conn| {
+            conn.prepare_cached_row("SELECT 1", [], |_| Ok(()))
+                .map_err(sql)
+        })
+        .await
     }
 }
