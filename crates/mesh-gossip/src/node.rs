@@ -8,9 +8,22 @@
 //! The seen-cache remembers `(origin, id)` until the age limit itself refuses the envelope, so
 //! no copy can slip in between; when full of live entries it refuses new envelopes (`busy`)
 //! rather than forget one.
+//!
+//! Work is spent once: a copy of an envelope already taken is known by its signature before any
+//! check that costs (no Ed25519, no canonical JSON), and an entry that cannot change the state
+//! (this peer holds it, or something newer) is dropped without being verified.
+//!
+//! What goes out is what the receiver lacks. The node keeps, per peer, the newest stamp of each
+//! key that peer is known to hold: it sent the entry to us, or acknowledged an envelope carrying
+//! it. An envelope for a peer carries only the entries that peer does not hold (Scuttlebutt-style
+//! anti-entropy with the versions kept on the sender's side, so nothing proportional to the mesh
+//! crosses the wire). What a peer is known to hold is forgotten after `knowledge_max_age_ms` (and
+//! when its link comes back): a full exchange then repairs anything the record got wrong.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+
+use std::cmp::Ordering;
 
 use mesh_types::signing::{Signed, verify_signature};
 use mesh_types::{
@@ -18,6 +31,7 @@ use mesh_types::{
     UnixMillis, VerifyError,
 };
 use rand::{Rng, RngExt as _};
+use serde::Deserialize as _;
 
 use crate::hlc::{self, HlcError};
 use crate::merge::State;
@@ -39,6 +53,11 @@ pub struct NodeConfig {
     pub entry_max_age_ms: u64,
     /// Hops an envelope we originate may take beyond its first, and the most we forward anyone's.
     pub ttl: u8,
+    /// How long what a peer is known to hold is trusted before the next envelope to it carries
+    /// everything again.
+    pub knowledge_max_age_ms: u64,
+    /// Peers whose holdings are remembered at once (the least recently refreshed go first).
+    pub knowledge_peers: usize,
 }
 
 impl Default for NodeConfig {
@@ -51,6 +70,8 @@ impl Default for NodeConfig {
             max_payload_bytes: 48 * 1024,
             entry_max_age_ms: 60 * 60 * 1000,
             ttl: 1,
+            knowledge_max_age_ms: 10 * 60 * 1000,
+            knowledge_peers: 1024,
         }
     }
 }
@@ -99,6 +120,8 @@ pub enum Received {
         changed: Vec<GossipEntry>,
         /// Entries left out: their origin is unknown here, or they have expired.
         skipped: usize,
+        /// Entries this peer held already (or held newer): not verified again.
+        held: usize,
         /// The copy to pass on (one more hop), while the ttl lasts.
         forward: Option<Box<Envelope>>,
     },
@@ -126,6 +149,75 @@ impl Seen {
     }
 }
 
+/// The newest stamp of each key one peer is known to hold, since `since_ms`.
+#[derive(Debug)]
+struct Holdings {
+    keys: HashMap<String, Hlc>,
+    since_ms: UnixMillis,
+}
+
+/// What each peer is known to hold (see the module's documentation).
+#[derive(Debug, Default)]
+struct Knowledge {
+    peers: HashMap<PeerId, Holdings>,
+}
+
+impl Knowledge {
+    fn holds(&mut self, peer: &PeerId, config: &NodeConfig, now_ms: UnixMillis) -> &mut Holdings {
+        let fresh = |h: &Holdings| now_ms.saturating_sub(h.since_ms) <= config.knowledge_max_age_ms;
+        if self.peers.get(peer).is_some_and(|h| !fresh(h)) {
+            self.peers.remove(peer);
+        }
+        if !self.peers.contains_key(peer) && self.peers.len() >= config.knowledge_peers.max(1) {
+            let oldest = self
+                .peers
+                .iter()
+                .min_by_key(|(id, h)| (h.since_ms, (*id).clone()))
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                self.peers.remove(&oldest);
+            }
+        }
+        self.peers.entry(peer.clone()).or_insert_with(|| Holdings {
+            keys: HashMap::new(),
+            since_ms: now_ms,
+        })
+    }
+
+    fn record(
+        &mut self,
+        peer: &PeerId,
+        key: &str,
+        hlc: Hlc,
+        config: &NodeConfig,
+        now_ms: UnixMillis,
+    ) {
+        let holds = self.holds(peer, config, now_ms);
+        match holds.keys.get_mut(key) {
+            Some(known) => *known = (*known).max(hlc),
+            None => {
+                holds.keys.insert(key.to_string(), hlc);
+            }
+        }
+    }
+
+    fn lacks(
+        &self,
+        peer: &PeerId,
+        entry: &GossipEntry,
+        config: &NodeConfig,
+        now_ms: UnixMillis,
+    ) -> bool {
+        match self.peers.get(peer) {
+            Some(h) if now_ms.saturating_sub(h.since_ms) <= config.knowledge_max_age_ms => h
+                .keys
+                .get(&entry.key)
+                .is_none_or(|known| *known < entry.hlc),
+            _ => true,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Node {
     me: PeerId,
@@ -133,6 +225,7 @@ pub struct Node {
     hlc: Hlc,
     state: State,
     seen: Seen,
+    knowledge: Knowledge,
 }
 
 impl Node {
@@ -143,6 +236,7 @@ impl Node {
             hlc: Hlc::default(),
             state: State::default(),
             seen: Seen::default(),
+            knowledge: Knowledge::default(),
         }
     }
 
@@ -175,11 +269,53 @@ impl Node {
     }
 
     /// Stamps, signs and remembers a telemetry envelope carrying `own` (this peer's telemetry)
-    /// and, within the budget, the newest entries it has learned.
+    /// and, within the budget, the newest entries it has learned: everything, for no peer in
+    /// particular (see [`Node::envelope_for`] for one peer).
     pub fn originate(
         &mut self,
         identity: &Identity,
         own: serde_json::Value,
+        now_ms: UnixMillis,
+        rng: &mut impl Rng,
+    ) -> Result<Envelope, OriginateError> {
+        self.stamp(identity, own, now_ms)?;
+        self.envelope_for(identity, &[], now_ms, rng)
+    }
+
+    /// This peer's own entry as last stamped.
+    pub fn own(&self) -> Option<&GossipEntry> {
+        self.state.get(&GossipEntry::telemetry_key(&self.me))
+    }
+
+    /// Stamps and signs `own` as this peer's entry: news for every peer.
+    pub fn stamp(
+        &mut self,
+        identity: &Identity,
+        own: serde_json::Value,
+        now_ms: UnixMillis,
+    ) -> Result<(), OriginateError> {
+        self.hlc = hlc::tick(self.hlc, now_ms)?;
+        let mut mine = GossipEntry {
+            key: GossipEntry::telemetry_key(&self.me),
+            origin: self.me.clone(),
+            hlc: self.hlc,
+            value: own,
+            sig: String::new(),
+            kid: None,
+        };
+        mine.sign(identity)?;
+        self.state.apply(mine);
+        Ok(())
+    }
+
+    /// A signed envelope for the peers `to` (for anyone, when empty): this peer's own entry and
+    /// the newest it has learned, each only if one of them is not known to hold it, within the
+    /// entry and size budgets. It may carry no entries: it still says this peer is alive, and
+    /// its clock.
+    pub fn envelope_for(
+        &mut self,
+        identity: &Identity,
+        to: &[PeerId],
         now_ms: UnixMillis,
         rng: &mut impl Rng,
     ) -> Result<Envelope, OriginateError> {
@@ -190,29 +326,31 @@ impl Node {
         self.hlc = hlc::tick(self.hlc, now_ms)?;
         self.state
             .expire(now_ms.saturating_sub(self.config.entry_max_age_ms));
-        let mut mine = GossipEntry {
-            key: GossipEntry::telemetry_key(&self.me),
-            origin: self.me.clone(),
-            hlc: self.hlc,
-            value: own,
-            sig: String::new(),
-            kid: None,
+        let (config, knowledge) = (&self.config, &self.knowledge);
+        // A peer holds its own newest entry.
+        let wanted = |e: &GossipEntry| {
+            to.is_empty()
+                || to
+                    .iter()
+                    .any(|peer| e.origin != *peer && knowledge.lacks(peer, e, config, now_ms))
         };
-        mine.sign(identity)?;
-        self.state.apply(mine.clone());
-        let mut budget = self
-            .config
-            .max_payload_bytes
-            .saturating_sub(serde_json::to_vec(&mine).map_or(0, |b| b.len()));
-        let mut learned: Vec<&GossipEntry> = self
+        let own_key = GossipEntry::telemetry_key(&self.me);
+        let mut candidates: Vec<&GossipEntry> = self
             .state
             .iter()
             .map(|(_, e)| e)
-            .filter(|e| e.key != mine.key)
+            .filter(|e| wanted(e))
             .collect();
-        learned.sort_by(|a, b| b.hlc.cmp(&a.hlc).then_with(|| a.key.cmp(&b.key)));
-        let mut entries = vec![mine];
-        for e in learned {
+        // Our own entry first, then the newest.
+        candidates.sort_by(|a, b| {
+            (b.key == own_key)
+                .cmp(&(a.key == own_key))
+                .then_with(|| b.hlc.cmp(&a.hlc))
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        let mut budget = self.config.max_payload_bytes;
+        let mut entries = Vec::new();
+        for e in candidates {
             if entries.len() >= self.config.max_entries {
                 break;
             }
@@ -245,6 +383,29 @@ impl Node {
         Ok(envelope)
     }
 
+    /// `peer` took `envelope` (accepted it, or had it already): it holds what the envelope
+    /// carries, or newer.
+    pub fn delivered(&mut self, peer: &PeerId, envelope: &Envelope, now_ms: UnixMillis) {
+        let Ok(payload) = TelemetryPayload::deserialize(&envelope.payload) else {
+            return;
+        };
+        for e in &payload.entries {
+            self.knowledge
+                .record(peer, &e.key, e.hlc, &self.config, now_ms);
+        }
+    }
+
+    /// Forgets what `peer` is known to hold (its link came back: it may have lost state, or
+    /// missed what was sent while it was away); the next envelope to it carries everything.
+    pub fn forget(&mut self, peer: &PeerId) {
+        self.knowledge.peers.remove(peer);
+    }
+
+    /// Peers whose holdings are remembered.
+    pub fn known_peers(&self) -> usize {
+        self.knowledge.peers.len()
+    }
+
     fn remember(&mut self, envelope: &Envelope) {
         let expires = envelope
             .ts
@@ -255,10 +416,22 @@ impl Node {
         self.seen.by_expiry.push(Reverse((expires, key.0, key.1)));
     }
 
-    /// Decides what to make of an envelope. `key_of` returns the registered key of a peer
-    /// (the driver reads them from the store).
+    /// Decides what to make of an envelope that came straight from its origin. `key_of`
+    /// returns the registered key of a peer (the driver reads them from the store).
     pub fn receive(
         &mut self,
+        envelope: &Envelope,
+        key_of: &dyn Fn(&PeerId) -> Option<PublicKey>,
+        now_ms: UnixMillis,
+    ) -> Result<Received, Rejection> {
+        let origin = envelope.from.clone();
+        self.receive_via(&origin, envelope, key_of, now_ms)
+    }
+
+    /// Decides what to make of an envelope `sender` handed over (its origin, or a relay).
+    pub fn receive_via(
+        &mut self,
+        sender: &PeerId,
         envelope: &Envelope,
         key_of: &dyn Fn(&PeerId) -> Option<PublicKey>,
         now_ms: UnixMillis,
@@ -269,7 +442,6 @@ impl Node {
             .map_err(|e| Rejection::Invalid(e.to_string()))?;
         let key = key_of(&envelope.from)
             .ok_or_else(|| Rejection::UnknownOrigin(envelope.from.clone()))?;
-        verify_signature(envelope, &key).map_err(Rejection::Signature)?;
         let age = now_ms.saturating_sub(envelope.ts);
         if age > config.max_age_ms {
             return Err(Rejection::Stale {
@@ -285,29 +457,31 @@ impl Node {
             });
         }
         self.seen.purge(now_ms);
-        if let Some(sig) = self
+        let seen_sig = self
             .seen
             .sigs
-            .get(&(envelope.from.clone(), envelope.id.clone()))
-        {
-            return if *sig == envelope.sig {
-                Ok(Received::Duplicate)
-            } else {
-                Err(Rejection::Tampered {
-                    from: envelope.from.clone(),
-                    id: envelope.id.clone(),
-                })
-            };
+            .get(&(envelope.from.clone(), envelope.id.clone()));
+        // The very envelope taken before (its signature checked then): nothing to check again.
+        if seen_sig.is_some_and(|sig| *sig == envelope.sig) {
+            return Ok(Received::Duplicate);
+        }
+        let seen_before = seen_sig.is_some();
+        verify_signature(envelope, &key).map_err(Rejection::Signature)?;
+        if seen_before {
+            return Err(Rejection::Tampered {
+                from: envelope.from.clone(),
+                id: envelope.id.clone(),
+            });
         }
         if self.seen.sigs.len() >= config.seen_capacity {
             return Err(Rejection::Busy(config.seen_capacity));
         }
         // Check every entry before applying any: an envelope is taken whole or not at all.
-        let (entries, skipped) = if envelope.kind == TELEMETRY {
+        let checked = if envelope.kind == TELEMETRY {
             self.check_entries(envelope, key_of, now_ms)?
         } else {
             // A kind this version does not know: still deduplicated and passed on.
-            (Vec::new(), 0)
+            Checked::default()
         };
         self.hlc = hlc::receive(self.hlc, envelope.hlc, now_ms, config.max_skew_ms).map_err(
             |e| match e {
@@ -323,7 +497,16 @@ impl Node {
             },
         )?;
         self.remember(envelope);
-        let changed: Vec<GossipEntry> = entries
+        // The sender and the origin hold what the envelope carries (or newer).
+        for (key, hlc) in &checked.carried {
+            self.knowledge.record(sender, key, *hlc, &config, now_ms);
+            if *sender != envelope.from {
+                self.knowledge
+                    .record(&envelope.from, key, *hlc, &config, now_ms);
+            }
+        }
+        let changed: Vec<GossipEntry> = checked
+            .fresh
             .into_iter()
             .filter(|e| self.state.apply(e.clone()))
             .collect();
@@ -337,7 +520,8 @@ impl Node {
         });
         Ok(Received::Accepted {
             changed,
-            skipped,
+            skipped: checked.skipped,
+            held: checked.held,
             forward,
         })
     }
@@ -347,8 +531,8 @@ impl Node {
         envelope: &Envelope,
         key_of: &dyn Fn(&PeerId) -> Option<PublicKey>,
         now_ms: UnixMillis,
-    ) -> Result<(Vec<GossipEntry>, usize), Rejection> {
-        let payload: TelemetryPayload = serde_json::from_value(envelope.payload.clone())
+    ) -> Result<Checked, Rejection> {
+        let payload = TelemetryPayload::deserialize(&envelope.payload)
             .map_err(|e| Rejection::Invalid(format!("telemetry payload: {e}")))?;
         if payload.entries.len() > self.config.max_entries {
             return Err(Rejection::Invalid(format!(
@@ -357,8 +541,7 @@ impl Node {
                 self.config.max_entries
             )));
         }
-        let mut kept = Vec::with_capacity(payload.entries.len());
-        let mut skipped = 0;
+        let mut checked = Checked::default();
         for e in payload.entries {
             let bad = |reason: String| Rejection::BadEntry {
                 key: e.key.clone(),
@@ -380,19 +563,42 @@ impl Node {
                 )));
             }
             let Some(key) = key_of(&e.origin) else {
-                skipped += 1;
+                checked.skipped += 1;
                 continue;
             };
+            // What this peer holds already, or something newer, cannot change the state: it is
+            // dropped unverified (verifying is the costly part of taking an envelope).
+            if let Some(held) = self.state.get(&e.key)
+                && (held.hlc.cmp(&e.hlc) == Ordering::Greater || *held == e)
+            {
+                checked.held += 1;
+                checked.carried.push((e.key.clone(), e.hlc));
+                continue;
+            }
             // The envelope's signer vouched for this entry: a forged one refuses it whole.
             verify_signature(&e, &key).map_err(|err| bad(err.to_string()))?;
             if e.hlc.wall_ms + self.config.entry_max_age_ms < now_ms {
-                skipped += 1;
+                checked.skipped += 1;
                 continue;
             }
-            kept.push(e);
+            checked.carried.push((e.key.clone(), e.hlc));
+            checked.fresh.push(e);
         }
-        Ok((kept, skipped))
+        Ok(checked)
     }
+}
+
+/// An envelope's entries, checked.
+#[derive(Debug, Default)]
+struct Checked {
+    /// Verified, and possibly news.
+    fresh: Vec<GossipEntry>,
+    /// Held here already, or older than what is held: not verified, not applied.
+    held: usize,
+    /// Left out: unknown origin, or expired.
+    skipped: usize,
+    /// Key and stamp of every entry the sender is now known to hold.
+    carried: Vec<(String, Hlc)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -660,6 +866,146 @@ mod tests {
             .unwrap();
         assert!(b.receive(&e, &keys, later).is_ok());
         assert_eq!(b.seen(), 1);
+    }
+
+    fn carried(e: &Envelope) -> Vec<String> {
+        let payload: TelemetryPayload = serde_json::from_value(e.payload.clone()).unwrap();
+        payload.entries.into_iter().map(|e| e.key).collect()
+    }
+
+    #[test]
+    fn copies_and_entries_already_held_are_not_checked_again() {
+        let f = Fixture::new();
+        let mut rng = StdRng::seed_from_u64(7);
+        let keys = f.keys();
+        let (mut a, mut b, mut c) = (f.node(&f.a), f.node(&f.b), f.node(&f.c));
+        let from_a = a.originate(&f.a, json!({"n": 1}), NOW, &mut rng).unwrap();
+        b.receive(&from_a, &keys, NOW + 1).unwrap();
+        // A copy whose signature is the one taken: a duplicate, known without verifying, even
+        // if the bytes it signs were changed on the way (nothing of it is taken).
+        let mut copy = from_a.clone();
+        copy.payload = json!({"entries": []});
+        assert_eq!(b.receive(&copy, &keys, NOW + 2), Ok(Received::Duplicate));
+        // c relays a's entry (held by b) beside its own: b verifies only c's.
+        c.receive(&from_a, &keys, NOW + 2).unwrap();
+        let from_c = c
+            .originate(&f.c, json!({"n": 2}), NOW + 3, &mut rng)
+            .unwrap();
+        match b.receive_via(f.c.id(), &from_c, &keys, NOW + 4).unwrap() {
+            Received::Accepted { changed, held, .. } => {
+                assert_eq!((changed.len(), held), (1, 1));
+            }
+            other => panic!("{other:?}"),
+        }
+        // An entry b holds with a broken signature cannot change b's state, so it costs
+        // nothing; a newer one with a broken signature refuses the envelope, as before.
+        let mut stale = a.state().get("telemetry/a").unwrap().clone();
+        stale.sig = "AAAA".into();
+        let mut fresher = stale.clone();
+        fresher.hlc.wall_ms += 100;
+        let relay = |entries: Vec<GossipEntry>, id: &str| {
+            let mut e = Envelope {
+                id: id.into(),
+                ts: NOW + 5,
+                kind: TELEMETRY.into(),
+                payload: serde_json::to_value(TelemetryPayload { entries }).unwrap(),
+                from: f.c.id().clone(),
+                hlc: Hlc {
+                    wall_ms: NOW + 5,
+                    counter: 0,
+                },
+                ttl: 0,
+                hops: 0,
+                sig: String::new(),
+                kid: None,
+            };
+            e.sign(&f.c).unwrap();
+            e
+        };
+        let older = b.state().get("telemetry/a").unwrap().clone();
+        let older = GossipEntry {
+            hlc: Hlc {
+                wall_ms: older.hlc.wall_ms - 1,
+                ..older.hlc
+            },
+            sig: "AAAA".into(),
+            ..older
+        };
+        assert!(matches!(
+            b.receive(&relay(vec![older], "r1"), &keys, NOW + 5),
+            Ok(Received::Accepted { held: 1, .. })
+        ));
+        assert_eq!(
+            b.receive(&relay(vec![fresher], "r2"), &keys, NOW + 5)
+                .unwrap_err()
+                .code(),
+            "bad_entry"
+        );
+    }
+
+    #[test]
+    fn envelopes_carry_only_what_their_targets_lack() {
+        let f = Fixture::new();
+        let mut rng = StdRng::seed_from_u64(7);
+        let keys = f.keys();
+        let (mut a, mut b, mut c) = (f.node(&f.a), f.node(&f.b), f.node(&f.c));
+        let (pb, pc) = (f.b.id().clone(), f.c.id().clone());
+        let (to_b, to_c) = (std::slice::from_ref(&pb), std::slice::from_ref(&pc));
+        let from_c = c.originate(&f.c, json!({"n": 3}), NOW, &mut rng).unwrap();
+        a.receive(&from_c, &keys, NOW + 1).unwrap();
+        a.stamp(&f.a, json!({"n": 1}), NOW + 2).unwrap();
+        // b is known to hold nothing: everything goes. c holds its own entry: only a's goes.
+        let first = a
+            .envelope_for(&f.a, to_b, NOW + 3, &mut rng)
+            .unwrap();
+        assert_eq!(carried(&first), ["telemetry/a", "telemetry/c"]);
+        let to_c = a
+            .envelope_for(&f.a, to_c, NOW + 3, &mut rng)
+            .unwrap();
+        assert_eq!(carried(&to_c), ["telemetry/a"]);
+        // Once b has taken it, the next envelope carries nothing, until a's entry is news.
+        b.receive(&first, &keys, NOW + 4).unwrap();
+        a.delivered(&pb, &first, NOW + 4);
+        let nothing = a
+            .envelope_for(&f.a, to_b, NOW + 5, &mut rng)
+            .unwrap();
+        assert!(carried(&nothing).is_empty());
+        assert_eq!(
+            b.receive(&nothing, &keys, NOW + 6).map(|r| changes(&r)),
+            Ok(0)
+        );
+        a.stamp(&f.a, json!({"n": 2}), NOW + 7).unwrap();
+        let news = a
+            .envelope_for(&f.a, to_b, NOW + 8, &mut rng)
+            .unwrap();
+        assert_eq!(carried(&news), ["telemetry/a"]);
+        // For several targets, what any of them lacks.
+        let both = a
+            .envelope_for(&f.a, &[pb.clone(), pc.clone()], NOW + 8, &mut rng)
+            .unwrap();
+        assert_eq!(carried(&both), ["telemetry/a"]);
+        // What b sent a is what b holds: a does not send it back.
+        let from_b = b
+            .originate(&f.b, json!({"n": 4}), NOW + 9, &mut rng)
+            .unwrap();
+        a.receive(&from_b, &keys, NOW + 10).unwrap();
+        a.delivered(&pb, &news, NOW + 10);
+        let back = a
+            .envelope_for(&f.a, to_b, NOW + 11, &mut rng)
+            .unwrap();
+        assert!(carried(&back).is_empty(), "{:?}", carried(&back));
+        // Forgotten (the link came back) or too old to trust: everything again.
+        a.forget(&pb);
+        let all = a
+            .envelope_for(&f.a, to_b, NOW + 12, &mut rng)
+            .unwrap();
+        assert_eq!(carried(&all).len(), 2, "{:?}", carried(&all));
+        a.delivered(&pb, &all, NOW + 12);
+        let later = NOW + 13 + a.config().knowledge_max_age_ms;
+        let refreshed = a
+            .envelope_for(&f.a, to_b, later, &mut rng)
+            .unwrap();
+        assert_eq!(carried(&refreshed).len(), 2);
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub fn routes(worker: Arc<Worker>) -> Router {
 }
 
 /// `GET /status`: what this worker is doing for reliability: its store writes (spooled while the
-/// store is away) and the peers it is rejoining.
+/// store is away), the peers it is rejoining, and what its gossip has cost.
 async fn status(State(w): State<Arc<Worker>>) -> ApiJson<Value> {
     let rejoining: Vec<String> = w.rejoin().peers().iter().map(ToString::to_string).collect();
     let links = w.links().views();
@@ -109,6 +109,7 @@ async fn status(State(w): State<Arc<Worker>>) -> ApiJson<Value> {
         "rejoining": rejoining,
         "spool": w.spool.stats(),
         "queues": w.queue().views(),
+        "gossip": w.gossip().counters(),
     }))
 }
 

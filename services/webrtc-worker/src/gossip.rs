@@ -18,6 +18,7 @@ use bytes::Bytes;
 use mesh_gossip::limits::{RateConfig, quota};
 use mesh_gossip::node::{Node, NodeConfig, OriginateError, Received, Rejection};
 use mesh_gossip::select::{Candidate, Sampler, SelectionConfig};
+use mesh_gossip::telemetry::{NewsConfig, compact, is_news};
 use mesh_service::ApiError;
 use mesh_store::SharedStore;
 use mesh_types::rate::{Bucket, Keyed, Quota};
@@ -25,11 +26,10 @@ use mesh_types::signing::{Signed, verify_signature};
 use mesh_types::transfer::MessageKind;
 use mesh_types::{
     AuditRecord, AuditTarget, Delivery, Envelope, GossipEntry, GossipFrame, Identity, LinkSummary,
-    Outcome, PeerId, PublicKey, Telemetry, TelemetryPayload, Transport, UnixMillis, Verifier,
-    VerifierConfig,
+    Outcome, PeerId, PublicKey, Telemetry, Transport, UnixMillis, Verifier, VerifierConfig,
 };
 use rand::rngs::StdRng;
-use serde::Serialize;
+use serde::{Deserialize as _, Serialize};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
@@ -68,6 +68,37 @@ pub struct GossipSettings {
     pub node: NodeConfig,
     pub rate: RateConfig,
     pub selection: SelectionConfig,
+}
+
+/// The origins of a telemetry payload's entries, and nothing else of them.
+#[derive(serde::Deserialize)]
+struct Origins {
+    entries: Vec<OriginOnly>,
+}
+
+#[derive(serde::Deserialize)]
+struct OriginOnly {
+    origin: PeerId,
+}
+
+/// What this worker's gossip has done since it started (`GET /status`): the figures behind the
+/// idle-cost benchmark's per-round costs.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counters {
+    /// Envelopes this peer originated, and how often its own entry was restamped for them.
+    pub originated: u64,
+    pub restamped: u64,
+    /// Envelope sends (originated or forwarded; a DataChannel send or an HTTPS delivery) and
+    /// their bytes of JSON.
+    pub sent: u64,
+    pub sent_bytes: u64,
+    /// Envelopes received: taken, or copies of one taken before.
+    pub accepted: u64,
+    pub duplicates: u64,
+    /// Entries in what was taken: verified (and new here), and already held (not verified).
+    pub entries_verified: u64,
+    pub entries_held: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +142,10 @@ pub struct Gossip {
     /// Accepted entries the store has not taken yet (it failed): written with the next batch,
     /// the newest per key, so a store outage loses nothing that was acked.
     unstored: Mutex<HashMap<String, GossipEntry>>,
+    /// The telemetry in this peer's own entry, and when it was stamped: a push restamps it only
+    /// when the links' state is news (mesh-gossip's `telemetry`).
+    stamped: Mutex<Option<(Telemetry, UnixMillis)>>,
+    counters: Mutex<Counters>,
     http: reqwest::Client,
     rng: Mutex<StdRng>,
     clock: Clock,
@@ -148,6 +183,8 @@ impl Gossip {
             deliveries: Mutex::new(Verifier::new(VerifierConfig::default())),
             originate: Mutex::new(ORIGINATE.bucket(Duration::ZERO)),
             unstored: Mutex::new(HashMap::new()),
+            stamped: Mutex::new(None),
+            counters: Mutex::new(Counters::default()),
             http: parts.http,
             rng: Mutex::new(parts.rng),
             clock: parts.clock,
@@ -393,6 +430,8 @@ impl Gossip {
     /// hold the newer of each entry after one exchange (as far as one envelope carries: up to its
     /// entry and size limits, the newest first).
     pub async fn sync(self: &Arc<Self>, peer: PeerId) {
+        // The peer may have lost state, or missed envelopes while away: send it everything.
+        lock(&self.node).forget(&peer);
         let _ = self.refresh_peers(false).await;
         match self.push(vec![peer.clone()]).await {
             Ok(report) => {
@@ -430,22 +469,39 @@ impl Gossip {
             )));
         }
         self.refresh_peers(false).await?;
-        let own = serde_json::to_value(self.telemetry()).map_err(|e| {
-            WorkerError::Signing(mesh_types::Error::Canonicalisation(e.to_string()))
-        })?;
-        let envelope = {
-            let mut rng = lock(&self.rng);
-            lock(&self.node)
-                .originate(&self.identity, own, self.clock.now_ms(), &mut *rng)
-                .map_err(|e| match e {
-                    OriginateError::Busy(_) => WorkerError::Busy(e.to_string()),
-                    e => WorkerError::Signing(mesh_types::Error::Canonicalisation(e.to_string())),
-                })?
+        let now_ms = self.clock.now_ms();
+        let telemetry = compact(self.telemetry());
+        let news = {
+            let stamped = lock(&self.stamped);
+            let prev = stamped.as_ref().map(|(t, at)| (t, *at));
+            is_news(prev, &telemetry, now_ms, &NewsConfig::default())
         };
-        // Our own entry is part of the mesh-wide state too.
-        if let Ok(payload) = serde_json::from_value::<TelemetryPayload>(envelope.payload.clone())
-            && let Some(mine) = payload.entries.into_iter().next()
+        let signing = |e: OriginateError| match e {
+            OriginateError::Busy(_) => WorkerError::Busy(e.to_string()),
+            e => WorkerError::Signing(mesh_types::Error::Canonicalisation(e.to_string())),
+        };
+        let mut restamped = None;
+        let envelope = {
+            let mut node = lock(&self.node);
+            if news || node.own().is_none() {
+                let own = serde_json::to_value(&telemetry).map_err(|e| {
+                    WorkerError::Signing(mesh_types::Error::Canonicalisation(e.to_string()))
+                })?;
+                node.stamp(&self.identity, own, now_ms).map_err(signing)?;
+                restamped = node.own().cloned();
+            }
+            let mut rng = lock(&self.rng);
+            node.envelope_for(&self.identity, &targets, now_ms, &mut *rng)
+                .map_err(signing)?
+        };
         {
+            let mut c = lock(&self.counters);
+            c.originated += 1;
+            c.restamped += u64::from(restamped.is_some());
+        }
+        // Our own entry is part of the mesh-wide state too.
+        if let Some(mine) = restamped {
+            *lock(&self.stamped) = Some((telemetry, now_ms));
             self.persist(vec![mine]).await;
         }
         let deliveries = targets.iter().map(|t| self.deliver(t, &envelope));
@@ -459,12 +515,14 @@ impl Gossip {
                 ],
             );
         }
-        tracing::info!(
-            envelope = %envelope.id,
-            ok = targets.iter().filter(|t| t.ok).count(),
-            failed = targets.iter().filter(|t| !t.ok).count(),
-            "gossip pushed"
-        );
+        let failed = targets.iter().filter(|t| !t.ok).count();
+        // One line a push for each worker would drown the log; failures are what an operator
+        // acts on (the gossip run's audit record holds every push).
+        if failed > 0 {
+            tracing::warn!(envelope = %envelope.id, ok = targets.len() - failed, failed, "gossip pushed");
+        } else {
+            tracing::debug!(envelope = %envelope.id, ok = targets.len(), "gossip pushed");
+        }
         Ok(PushReport {
             envelope_id: envelope.id,
             targets,
@@ -498,6 +556,7 @@ impl Gossip {
             Ok(ack) => {
                 return match ack.outcome {
                     Outcome::Accepted | Outcome::Duplicate => {
+                        self.delivered(peer, envelope);
                         target(peer, Transport::Datachannel, None)
                     }
                     Outcome::Rejected => target(
@@ -514,7 +573,10 @@ impl Gossip {
             Err(why) => why,
         };
         let mut result = match self.deliver_https(peer, envelope).await {
-            Ok(()) => target(peer, Transport::Https, None),
+            Ok(()) => {
+                self.delivered(peer, envelope);
+                target(peer, Transport::Https, None)
+            }
             Err(e) => {
                 // A worker that neither path reached gets it when its link is back.
                 let queued = match self.peer_info(peer).and_then(|p| p.https) {
@@ -533,6 +595,22 @@ impl Gossip {
         };
         result.fallback = Some(fallback);
         result
+    }
+
+    /// `peer` took `envelope`: what it carries need not be sent to `peer` again.
+    fn delivered(&self, peer: &PeerId, envelope: &Envelope) {
+        lock(&self.node).delivered(peer, envelope, self.clock.now_ms());
+    }
+
+    fn count_sent(&self, bytes: usize) {
+        let mut c = lock(&self.counters);
+        c.sent += 1;
+        c.sent_bytes += bytes as u64;
+    }
+
+    /// What this worker's gossip has done since it started.
+    pub fn counters(&self) -> Counters {
+        *lock(&self.counters)
     }
 
     async fn queue_gossip(self: &Arc<Self>, peer: &PeerId, envelope: &Envelope) -> Option<u64> {
@@ -560,6 +638,7 @@ impl Gossip {
         })
         .map_err(|e| format!("encoding: {e}"))?;
         let key: AckKey = (peer.clone(), envelope.from.clone(), envelope.id.clone());
+        let size = frame.len();
         let (tx, rx) = oneshot::channel();
         lock(&self.acks).insert(key.clone(), tx);
         // Removed however this ends, a cancelled request included.
@@ -575,6 +654,7 @@ impl Gossip {
                     WorkerError::NotConnected(_) => format!("no connected link to {peer}"),
                     e => format!("gossip channel: {e}"),
                 })?;
+            self.count_sent(size);
             match tokio::time::timeout(ACK_TIMEOUT, rx).await {
                 Ok(Ok(ack)) => Ok(ack),
                 Ok(Err(_)) => Err("the link closed before the ack".to_string()),
@@ -604,10 +684,13 @@ impl Gossip {
             .sign(&self.identity)
             .map_err(|e| format!("signing the delivery: {e}"))?;
         let url = format!("{}/gossip", base.trim_end_matches('/'));
+        let body = serde_json::to_vec(&delivery).map_err(|e| format!("encoding: {e}"))?;
+        self.count_sent(body.len());
         let res = self
             .http
             .post(&url)
-            .json(&delivery)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .send()
             .await
             .map_err(|e| format!("POST {url}: {e}"))?;
@@ -776,7 +859,8 @@ impl Gossip {
         let unknown = |g: &Gossip| {
             let cache = lock(&g.peers);
             let mut origins = vec![envelope.from.clone()];
-            if let Ok(p) = serde_json::from_value::<TelemetryPayload>(envelope.payload.clone()) {
+            // Only the origins, read in place: the node parses the entries it needs.
+            if let Ok(p) = Origins::deserialize(&envelope.payload) {
                 origins.extend(p.entries.into_iter().map(|e| e.origin));
             }
             origins.iter().any(|o| !cache.peers.contains_key(o))
@@ -787,7 +871,7 @@ impl Gossip {
         let verdict = {
             let cache = lock(&self.peers);
             let key_of = |p: &PeerId| cache.peers.get(p).map(|i| i.key);
-            lock(&self.node).receive(&envelope, &key_of, self.clock.now_ms())
+            lock(&self.node).receive_via(sender, &envelope, &key_of, self.clock.now_ms())
         };
         let outcome = match &verdict {
             Ok(Received::Duplicate) => "duplicate".to_string(),
@@ -798,18 +882,28 @@ impl Gossip {
             .gossip_received
             .add(1, &[opentelemetry::KeyValue::new("outcome", outcome)]);
         match verdict {
-            Ok(Received::Duplicate) => Ok(Taken {
-                outcome: Outcome::Duplicate,
-                changed: 0,
-            }),
+            Ok(Received::Duplicate) => {
+                lock(&self.counters).duplicates += 1;
+                Ok(Taken {
+                    outcome: Outcome::Duplicate,
+                    changed: 0,
+                })
+            }
             Ok(Received::Accepted {
                 changed,
                 skipped,
+                held,
                 forward,
             }) => {
-                tracing::info!(
+                {
+                    let mut c = lock(&self.counters);
+                    c.accepted += 1;
+                    c.entries_verified += changed.len() as u64;
+                    c.entries_held += held as u64;
+                }
+                tracing::debug!(
                     peer = %sender, origin = %envelope.from, envelope = %envelope.id,
-                    changed = changed.len(), skipped, "gossip envelope accepted"
+                    changed = changed.len(), held, skipped, "gossip envelope accepted"
                 );
                 let count = changed.len();
                 self.persist(changed).await;

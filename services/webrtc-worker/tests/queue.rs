@@ -250,7 +250,13 @@ async fn gossip_for_a_peer_that_is_down_is_queued_and_delivered_when_it_is_back(
     );
     let envelope = report["envelopeId"].as_str().unwrap().to_string();
 
-    let b = mesh.worker("g-b", 98, FAST);
+    // Accepted envelopes are logged at debug (one line each would flood an operator's log).
+    let verbose: Vec<(&str, &str)> = FAST
+        .iter()
+        .copied()
+        .chain([("RUST_LOG", "info,webrtc_worker::gossip=debug")])
+        .collect();
+    let b = mesh.worker("g-b", 98, &verbose);
     eventually(
         Duration::from_secs(30),
         "the queued envelope at g-b",
