@@ -1,6 +1,12 @@
 //! Link quality, sans-IO: the probe wire format, RTT from ping/pong, RFC 3550 jitter over probe
-//! transit times, loss from probe sequence gaps, bitrate from transport byte counters, and the
-//! health rule. Time comes in as microseconds on the caller's monotonic clock; nothing here reads
+//! transit times, loss from probe sequence gaps (the peer's pings) or from unanswered pings (our
+//! own), bitrate from transport byte counters, and the health rule.
+//!
+//! One side of a link pings every probe interval (the dialler; see `links::state`), the other
+//! answers and pings only now and then: each side measures from what it has most of. The
+//! pinger's loss is its unanswered pings (either direction lost one), its jitter the RFC 3550
+//! estimator over successive RTTs; the answerer's loss is gaps in the pinger's sequence, its
+//! jitter the estimator over the pings' transit times. Time comes in as microseconds on the caller's monotonic clock; nothing here reads
 //! a clock or touches a socket.
 //!
 //! Health thresholds (documented in docs/ARCHITECTURE.md):
@@ -9,12 +15,19 @@
 //!   [`DEGRADED_JITTER_MS`];
 //! - `up` otherwise.
 
+use std::collections::VecDeque;
+
 use mesh_types::{Health, LinkQos, UnixMillis};
 
 pub const DOWN_LOSS_PCT: f64 = 50.0;
 pub const DEGRADED_LOSS_PCT: f64 = 5.0;
 pub const DEGRADED_RTT_MS: f64 = 300.0;
 pub const DEGRADED_JITTER_MS: f64 = 50.0;
+
+/// A pong later than this counts its ping lost (an RTT that long is `degraded` anyway).
+const PONG_GRACE_US: u64 = 1_000_000;
+/// Our pings awaiting their pong, at most (older ones are settled as lost).
+const OUTSTANDING_MAX: usize = 128;
 
 /// A probe on the unordered, no-retransmit probe channel: 1 byte kind, 4 bytes sequence number,
 /// 8 bytes the pinger's send time (µs on its own clock), all big-endian.
@@ -85,6 +98,15 @@ pub struct QosMeter {
     received_in_window: u32,
     /// Transport bytes (sent + received) and when, at the previous sample.
     last_bytes: Option<(u64, u64)>,
+    /// Our pings not yet settled: sequence number, send time, whether the pong came.
+    outstanding: VecDeque<(u32, u64, bool)>,
+    /// Our pings settled in this window, and how many of them were answered.
+    settled: u32,
+    answered: u32,
+    /// The previous pong's RTT, for the jitter difference.
+    last_rtt_us: Option<u64>,
+    /// When the peer's latest ping arrived.
+    last_peer_ping_us: Option<u64>,
 }
 
 impl QosMeter {
@@ -96,6 +118,10 @@ impl QosMeter {
     pub fn ping(&mut self, now_us: u64) -> Probe {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
+        if self.outstanding.len() >= OUTSTANDING_MAX {
+            self.settle_one();
+        }
+        self.outstanding.push_back((seq, now_us, false));
         Probe {
             kind: ProbeKind::Ping,
             seq,
@@ -110,6 +136,17 @@ impl QosMeter {
                 // A pong echoes our own send time, so the difference is on one clock.
                 if let Some(rtt) = now_us.checked_sub(probe.sent_us) {
                     self.rtts_us.push(rtt);
+                    if let Some(prev) = self.last_rtt_us {
+                        self.jitter(rtt.abs_diff(prev) as f64);
+                    }
+                    self.last_rtt_us = Some(rtt);
+                }
+                if let Some(ping) = self.outstanding.iter_mut().rev().find(|(seq, sent, _)| {
+                    *seq == probe.seq
+                        && *sent == probe.sent_us
+                        && now_us.saturating_sub(*sent) <= PONG_GRACE_US
+                }) {
+                    ping.2 = true;
                 }
                 None
             }
@@ -125,12 +162,32 @@ impl QosMeter {
         }
     }
 
+    /// Whether the peer's pings are arriving: one came within `within_us` of `now_us`.
+    pub fn hears_pings(&self, now_us: u64, within_us: u64) -> bool {
+        self.last_peer_ping_us
+            .is_some_and(|at| now_us.saturating_sub(at) <= within_us)
+    }
+
+    /// RFC 3550 §6.4.1's estimator: J += (|D| - J) / 16.
+    fn jitter(&mut self, d_us: f64) {
+        self.jitter_us += (d_us - self.jitter_us) / 16.0;
+    }
+
+    /// Settles our oldest outstanding ping.
+    fn settle_one(&mut self) {
+        if let Some((_, _, answered)) = self.outstanding.pop_front() {
+            self.settled += 1;
+            self.answered += u32::from(answered);
+        }
+    }
+
     fn on_ping(&mut self, probe: Probe, now_us: u64) {
+        self.last_peer_ping_us = Some(now_us);
         // RFC 3550 §6.4.1: D = (Rj - Ri) - (Sj - Si); the clocks' offset cancels out.
         if let Some((prev_sent, prev_recv)) = self.last_ping {
             let d =
                 (now_us as i128 - prev_recv as i128) - (probe.sent_us as i128 - prev_sent as i128);
-            self.jitter_us += ((d.unsigned_abs() as f64) - self.jitter_us) / 16.0;
+            self.jitter(d.unsigned_abs() as f64);
         }
         self.last_ping = Some((probe.sent_us, now_us));
         // Loss counts only pings newer than what earlier windows counted; a late or repeated
@@ -164,16 +221,37 @@ impl QosMeter {
     ) -> Sample {
         let probe_rtt_ms = (!self.rtts_us.is_empty())
             .then(|| self.rtts_us.iter().sum::<u64>() as f64 / self.rtts_us.len() as f64 / 1000.0);
-        let loss_pct = self.highest_seq.map(|high| {
+        // Our pings whose pong had its time to come.
+        while self
+            .outstanding
+            .front()
+            .is_some_and(|(_, sent, answered)| *answered || sent + PONG_GRACE_US <= now_us)
+        {
+            self.settle_one();
+        }
+        let mut expected_pings = 0;
+        let ping_loss = self.highest_seq.map(|high| {
             let from = match self.counted_up_to {
                 Some(c) => c.wrapping_add(1),
                 None => self.first_seq.unwrap_or(high),
             };
             let expected = u64::from(high.wrapping_sub(from)) + 1;
+            expected_pings = expected;
             let received = u64::from(self.received_in_window).min(expected);
             (expected - received) as f64 * 100.0 / expected as f64
         });
-        let jitter_ms = self.last_ping.map(|_| self.jitter_us / 1000.0);
+        let pong_loss = (self.settled > 0)
+            .then(|| f64::from(self.settled - self.answered) * 100.0 / f64::from(self.settled));
+        // From whichever this side has more of: its own pings, or the peer's.
+        let loss_pct = if u64::from(self.settled) >= expected_pings {
+            pong_loss.or(ping_loss)
+        } else {
+            ping_loss
+        };
+        self.settled = 0;
+        self.answered = 0;
+        let jitter_ms = (self.last_ping.is_some() || self.last_rtt_us.is_some())
+            .then(|| self.jitter_us / 1000.0);
         let bitrate_kbps = match (self.last_bytes, transport_bytes) {
             (Some((bytes0, at0)), Some(bytes)) if now_us > at0 && bytes >= bytes0 => {
                 Some((bytes - bytes0) as f64 * 8.0 / ((now_us - at0) as f64 / 1_000_000.0) / 1000.0)
@@ -334,6 +412,39 @@ mod tests {
             b.sample(80_000, 4, None, None, true).qos.loss_pct,
             Some(40.0)
         );
+    }
+
+    #[test]
+    fn the_pinger_counts_its_unanswered_pings_and_rtt_variation() {
+        // a pings every 500 ms; every 4th pong is lost on the way back, and the pong of the 6th
+        // ping comes after the grace; b pings once in the window.
+        let (mut a, mut b) = (QosMeter::new(), QosMeter::new());
+        for i in 0..10u64 {
+            let t = i * 500_000;
+            let ping = a.ping(t);
+            let delay = if i % 2 == 0 { 1_000 } else { 3_000 };
+            let pong = b.on_probe(ping, t + delay).unwrap();
+            let back = if i == 5 { 1_200_000 } else { delay };
+            if i % 4 != 3 {
+                a.on_probe(pong, t + delay + back);
+            }
+        }
+        let sparse = b.ping(4_000_000);
+        assert!(a.on_probe(sparse, 4_001_000).is_some(), "answered");
+        let s = a.sample(4_700_000, 1, None, None, true);
+        // All ten settled (answered, or past the grace); answered: 0, 1, 2, 4, 6, 8, 9 (the
+        // 6th came back after the grace). One ping of b's is too few to judge loss by.
+        assert_eq!(s.qos.loss_pct, Some(30.0));
+        // RTTs alternate 2 ms and 6 ms, and one took 1.2 s: all of it is delay variation.
+        assert!(
+            s.qos.jitter_ms.is_some_and(|j| j > 4.0),
+            "{:?}",
+            s.qos.jitter_ms
+        );
+        let steady = exchange(10, |_| 1_000, |_| false);
+        assert_eq!(steady.qos.jitter_ms, Some(0.0));
+        assert!(a.hears_pings(4_500_000, 1_000_000));
+        assert!(!a.hears_pings(6_000_000, 1_000_000));
     }
 
     #[test]

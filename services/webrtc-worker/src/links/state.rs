@@ -118,6 +118,10 @@ const TICK_SLACK_US: u64 = 5_000;
 #[derive(Debug)]
 pub struct LinkState {
     timings: LinkTimings,
+    /// This side dialled: it keeps the link's heartbeat (see [`LinkState::wants_ping`]).
+    dialled: bool,
+    /// When the answering side next pings to measure the RTT itself.
+    next_rtt_ping_us: u64,
     meter: QosMeter,
     connected: bool,
     probe_open: bool,
@@ -146,6 +150,8 @@ impl LinkState {
     pub fn new(timings: LinkTimings, now: Now, dialled: bool) -> Self {
         LinkState {
             timings,
+            dialled,
+            next_rtt_ping_us: now.mono_us,
             meter: QosMeter::new(),
             connected: false,
             probe_open: false,
@@ -346,10 +352,28 @@ impl LinkState {
             }
             Some(Transition::Cleared) | None => {}
         }
-        if self.probe_open {
+        if self.probe_open && self.wants_ping(now) {
             let ping = self.meter.ping(now.mono_us);
             self.out.push_back(Output::Probe(ping));
         }
+    }
+
+    /// Whether this tick sends a ping. One ping and its pong an interval are a heartbeat for
+    /// both sides, so the side that dialled pings every tick and the other answers, pinging
+    /// itself only twice a sample window (to measure the RTT from its side) while the
+    /// dialler's pings keep coming. When they stop coming (a peer that does not ping, such as a
+    /// browser, or a dialler that went quiet) it pings every tick, as both sides once did:
+    /// its detector then hears the pongs. Half the packets of every side pinging, for the same
+    /// detection bounds.
+    fn wants_ping(&mut self, now: Now) -> bool {
+        let interval = micros(self.timings.probe_interval);
+        let wanted = self.dialled
+            || !self.meter.hears_pings(now.mono_us, interval + interval / 2)
+            || now.mono_us >= self.next_rtt_ping_us;
+        if wanted {
+            self.next_rtt_ping_us = now.mono_us + micros(self.timings.qos_interval) / 2;
+        }
+        wanted
     }
 
     fn sampled(&mut self, now: Now, stats: PathStats) {
@@ -613,6 +637,40 @@ mod tests {
                 last = ev(&mut s, 10, e.clone());
             }
             assert_eq!(last, expect, "after {events:?}");
+        }
+    }
+
+    #[test]
+    fn the_dialler_keeps_the_heartbeat_and_the_answerer_pings_only_to_measure() {
+        // (dialled, the peer pings every interval) → the ticks at which this side pings, 0–16 s.
+        let every: Vec<u64> = (0..=32).map(|i| i * 500).collect();
+        let cases: [(bool, bool, Vec<u64>); 3] = [
+            (true, true, every.clone()),
+            // Hearing the dialler: at once, then twice a 15 s sample window.
+            (false, true, vec![0, 7_500, 15_000]),
+            // A peer that does not ping (a browser): every tick, or nobody would.
+            (false, false, every),
+        ];
+        for (dialled, peer_pings, expect) in cases {
+            let mut s = LinkState::new(timings(), at(0), dialled);
+            ev(&mut s, 0, open(Channel::Probe));
+            let mut pinged = Vec::new();
+            for t in (0..=16_000).step_by(250) {
+                if peer_pings && t % 500 == 250 {
+                    ev(
+                        &mut s,
+                        t,
+                        probe_msg(ProbeKind::Ping, (t / 500) as u32, t * MS),
+                    );
+                }
+                if s.poll_timeout().is_some_and(|due| due <= t * MS) {
+                    s.handle_timeout(at(t));
+                    if drain(&mut s).iter().any(|o| o == "probe:ping") {
+                        pinged.push(t);
+                    }
+                }
+            }
+            assert_eq!(pinged, expect, "dialled {dialled}, peer pings {peer_pings}");
         }
     }
 
