@@ -20,6 +20,7 @@ use mesh_types::signing::Signed;
 use mesh_types::{Answer, Endpoints, Offer};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use webrtc_worker::qos::{Probe, ProbeKind};
 use webrtc_worker::transport::{
     Channel, ConnEvent, Connection, DEFAULT_RECEIVE_WINDOW, Transport, TransportConfig,
 };
@@ -247,6 +248,24 @@ async fn cycles(t: &Transport) -> (u64, u64) {
     (at50, proc_status_kb(me, "VmRSS:"))
 }
 
+/// Links the worker reports `up` (connected, last sample healthy).
+async fn links_up(http: &reqwest::Client, url: &str) -> usize {
+    let links: Value = http
+        .get(format!("{url}/links"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    links["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["state"] == "connected" && l["health"] == "up")
+        .count()
+}
+
 /// A real worker process accepting `links` links: its RSS (KB) and CPU per link while idle.
 async fn worker_with_links(links: usize) -> Value {
     let dir = mesh_testkit::data_dir();
@@ -300,8 +319,31 @@ async fn worker_with_links(links: usize) -> Value {
         let answer: Answer = res.json().await.unwrap();
         c.accept_answer(&answer.sdp).await.unwrap();
         until_open(&mut rx).await;
-        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        conns.push((c, drain));
+        // The far end answers the worker's pings, as a peer does: a link whose pings went
+        // unanswered would be declared dead within 4 s, and the window would measure closed links.
+        let c = std::sync::Arc::new(c);
+        let answer = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    if let ConnEvent::Message {
+                        channel: Channel::Probe,
+                        data,
+                        ..
+                    } = event
+                        && let Some(ping) = Probe::decode(&data)
+                        && ping.kind == ProbeKind::Ping
+                    {
+                        let pong = Probe {
+                            kind: ProbeKind::Pong,
+                            ..ping
+                        };
+                        let _ = c.send(Channel::Probe, &pong.encode(), false).await;
+                    }
+                }
+            })
+        };
+        conns.push((c, answer));
     }
     let connected = loop {
         let links_now: Value = http
@@ -328,17 +370,19 @@ async fn worker_with_links(links: usize) -> Value {
     let cpu0 = cpu_secs(worker.pid());
     tokio::time::sleep(Duration::from_secs(10)).await;
     let cpu = cpu_secs(worker.pid()) - cpu0;
+    let up_at_end = links_up(&http, &worker.url).await;
     for (c, d) in conns {
         c.close().await;
         d.abort();
     }
     json!({
         "links": connected,
+        "linksUpAtEnd": up_at_end,
         "rssMB": rss as f64 / 1024.0,
         "rssEmptyMB": rss_empty as f64 / 1024.0,
         "perLinkKB": (rss as f64 - rss_empty as f64) / links as f64,
         "cpuPerLinkPct": cpu / 10.0 / links as f64 * 100.0,
-        "note": "the worker probes every link every 500 ms and samples QoS every 15 s",
+        "note": "the worker pings every link every 500 ms (the harness answers) and samples QoS every 15 s; CPU per link = per link end of the worker",
     })
 }
 
@@ -382,6 +426,12 @@ async fn main() {
             ];
             println!("{}", json!({"size": size, "MBps": runs}));
         }
+        return;
+    }
+    // `MESH_BENCH_PHASE=worker`: the worker with 200 links only (the idle-cost benchmark's
+    // reference per link end).
+    if std::env::var("MESH_BENCH_PHASE").as_deref() == Ok("worker") {
+        println!("{}", worker_with_links(200).await);
         return;
     }
     // `MESH_BENCH_PHASE=idle`: the idle measurements of both runtimes only.
