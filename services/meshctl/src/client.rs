@@ -54,6 +54,23 @@ pub fn read_state(data_dir: &Path) -> Option<UpState> {
     serde_json::from_str(&text).ok()
 }
 
+/// Times a request over the proxy's rate limit is asked again, each after its `Retry-After`.
+const RATE_LIMIT_RETRIES: u32 = 5;
+/// The longest `Retry-After` waited for.
+const RETRY_AFTER_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A `Retry-After` in seconds (the only form the proxy sends), capped.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
+    let secs: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_secs(secs.max(1)).min(RETRY_AFTER_MAX))
+}
+
 /// A proxy's refusal, as its JSON error says it.
 #[derive(Debug, thiserror::Error)]
 #[error("{status} {code}: {message}{}", step_note(.details))]
@@ -134,17 +151,35 @@ impl Client {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.map_err(|e| {
-            if e.is_connect() {
-                anyhow::anyhow!(
-                    "cannot reach the proxy at {} (is `meshctl up` running? --proxy names \
-                     another): {e}",
-                    self.base
-                )
-            } else {
-                anyhow::anyhow!("calling the proxy at {}: {e}", self.base)
+        let mut attempt = 0;
+        let response = loop {
+            let this = request
+                .try_clone()
+                .context("a request that cannot be retried")?;
+            let response = this.send().await.map_err(|e| {
+                if e.is_connect() {
+                    anyhow::anyhow!(
+                        "cannot reach the proxy at {} (is `meshctl up` running? --proxy names \
+                         another): {e}",
+                        self.base
+                    )
+                } else {
+                    anyhow::anyhow!("calling the proxy at {}: {e}", self.base)
+                }
+            })?;
+            // Over the proxy's rate limit: wait as long as it says and ask again (a 20-peer
+            // `up` connects 190 pairs through one credential).
+            let wait = (response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS)
+                .then(|| retry_after(response.headers()))
+                .flatten();
+            match wait {
+                Some(wait) if attempt < RATE_LIMIT_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(wait).await;
+                }
+                _ => break response,
             }
-        })?;
+        };
         let status = response.status();
         let body = response
             .bytes()

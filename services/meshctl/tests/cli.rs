@@ -136,3 +136,51 @@ fn token_prints_a_token_and_the_entry_that_holds_only_its_hash() {
     let (ok, _, err) = meshctl(&["token", "--name", "ops", "--role", "admin"]);
     assert!(!ok && err.contains("admin"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_over_the_proxys_rate_limit_wait_as_told_and_succeed() {
+    let dir = mesh_testkit::data_dir();
+    let (ok, out, err) = meshctl(&["token", "--name", "ops", "--role", "read", "--json"]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let token = v["token"].as_str().unwrap().to_string();
+    let store = format!("embedded:{}", dir.path().join("store").display());
+    // One request a second for the credential: the second and third must wait for it.
+    let config = signaling_proxy::ProxyConfig::from_source(&std::collections::HashMap::from([
+        ("MESH_STORE", store.as_str()),
+        ("MESH_API_TOKENS", v["entry"].as_str().unwrap()),
+        ("MESH_RATE_PER_CREDENTIAL", "1"),
+    ]))
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let proxy = tokio::spawn(signaling_proxy::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    let d = dir.path().to_str().unwrap().to_string();
+    let outcomes = tokio::task::spawn_blocking(move || {
+        (0..3)
+            .map(|_| {
+                meshctl(&[
+                    "peers",
+                    "--proxy",
+                    &url,
+                    "--token",
+                    &token,
+                    "--data-dir",
+                    &d,
+                    "--json",
+                ])
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for (ok, out, err) in &outcomes {
+        assert!(ok, "{err}");
+        assert!(serde_json::from_str::<Value>(out).is_ok(), "{out}");
+    }
+    let _ = stop.send(());
+    proxy.await.unwrap().unwrap();
+}
