@@ -10,6 +10,7 @@ pub mod hlc;
 pub mod limits;
 pub mod merge;
 pub mod node;
+pub mod rounds;
 pub mod select;
 pub mod sim;
 pub mod telemetry;

@@ -955,29 +955,21 @@ mod tests {
         a.receive(&from_c, &keys, NOW + 1).unwrap();
         a.stamp(&f.a, json!({"n": 1}), NOW + 2).unwrap();
         // b is known to hold nothing: everything goes. c holds its own entry: only a's goes.
-        let first = a
-            .envelope_for(&f.a, to_b, NOW + 3, &mut rng)
-            .unwrap();
+        let first = a.envelope_for(&f.a, to_b, NOW + 3, &mut rng).unwrap();
         assert_eq!(carried(&first), ["telemetry/a", "telemetry/c"]);
-        let to_c = a
-            .envelope_for(&f.a, to_c, NOW + 3, &mut rng)
-            .unwrap();
+        let to_c = a.envelope_for(&f.a, to_c, NOW + 3, &mut rng).unwrap();
         assert_eq!(carried(&to_c), ["telemetry/a"]);
         // Once b has taken it, the next envelope carries nothing, until a's entry is news.
         b.receive(&first, &keys, NOW + 4).unwrap();
         a.delivered(&pb, &first, NOW + 4);
-        let nothing = a
-            .envelope_for(&f.a, to_b, NOW + 5, &mut rng)
-            .unwrap();
+        let nothing = a.envelope_for(&f.a, to_b, NOW + 5, &mut rng).unwrap();
         assert!(carried(&nothing).is_empty());
         assert_eq!(
             b.receive(&nothing, &keys, NOW + 6).map(|r| changes(&r)),
             Ok(0)
         );
         a.stamp(&f.a, json!({"n": 2}), NOW + 7).unwrap();
-        let news = a
-            .envelope_for(&f.a, to_b, NOW + 8, &mut rng)
-            .unwrap();
+        let news = a.envelope_for(&f.a, to_b, NOW + 8, &mut rng).unwrap();
         assert_eq!(carried(&news), ["telemetry/a"]);
         // For several targets, what any of them lacks.
         let both = a
@@ -990,21 +982,15 @@ mod tests {
             .unwrap();
         a.receive(&from_b, &keys, NOW + 10).unwrap();
         a.delivered(&pb, &news, NOW + 10);
-        let back = a
-            .envelope_for(&f.a, to_b, NOW + 11, &mut rng)
-            .unwrap();
+        let back = a.envelope_for(&f.a, to_b, NOW + 11, &mut rng).unwrap();
         assert!(carried(&back).is_empty(), "{:?}", carried(&back));
         // Forgotten (the link came back) or too old to trust: everything again.
         a.forget(&pb);
-        let all = a
-            .envelope_for(&f.a, to_b, NOW + 12, &mut rng)
-            .unwrap();
+        let all = a.envelope_for(&f.a, to_b, NOW + 12, &mut rng).unwrap();
         assert_eq!(carried(&all).len(), 2, "{:?}", carried(&all));
         a.delivered(&pb, &all, NOW + 12);
         let later = NOW + 13 + a.config().knowledge_max_age_ms;
-        let refreshed = a
-            .envelope_for(&f.a, to_b, later, &mut rng)
-            .unwrap();
+        let refreshed = a.envelope_for(&f.a, to_b, later, &mut rng).unwrap();
         assert_eq!(carried(&refreshed).len(), 2);
     }
 
