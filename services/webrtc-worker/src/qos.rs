@@ -6,8 +6,10 @@
 //! answers and pings only now and then: each side measures from what it has most of. The
 //! pinger's loss is its unanswered pings (either direction lost one), its jitter the RFC 3550
 //! estimator over successive RTTs; the answerer's loss is gaps in the pinger's sequence, its
-//! jitter the estimator over the pings' transit times. Time comes in as microseconds on the caller's monotonic clock; nothing here reads
-//! a clock or touches a socket.
+//! jitter the estimator over the pings' transit times.
+//!
+//! Time comes in as microseconds on the caller's monotonic clock; nothing here reads a clock or
+//! touches a socket.
 //!
 //! Health thresholds (documented in docs/ARCHITECTURE.md):
 //! - `down`: the connection is not connected, or at least [`DOWN_LOSS_PCT`] of probes were lost;
