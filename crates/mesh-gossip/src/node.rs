@@ -20,10 +20,8 @@
 //! crosses the wire). What a peer is known to hold is forgotten after `knowledge_max_age_ms` (and
 //! when its link comes back): a full exchange then repairs anything the record got wrong.
 
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
-
-use std::cmp::Ordering;
 
 use mesh_types::signing::{Signed, verify_signature};
 use mesh_types::{
@@ -56,7 +54,9 @@ pub struct NodeConfig {
     /// How long what a peer is known to hold is trusted before the next envelope to it carries
     /// everything again.
     pub knowledge_max_age_ms: u64,
-    /// Peers whose holdings are remembered at once (the least recently refreshed go first).
+    /// Peers whose holdings are remembered at once (the least recently refreshed go first): at
+    /// most this many times the state's size in stamps. A worker deals with a few dozen peers in
+    /// 10 minutes of 2-minute rounds.
     pub knowledge_peers: usize,
 }
 
@@ -71,7 +71,7 @@ impl Default for NodeConfig {
             entry_max_age_ms: 60 * 60 * 1000,
             ttl: 1,
             knowledge_max_age_ms: 10 * 60 * 1000,
-            knowledge_peers: 1024,
+            knowledge_peers: 256,
         }
     }
 }
@@ -992,6 +992,32 @@ mod tests {
         let later = NOW + 13 + a.config().knowledge_max_age_ms;
         let refreshed = a.envelope_for(&f.a, to_b, later, &mut rng).unwrap();
         assert_eq!(carried(&refreshed).len(), 2);
+    }
+
+    #[test]
+    fn what_peers_hold_is_bounded_and_the_longest_known_goes_first() {
+        let f = Fixture::new();
+        let mut rng = StdRng::seed_from_u64(7);
+        let config = NodeConfig {
+            knowledge_peers: 2,
+            ..NodeConfig::default()
+        };
+        let mut a = Node::new(f.a.id().clone(), config);
+        let env = a.originate(&f.a, json!({"n": 1}), NOW, &mut rng).unwrap();
+        let peers: Vec<PeerId> = ["x", "y", "z"].map(|p| PeerId::new(p).unwrap()).into();
+        for (i, p) in peers.iter().enumerate() {
+            a.delivered(p, &env, NOW + i as u64);
+        }
+        assert_eq!(a.known_peers(), 2);
+        let lacks = |a: &mut Node, p: &PeerId, rng: &mut StdRng| {
+            carried(
+                &a.envelope_for(&f.a, std::slice::from_ref(p), NOW + 5, rng)
+                    .unwrap(),
+            )
+            .len()
+        };
+        assert_eq!(lacks(&mut a, &peers[0], &mut rng), 1, "x was forgotten");
+        assert_eq!(lacks(&mut a, &peers[2], &mut rng), 0, "z is remembered");
     }
 
     #[test]
