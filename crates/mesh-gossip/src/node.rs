@@ -162,10 +162,20 @@ struct Knowledge {
     peers: HashMap<PeerId, Holdings>,
 }
 
+impl Holdings {
+    /// Whether this record may still be trusted at `now_ms`.
+    fn fresh(&self, config: &NodeConfig, now_ms: UnixMillis) -> bool {
+        now_ms.saturating_sub(self.since_ms) <= config.knowledge_max_age_ms
+    }
+}
+
 impl Knowledge {
     fn holds(&mut self, peer: &PeerId, config: &NodeConfig, now_ms: UnixMillis) -> &mut Holdings {
-        let fresh = |h: &Holdings| now_ms.saturating_sub(h.since_ms) <= config.knowledge_max_age_ms;
-        if self.peers.get(peer).is_some_and(|h| !fresh(h)) {
+        if self
+            .peers
+            .get(peer)
+            .is_some_and(|h| !h.fresh(config, now_ms))
+        {
             self.peers.remove(peer);
         }
         if !self.peers.contains_key(peer) && self.peers.len() >= config.knowledge_peers.max(1) {
@@ -209,7 +219,7 @@ impl Knowledge {
         now_ms: UnixMillis,
     ) -> bool {
         match self.peers.get(peer) {
-            Some(h) if now_ms.saturating_sub(h.since_ms) <= config.knowledge_max_age_ms => h
+            Some(h) if h.fresh(config, now_ms) => h
                 .keys
                 .get(&entry.key)
                 .is_none_or(|known| *known < entry.hlc),
@@ -386,10 +396,7 @@ impl Node {
     /// `peer` took `envelope` (accepted it, or had it already): it holds what the envelope
     /// carries, or newer.
     pub fn delivered(&mut self, peer: &PeerId, envelope: &Envelope, now_ms: UnixMillis) {
-        let Ok(payload) = TelemetryPayload::deserialize(&envelope.payload) else {
-            return;
-        };
-        for e in &payload.entries {
+        for e in heads(envelope) {
             self.knowledge
                 .record(peer, &e.key, e.hlc, &self.config, now_ms);
         }
@@ -599,6 +606,26 @@ struct Checked {
     skipped: usize,
     /// Key and stamp of every entry the sender is now known to hold.
     carried: Vec<(String, Hlc)>,
+}
+
+/// What identifies an entry of a telemetry payload: its key, origin and stamp.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct EntryHead {
+    pub key: String,
+    pub origin: PeerId,
+    pub hlc: Hlc,
+}
+
+#[derive(serde::Deserialize)]
+struct Heads {
+    entries: Vec<EntryHead>,
+}
+
+/// The heads of `envelope`'s entries, read in place (values and signatures are skipped, not
+/// copied); none for a payload that is not telemetry-shaped. For the bookkeeping that needs
+/// no more than that, on every acknowledgement and receipt.
+pub fn heads(envelope: &Envelope) -> Vec<EntryHead> {
+    Heads::deserialize(&envelope.payload).map_or_else(|_| Vec::new(), |h| h.entries)
 }
 
 #[derive(Debug, thiserror::Error)]

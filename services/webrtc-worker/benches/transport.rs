@@ -20,7 +20,7 @@ use mesh_types::signing::Signed;
 use mesh_types::{Answer, Endpoints, Offer};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use webrtc_worker::qos::{Probe, ProbeKind};
+use webrtc_worker::qos::{Probe, QosMeter};
 use webrtc_worker::transport::{
     Channel, ConnEvent, Connection, DEFAULT_RECEIVE_WINDOW, Transport, TransportConfig,
 };
@@ -248,8 +248,8 @@ async fn cycles(t: &Transport) -> (u64, u64) {
     (at50, proc_status_kb(me, "VmRSS:"))
 }
 
-/// Links the worker reports `up` (connected, last sample healthy).
-async fn links_up(http: &reqwest::Client, url: &str) -> usize {
+/// The worker's links (`GET /links`) that `keep` selects.
+async fn count_links(http: &reqwest::Client, url: &str, keep: impl Fn(&Value) -> bool) -> usize {
     let links: Value = http
         .get(format!("{url}/links"))
         .send()
@@ -262,7 +262,7 @@ async fn links_up(http: &reqwest::Client, url: &str) -> usize {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|l| l["state"] == "connected" && l["health"] == "up")
+        .filter(|l| keep(l))
         .count()
 }
 
@@ -324,6 +324,8 @@ async fn worker_with_links(links: usize) -> Value {
         let c = std::sync::Arc::new(c);
         let answer = {
             let c = c.clone();
+            // The worker's own probe rules make the pong.
+            let mut meter = QosMeter::new();
             tokio::spawn(async move {
                 while let Some(event) = rx.recv().await {
                     if let ConnEvent::Message {
@@ -331,13 +333,9 @@ async fn worker_with_links(links: usize) -> Value {
                         data,
                         ..
                     } = event
-                        && let Some(ping) = Probe::decode(&data)
-                        && ping.kind == ProbeKind::Ping
+                        && let Some(probe) = Probe::decode(&data)
+                        && let Some(pong) = meter.on_probe(probe, 0)
                     {
-                        let pong = Probe {
-                            kind: ProbeKind::Pong,
-                            ..ping
-                        };
                         let _ = c.send(Channel::Probe, &pong.encode(), false).await;
                     }
                 }
@@ -346,20 +344,7 @@ async fn worker_with_links(links: usize) -> Value {
         conns.push((c, answer));
     }
     let connected = loop {
-        let links_now: Value = http
-            .get(format!("{}/links", worker.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let up = links_now["links"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|l| l["state"] == "connected")
-            .count();
+        let up = count_links(&http, &worker.url, |l| l["state"] == "connected").await;
         if up == links {
             break up;
         }
@@ -370,7 +355,11 @@ async fn worker_with_links(links: usize) -> Value {
     let cpu0 = cpu_secs(worker.pid());
     tokio::time::sleep(Duration::from_secs(10)).await;
     let cpu = cpu_secs(worker.pid()) - cpu0;
-    let up_at_end = links_up(&http, &worker.url).await;
+    // Still up: connected, and the last sample healthy.
+    let up_at_end = count_links(&http, &worker.url, |l| {
+        l["state"] == "connected" && l["health"] == "up"
+    })
+    .await;
     for (c, d) in conns {
         c.close().await;
         d.abort();

@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use mesh_gossip::limits::{RateConfig, quota};
-use mesh_gossip::node::{Node, NodeConfig, OriginateError, Received, Rejection};
+use mesh_gossip::node::{Node, NodeConfig, OriginateError, Received, Rejection, heads};
 use mesh_gossip::select::{Candidate, Sampler, SelectionConfig};
 use mesh_gossip::telemetry::{NewsConfig, compact, is_news};
 use mesh_service::ApiError;
@@ -29,7 +29,7 @@ use mesh_types::{
     Outcome, PeerId, PublicKey, Telemetry, Transport, UnixMillis, Verifier, VerifierConfig,
 };
 use rand::rngs::StdRng;
-use serde::{Deserialize as _, Serialize};
+use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
@@ -68,17 +68,6 @@ pub struct GossipSettings {
     pub node: NodeConfig,
     pub rate: RateConfig,
     pub selection: SelectionConfig,
-}
-
-/// The origins of a telemetry payload's entries, and nothing else of them.
-#[derive(serde::Deserialize)]
-struct Origins {
-    entries: Vec<OriginOnly>,
-}
-
-#[derive(serde::Deserialize)]
-struct OriginOnly {
-    origin: PeerId,
 }
 
 /// What this worker's gossip has done since it started (`GET /status`): the figures behind the
@@ -860,9 +849,7 @@ impl Gossip {
             let cache = lock(&g.peers);
             let mut origins = vec![envelope.from.clone()];
             // Only the origins, read in place: the node parses the entries it needs.
-            if let Ok(p) = Origins::deserialize(&envelope.payload) {
-                origins.extend(p.entries.into_iter().map(|e| e.origin));
-            }
+            origins.extend(heads(&envelope).into_iter().map(|e| e.origin));
             origins.iter().any(|o| !cache.peers.contains_key(o))
         };
         if unknown(self) {
